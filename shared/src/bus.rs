@@ -1,0 +1,689 @@
+//! The message bus between jdc processes.
+//!
+//! Every process publishes on one ZeroMQ PUB socket (its *stream*); consumers SUB to the streams
+//! and topics they need. Each message is two frames: the topic name, then an [`Envelope`]
+//! encoded as a MessagePack map with named fields:
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `version` | uint | bus protocol major version ([`BUS_PROTOCOL_VERSION`]) |
+//! | `source` | str | publisher name (`watcher`, `selector`, `declarator`, ...) |
+//! | `instance` | uint | publisher start time (unix µs): changes when the publisher restarts |
+//! | `seq` | uint | per-topic sequence number of this publisher instance, from 1 |
+//! | `sent_at_us` | uint | send time (unix µs) |
+//! | `body` | map | the topic's payload (see [`crate::messages`]) |
+//!
+//! State-carrying topics ([`Topic::is_state`]) are re-sent at a steady interval with the same
+//! body (same `id`), so a consumer that starts late or reconnects catches up; consumers drop
+//! duplicates by id. Gaps in `seq` are counted and logged. Unknown fields are ignored; an
+//! envelope of another major version is refused and counted as malformed.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::messages::Heartbeat;
+use crate::time::now_micros;
+
+/// Major version of the bus protocol. Consumers refuse envelopes of another major version.
+pub const BUS_PROTOCOL_VERSION: u16 = 1;
+
+/// Every topic of the bus, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// [`crate::messages::Tip`] (watcher).
+    Tip,
+    /// [`crate::messages::Template`] (watcher).
+    Template,
+    /// [`crate::messages::Selection`] (selector).
+    Selection,
+    /// [`crate::messages::JobSent`] (declarator).
+    Job,
+    /// [`crate::messages::ShareResult`] (declarator).
+    Share,
+    /// [`crate::messages::BlockEvent`] (declarator).
+    Block,
+    /// [`crate::messages::Heartbeat`] (every process).
+    Heartbeat,
+    /// [`crate::messages::Event`] (every process).
+    Event,
+}
+
+impl Topic {
+    /// All topics.
+    pub const ALL: [Topic; 8] = [
+        Topic::Tip,
+        Topic::Template,
+        Topic::Selection,
+        Topic::Job,
+        Topic::Share,
+        Topic::Block,
+        Topic::Heartbeat,
+        Topic::Event,
+    ];
+
+    /// The topic frame as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::Tip => "tip",
+            Topic::Template => "template",
+            Topic::Selection => "selection",
+            Topic::Job => "job",
+            Topic::Share => "share",
+            Topic::Block => "block",
+            Topic::Heartbeat => "heartbeat",
+            Topic::Event => "event",
+        }
+    }
+
+    /// Parses a topic frame.
+    pub fn from_wire(bytes: &[u8]) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| t.as_str().as_bytes() == bytes)
+    }
+
+    /// Topics whose latest message is the current state, re-sent periodically.
+    pub fn is_state(self) -> bool {
+        matches!(self, Topic::Tip | Topic::Template | Topic::Selection)
+    }
+}
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Binding the PUB socket failed.
+    #[error("cannot bind bus endpoint {endpoint}: {source}")]
+    Bind {
+        /// The endpoint.
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: zeromq::ZmqError,
+    },
+    /// A payload could not be encoded.
+    #[error("cannot encode {topic} message: {source}")]
+    Encode {
+        /// The topic.
+        topic: &'static str,
+        /// Cause.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+    /// A message could not be decoded.
+    #[error("malformed bus message: {0}")]
+    Malformed(String),
+    /// The envelope has a major version we do not speak.
+    #[error("bus protocol version {got} is not supported (this build speaks {BUS_PROTOCOL_VERSION})")]
+    Version {
+        /// Version received.
+        got: u16,
+    },
+    /// The publisher task has stopped.
+    #[error("the bus publisher has stopped")]
+    Closed,
+}
+
+/// The envelope around every bus message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Bus protocol major version.
+    pub version: u16,
+    /// Publisher name.
+    pub source: String,
+    /// Publisher instance (its start time, unix µs).
+    pub instance: u64,
+    /// Per-topic sequence number, from 1.
+    pub seq: u64,
+    /// Send time, unix µs.
+    pub sent_at_us: u64,
+    /// Payload.
+    pub body: T,
+}
+
+/// Encodes an envelope around an already MessagePack-encoded body (a named-field map).
+fn encode_envelope(source: &str, instance: u64, seq: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 96);
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_map_len(&mut out, 6);
+    let _ = rmp::encode::write_str(&mut out, "version");
+    let _ = rmp::encode::write_uint(&mut out, u64::from(BUS_PROTOCOL_VERSION));
+    let _ = rmp::encode::write_str(&mut out, "source");
+    let _ = rmp::encode::write_str(&mut out, source);
+    let _ = rmp::encode::write_str(&mut out, "instance");
+    let _ = rmp::encode::write_uint(&mut out, instance);
+    let _ = rmp::encode::write_str(&mut out, "seq");
+    let _ = rmp::encode::write_uint(&mut out, seq);
+    let _ = rmp::encode::write_str(&mut out, "sent_at_us");
+    let _ = rmp::encode::write_uint(&mut out, now_micros());
+    let _ = rmp::encode::write_str(&mut out, "body");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Encodes a payload as a MessagePack map with named fields.
+pub fn encode_body<T: Serialize>(topic: Topic, body: &T) -> Result<Vec<u8>, BusError> {
+    rmp_serde::to_vec_named(body).map_err(|source| BusError::Encode {
+        topic: topic.as_str(),
+        source,
+    })
+}
+
+/// Decodes a whole envelope, checking its version.
+pub fn decode_envelope<T: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<T>, BusError> {
+    let header: Envelope<serde::de::IgnoredAny> =
+        rmp_serde::from_slice(bytes).map_err(|e| BusError::Malformed(e.to_string()))?;
+    if header.version != BUS_PROTOCOL_VERSION {
+        return Err(BusError::Version { got: header.version });
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| BusError::Malformed(e.to_string()))
+}
+
+/// Counters every bus user keeps; shared between its tasks.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Messages received (well-formed or not).
+    pub received: AtomicU64,
+    /// Messages refused as malformed or of an unknown version.
+    pub malformed: AtomicU64,
+    /// Messages missed, as counted from sequence gaps.
+    pub gaps: AtomicU64,
+    /// Publisher restarts seen (instance changes).
+    pub restarts: AtomicU64,
+}
+
+impl BusStats {
+    fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+    /// Counts one malformed message.
+    pub fn count_malformed(&self) {
+        Self::bump(&self.malformed, 1);
+    }
+    /// Snapshot of (received, malformed, gaps, restarts).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.received.load(Ordering::Relaxed),
+            self.malformed.load(Ordering::Relaxed),
+            self.gaps.load(Ordering::Relaxed),
+            self.restarts.load(Ordering::Relaxed),
+        )
+    }
+}
+
+// === Publisher ===
+
+struct Outgoing {
+    topic: Topic,
+    body: Bytes,
+}
+
+/// Handle to a process's PUB socket. Cheap to clone; publishing never blocks.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    state: Arc<watch::Sender<String>>,
+}
+
+/// Settings of a publisher.
+#[derive(Debug, Clone)]
+pub struct PublisherOptions {
+    /// Publisher name written in every envelope.
+    pub source: String,
+    /// How often state topics are re-sent and a heartbeat is published.
+    pub resend_interval: Duration,
+}
+
+impl Publisher {
+    /// Binds the PUB socket on `endpoint` (e.g. `tcp://127.0.0.1:28400`) and starts the task
+    /// that sends, re-sends state and publishes heartbeats until `shutdown`.
+    pub async fn bind(
+        endpoint: &str,
+        options: PublisherOptions,
+        stats: Arc<BusStats>,
+        shutdown: CancellationToken,
+    ) -> Result<(Publisher, tokio::task::JoinHandle<()>), BusError> {
+        let mut socket = zeromq::PubSocket::new();
+        socket.bind(endpoint).await.map_err(|source| BusError::Bind {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+        tracing::info!(endpoint, source = %options.source, "bus publisher bound");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (state_tx, state_rx) = watch::channel("starting".to_string());
+        let task = tokio::spawn(publisher_task(socket, rx, state_rx, options, stats, shutdown));
+        Ok((
+            Publisher {
+                tx,
+                state: Arc::new(state_tx),
+            },
+            task,
+        ))
+    }
+
+    /// Publishes one message.
+    pub fn publish<T: Serialize>(&self, topic: Topic, body: &T) -> Result<(), BusError> {
+        let body = Bytes::from(encode_body(topic, body)?);
+        self.publish_encoded(topic, body)
+    }
+
+    /// Publishes a body already encoded with [`encode_body`].
+    pub fn publish_encoded(&self, topic: Topic, body: Bytes) -> Result<(), BusError> {
+        self.tx
+            .send(Outgoing { topic, body })
+            .map_err(|_| BusError::Closed)
+    }
+
+    /// Sets the state string carried by heartbeats (e.g. `ok`, `waiting-for-bitcoind`).
+    pub fn set_state(&self, state: &str) {
+        self.state.send_if_modified(|s| {
+            if s == state {
+                false
+            } else {
+                *s = state.to_string();
+                true
+            }
+        });
+    }
+}
+
+async fn publisher_task(
+    mut socket: zeromq::PubSocket,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    state: watch::Receiver<String>,
+    options: PublisherOptions,
+    stats: Arc<BusStats>,
+    shutdown: CancellationToken,
+) {
+    let instance = now_micros();
+    let mut seqs: HashMap<Topic, u64> = HashMap::new();
+    let mut latest_state: HashMap<Topic, Bytes> = HashMap::new();
+    let mut tick = tokio::time::interval(options.resend_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut frame = |topic: Topic, body: &[u8]| -> Option<ZmqMessage> {
+        let seq = seqs.entry(topic).or_insert(0);
+        *seq += 1;
+        let env = encode_envelope(&options.source, instance, *seq, body);
+        ZmqMessage::try_from(vec![
+            Bytes::from_static(topic.as_str().as_bytes()),
+            Bytes::from(env),
+        ])
+        .ok()
+    };
+    async fn send(socket: &mut zeromq::PubSocket, msg: Option<ZmqMessage>) {
+        if let Some(msg) = msg {
+            if let Err(e) = socket.send(msg).await {
+                tracing::warn!(error = %e, "bus send failed");
+            }
+        }
+    }
+    loop {
+        tokio::select! {
+            biased;
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                if msg.topic.is_state() {
+                    latest_state.insert(msg.topic, msg.body.clone());
+                }
+                send(&mut socket, frame(msg.topic, &msg.body)).await;
+            }
+            _ = tick.tick() => {
+                let (received, malformed, gaps, _) = stats.snapshot();
+                let hb = HeartbeatWire {
+                    started_at_us: instance,
+                    version: env!("CARGO_PKG_VERSION"),
+                    state: state.borrow().clone(),
+                    bus_received: received,
+                    bus_malformed: malformed,
+                    bus_gaps: gaps,
+                };
+                if let Ok(body) = rmp_serde::to_vec_named(&hb) {
+                    send(&mut socket, frame(Topic::Heartbeat, &body)).await;
+                }
+                let mut topics: Vec<_> = latest_state.keys().copied().collect();
+                topics.sort();
+                for topic in topics {
+                    if let Some(body) = latest_state.get(&topic) {
+                        let body = body.clone();
+                        send(&mut socket, frame(topic, &body)).await;
+                    }
+                }
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    // Flush what is queued so the last events reach their consumers.
+    while let Ok(msg) = rx.try_recv() {
+        send(&mut socket, frame(msg.topic, &msg.body)).await;
+    }
+    let _ = socket.close().await;
+}
+
+/// Heartbeat as written by the publisher task (a superset of [`Heartbeat`]).
+#[derive(Serialize)]
+struct HeartbeatWire {
+    started_at_us: u64,
+    version: &'static str,
+    state: String,
+    bus_received: u64,
+    bus_malformed: u64,
+    bus_gaps: u64,
+}
+
+/// Decoded heartbeat including the publisher's bus counters.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeartbeatWithStats {
+    /// Common heartbeat fields.
+    #[serde(flatten)]
+    pub heartbeat: Heartbeat,
+    /// Messages the publisher received from the bus.
+    #[serde(default)]
+    pub bus_received: u64,
+    /// Malformed messages the publisher refused.
+    #[serde(default)]
+    pub bus_malformed: u64,
+    /// Sequence gaps the publisher saw.
+    #[serde(default)]
+    pub bus_gaps: u64,
+}
+
+// === Subscriber ===
+
+/// One message received from the bus, its envelope header already checked.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Label of the stream it came from (the configured stream name).
+    pub stream: String,
+    /// Its topic.
+    pub topic: Topic,
+    /// Publisher name from the envelope.
+    pub source: String,
+    /// Send time from the envelope (unix µs).
+    pub sent_at_us: u64,
+    /// The whole envelope, to decode with [`Received::decode`].
+    pub bytes: Bytes,
+}
+
+impl Received {
+    /// Decodes the body as `T`. On failure the caller should count the message as malformed
+    /// ([`BusStats::count_malformed`]) and skip it.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, BusError> {
+        rmp_serde::from_slice::<Envelope<T>>(&self.bytes)
+            .map(|e| e.body)
+            .map_err(|e| {
+                BusError::Malformed(format!(
+                    "{} message from stream {}: {e}",
+                    self.topic.as_str(),
+                    self.stream
+                ))
+            })
+    }
+}
+
+/// What to subscribe to.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// `(stream label, endpoint)` pairs, e.g. `("watcher", "tcp://127.0.0.1:28400")`.
+    pub streams: Vec<(String, String)>,
+    /// Topics wanted (heartbeats are always received for the watchdog, but only passed on if
+    /// listed here).
+    pub topics: Vec<Topic>,
+    /// Reconnect a stream from which nothing (not even a heartbeat) arrived for this long.
+    pub silence_timeout: Duration,
+}
+
+/// Subscribes to the given streams. Each stream gets its own SUB socket and task, which
+/// reconnects when the publisher restarts or goes silent. Messages arrive on the returned
+/// receiver in per-stream order.
+pub fn subscribe(
+    options: SubscribeOptions,
+    stats: Arc<BusStats>,
+    shutdown: CancellationToken,
+) -> (mpsc::Receiver<Received>, Vec<tokio::task::JoinHandle<()>>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let tasks = options
+        .streams
+        .iter()
+        .map(|(label, endpoint)| {
+            tokio::spawn(stream_task(
+                label.clone(),
+                endpoint.clone(),
+                options.topics.clone(),
+                options.silence_timeout,
+                tx.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    (rx, tasks)
+}
+
+/// Sequence tracking per (publisher instance, topic).
+#[derive(Default)]
+struct SeqTracker {
+    instance: u64,
+    last: HashMap<Topic, u64>,
+}
+
+impl SeqTracker {
+    /// Returns (missed messages, publisher restarted).
+    fn observe(&mut self, instance: u64, topic: Topic, seq: u64) -> (u64, bool) {
+        let mut restarted = false;
+        if instance != self.instance {
+            restarted = self.instance != 0;
+            self.instance = instance;
+            self.last.clear();
+        }
+        let missed = match self.last.get(&topic) {
+            // The first message seen from an instance tells nothing about gaps.
+            None => 0,
+            Some(&last) if seq > last + 1 => seq - last - 1,
+            Some(_) => 0,
+        };
+        self.last.insert(topic, seq);
+        (missed, restarted)
+    }
+}
+
+async fn stream_task(
+    label: String,
+    endpoint: String,
+    topics: Vec<Topic>,
+    silence_timeout: Duration,
+    tx: mpsc::Sender<Received>,
+    stats: Arc<BusStats>,
+    shutdown: CancellationToken,
+) {
+    let mut tracker = SeqTracker::default();
+    let mut connected_once = false;
+    let mut warned_down = false;
+    while !shutdown.is_cancelled() {
+        let mut opts = SocketOptions::default();
+        opts.connect_timeout(Duration::from_millis(500));
+        let mut socket = zeromq::SubSocket::with_options(opts);
+        let mut ok = true;
+        for t in topics.iter().copied().chain([Topic::Heartbeat]) {
+            if let Err(e) = socket.subscribe(t.as_str()).await {
+                tracing::warn!(stream = %label, error = %e, "bus subscribe failed");
+                ok = false;
+            }
+        }
+        let connected = tokio::select! {
+            r = socket.connect(&endpoint) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        if let Err(e) = connected {
+            if !warned_down {
+                tracing::warn!(stream = %label, %endpoint, error = %e, "bus stream not reachable yet; retrying");
+                warned_down = true;
+            }
+            ok = false;
+        }
+        if !ok {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        if warned_down || connected_once {
+            tracing::info!(stream = %label, %endpoint, "bus stream connected");
+        } else {
+            tracing::debug!(stream = %label, %endpoint, "bus stream connected");
+        }
+        connected_once = true;
+        warned_down = false;
+        loop {
+            let msg = tokio::select! {
+                r = tokio::time::timeout(silence_timeout, socket.recv()) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let msg = match msg {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    tracing::warn!(stream = %label, error = %e, "bus receive failed; reconnecting");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(stream = %label, silent_for = ?silence_timeout, "bus stream silent; reconnecting");
+                    break;
+                }
+            };
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            let Some(received) = check_message(&label, msg, &mut tracker, &stats) else {
+                continue;
+            };
+            if received.topic == Topic::Heartbeat && !topics.contains(&Topic::Heartbeat) {
+                continue;
+            }
+            if tx.send(received).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn check_message(
+    label: &str,
+    msg: ZmqMessage,
+    tracker: &mut SeqTracker,
+    stats: &BusStats,
+) -> Option<Received> {
+    let frames = msg.into_vec();
+    let malformed = |why: String| {
+        stats.count_malformed();
+        tracing::warn!(stream = %label, "skipping malformed bus message: {why}");
+        None
+    };
+    let [topic, bytes] = <[Bytes; 2]>::try_from(frames).ok().or_else(|| {
+        stats.count_malformed();
+        tracing::warn!(stream = %label, "skipping malformed bus message: expected 2 frames");
+        None
+    })?;
+    let Some(topic_parsed) = Topic::from_wire(&topic) else {
+        return malformed(format!("unknown topic {:?}", String::from_utf8_lossy(&topic)));
+    };
+    let header: Envelope<serde::de::IgnoredAny> = match rmp_serde::from_slice(&bytes) {
+        Ok(h) => h,
+        Err(e) => return malformed(format!("{} envelope: {e}", topic_parsed.as_str())),
+    };
+    if header.version != BUS_PROTOCOL_VERSION {
+        return malformed(format!(
+            "{} envelope has bus protocol version {} (this build speaks {BUS_PROTOCOL_VERSION})",
+            topic_parsed.as_str(),
+            header.version
+        ));
+    }
+    let (missed, restarted) = tracker.observe(header.instance, topic_parsed, header.seq);
+    if restarted {
+        stats.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stream = %label, source = %header.source, "publisher restarted");
+    }
+    if missed > 0 {
+        stats.gaps.fetch_add(missed, Ordering::Relaxed);
+        tracing::warn!(stream = %label, topic = topic_parsed.as_str(), missed, "bus sequence gap");
+    }
+    Some(Received {
+        stream: label.to_string(),
+        topic: topic_parsed,
+        source: header.source,
+        sent_at_us: header.sent_at_us,
+        bytes,
+    })
+}
+
+/// Drops re-sent state messages: remembers the last id seen per topic.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    last: HashMap<Topic, u64>,
+}
+
+impl Dedup {
+    /// True the first time `(topic, id)` is seen after a different id.
+    pub fn is_new(&mut self, topic: Topic, id: u64) -> bool {
+        self.last.insert(topic, id) != Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::Event;
+
+    #[test]
+    fn envelope_round_trip_with_named_fields() {
+        let ev = Event {
+            level: "info".into(),
+            kind: "k".into(),
+            message: "m".into(),
+        };
+        let body = encode_body(Topic::Event, &ev).unwrap();
+        let bytes = encode_envelope("test", 7, 3, &body);
+        let env: Envelope<Event> = decode_envelope(&bytes).unwrap();
+        assert_eq!(env.body, ev);
+        assert_eq!((env.source.as_str(), env.instance, env.seq), ("test", 7, 3));
+        // Named fields: the keys are on the wire.
+        let v: rmp_serde::decode::Error = rmp_serde::from_slice::<(u16,)>(&bytes).unwrap_err();
+        let _ = v;
+        assert!(bytes.windows(7).any(|w| w == b"version"));
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let body = encode_body(Topic::Event, &1u8).unwrap();
+        let mut bytes = encode_envelope("t", 1, 1, &body);
+        // version is the first value after the "version" key: positive fixint 1 -> 9
+        let pos = bytes.iter().position(|b| *b == 1).unwrap();
+        bytes[pos] = 9;
+        assert!(matches!(
+            decode_envelope::<u8>(&bytes),
+            Err(BusError::Version { got: 9 })
+        ));
+    }
+
+    #[test]
+    fn seq_tracker_counts_gaps_and_restarts() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.observe(10, Topic::Tip, 5), (0, false));
+        assert_eq!(t.observe(10, Topic::Tip, 6), (0, false));
+        assert_eq!(t.observe(10, Topic::Tip, 9), (2, false));
+        assert_eq!(t.observe(10, Topic::Template, 1), (0, false));
+        assert_eq!(t.observe(11, Topic::Tip, 1), (0, true));
+    }
+
+    #[test]
+    fn topics_round_trip_and_are_prefix_free() {
+        for t in Topic::ALL {
+            assert_eq!(Topic::from_wire(t.as_str().as_bytes()), Some(t));
+            for u in Topic::ALL {
+                if t != u {
+                    assert!(!u.as_str().starts_with(t.as_str()), "{t:?} prefixes {u:?}");
+                }
+            }
+        }
+    }
+}

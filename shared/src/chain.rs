@@ -1,0 +1,189 @@
+//! Bitcoin helpers shared by the stack: hash byte orders, merkle paths, BIP141 witness
+//! commitments, subsidy, and payout destinations.
+
+use stratum_core::bitcoin::{
+    self,
+    hashes::{sha256d, Hash},
+    Address, Network, ScriptBuf,
+};
+
+/// Errors of the bitcoin helpers.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChainError {
+    /// A hash was not 64 hex digits.
+    #[error("`{0}` is not a 32-byte hex hash")]
+    BadHash(String),
+    /// A payout destination is neither an address of the network nor a hex script.
+    #[error("`{value}` is neither a {network} address nor a hex output script ({why})")]
+    BadDestination {
+        /// The value.
+        value: String,
+        /// The configured network.
+        network: Network,
+        /// Why it was refused.
+        why: String,
+    },
+}
+
+/// Parses a hash shown in RPC order (reversed) into internal byte order.
+pub fn hash_from_rpc_hex(hex_str: &str) -> Result<[u8; 32], ChainError> {
+    let mut bytes: [u8; 32] = hex::decode(hex_str)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ChainError::BadHash(hex_str.to_string()))?;
+    bytes.reverse();
+    Ok(bytes)
+}
+
+/// Shows an internal-order hash in RPC order.
+pub fn hash_to_rpc_hex(hash: &[u8; 32]) -> String {
+    let mut b = *hash;
+    b.reverse();
+    hex::encode(b)
+}
+
+/// Double SHA-256 of the concatenation of two 32-byte nodes.
+pub fn hash_pair(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut buf = [0u8; 64];
+    buf[..32].copy_from_slice(a);
+    buf[32..].copy_from_slice(b);
+    sha256d::Hash::hash(&buf).to_byte_array()
+}
+
+/// Merkle path of the coinbase (leaf 0) given the other transactions' ids in block order
+/// (internal byte order). Hashing the coinbase id up this path gives the merkle root.
+pub fn coinbase_merkle_path(txids: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    let mut path = Vec::new();
+    if txids.is_empty() {
+        return path;
+    }
+    let mut level: Vec<[u8; 32]> = Vec::with_capacity(txids.len() + 2);
+    level.push([0u8; 32]);
+    level.extend_from_slice(txids);
+    while level.len() > 1 {
+        path.push(level[1]);
+        if level.len() % 2 == 1 {
+            if let Some(last) = level.last().copied() {
+                level.push(last);
+            }
+        }
+        level = level.chunks_exact(2).map(|p| hash_pair(&p[0], &p[1])).collect();
+    }
+    path
+}
+
+/// Merkle root of a list of leaves (internal byte order); all-zero for an empty list.
+pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
+    if leaves.is_empty() {
+        return [0u8; 32];
+    }
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        if level.len() % 2 == 1 {
+            if let Some(last) = level.last().copied() {
+                level.push(last);
+            }
+        }
+        level = level.chunks_exact(2).map(|p| hash_pair(&p[0], &p[1])).collect();
+    }
+    level[0]
+}
+
+/// BIP141 witness commitment for the given non-coinbase wtxids (internal byte order), with
+/// the all-zero witness reserved value: `dsha256(witness_root || 00×32)`.
+pub fn witness_commitment(wtxids: &[[u8; 32]]) -> [u8; 32] {
+    let mut leaves = Vec::with_capacity(wtxids.len() + 1);
+    leaves.push([0u8; 32]);
+    leaves.extend_from_slice(wtxids);
+    hash_pair(&merkle_root(&leaves), &[0u8; 32])
+}
+
+/// The coinbase output script carrying a witness commitment: `OP_RETURN 0xaa21a9ed <32 bytes>`.
+pub fn witness_commitment_script(commitment: &[u8; 32]) -> ScriptBuf {
+    let mut s = Vec::with_capacity(38);
+    s.extend_from_slice(&[0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed]);
+    s.extend_from_slice(commitment);
+    ScriptBuf::from_bytes(s)
+}
+
+/// Block subsidy at `height` in satoshis (halving every 150 blocks on regtest, every 210,000
+/// elsewhere).
+pub fn subsidy(height: u32, network: Network) -> u64 {
+    let interval: u32 = if network == Network::Regtest {
+        150
+    } else {
+        210_000
+    };
+    let halvings = height / interval;
+    if halvings >= 64 {
+        0
+    } else {
+        (50 * 100_000_000u64) >> halvings
+    }
+}
+
+/// Parses a payout destination: an address of `network`, or an output script in hex.
+pub fn parse_destination(value: &str, network: Network) -> Result<ScriptBuf, ChainError> {
+    let addr_err = match value.parse::<Address<bitcoin::address::NetworkUnchecked>>() {
+        Ok(unchecked) => match unchecked.require_network(network) {
+            Ok(addr) => return Ok(addr.script_pubkey()),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    match hex::decode(value) {
+        Ok(bytes) if !bytes.is_empty() && bytes.len() <= 10_000 => Ok(ScriptBuf::from_bytes(bytes)),
+        _ => Err(ChainError::BadDestination {
+            value: value.to_string(),
+            network,
+            why: addr_err,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_hex_round_trip() {
+        let h = "0000000000000000000000000000000000000000000000000000000000000001";
+        let b = hash_from_rpc_hex(h).unwrap();
+        assert_eq!(b[0], 1);
+        assert_eq!(hash_to_rpc_hex(&b), h);
+        assert!(hash_from_rpc_hex("zz").is_err());
+    }
+
+    #[test]
+    fn merkle_path_reproduces_root() {
+        for n in 0..20usize {
+            let txids: Vec<[u8; 32]> = (0..n).map(|i| [i as u8 + 1; 32]).collect();
+            let coinbase = [0xcc; 32];
+            let mut leaves = vec![coinbase];
+            leaves.extend_from_slice(&txids);
+            let expected = merkle_root(&leaves);
+            let mut root = coinbase;
+            for h in coinbase_merkle_path(&txids) {
+                root = hash_pair(&root, &h);
+            }
+            assert_eq!(root, expected, "n={n}");
+        }
+    }
+
+    #[test]
+    fn subsidy_halves() {
+        assert_eq!(subsidy(0, Network::Regtest), 5_000_000_000);
+        assert_eq!(subsidy(150, Network::Regtest), 2_500_000_000);
+        assert_eq!(subsidy(840_000, Network::Bitcoin), 312_500_000);
+    }
+
+    #[test]
+    fn destinations() {
+        let s = parse_destination("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", Network::Regtest)
+            .unwrap();
+        assert_eq!(s.len(), 22);
+        assert!(parse_destination("0014751e76e8199196d454941c45d1b3a323f1433bd6", Network::Regtest).is_ok());
+        assert!(parse_destination("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", Network::Regtest).is_err());
+        assert!(parse_destination("hello", Network::Regtest).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! `jdc-shared`: what every jdc process has in common.
+//!
+//! - [`bus`]: the ZeroMQ message bus (envelope, topics, publisher, subscriber).
+//! - [`messages`]: the payloads carried on the bus (tips, templates, selections, events).
+//! - [`config`]: the one TOML configuration of the stack, with env and CLI overrides.
+//! - [`chain`]: bitcoin helpers (merkle paths, witness commitments, subsidy, hex hashes).
+//! - [`telemetry`]: tracing set-up.
+//! - [`shutdown`]: SIGINT/SIGTERM handling.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod chain;
+pub mod config;
+pub mod messages;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+pub use stratum_core::bitcoin;

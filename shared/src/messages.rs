@@ -1,0 +1,246 @@
+//! Payloads carried on the bus, one type per topic. Every struct is encoded with named fields
+//! (MessagePack maps), so consumers in any language read them by name and ignore fields they do
+//! not know. Hashes are hex strings in the byte order bitcoind's RPC shows them (reversed from
+//! the internal order); raw transactions are MessagePack `bin`.
+//!
+//! `docs/bus-protocol.md` documents every field with an example.
+
+use serde::{Deserialize, Serialize};
+
+/// A new chain tip, published by the template-watcher the moment it learns of it, before any
+/// `getblocktemplate`. It carries enough to build an empty-block job for the next block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tip {
+    /// Height of the block to be mined next (tip height + 1).
+    pub height: u32,
+    /// Hash of the new tip, i.e. the `prev_hash` of the next block (RPC hex order).
+    pub prev_hash: String,
+    /// Compact difficulty target (`nBits`) of the next block.
+    pub nbits: u32,
+    /// Suggested header time of the next block (unix seconds, at least `min_time`).
+    pub time: u32,
+    /// Smallest valid header time of the next block (median time past + 1).
+    pub min_time: u32,
+    /// Block version to mine.
+    pub version: u32,
+    /// Block subsidy of the next block in satoshis (the coinbase value of an empty block).
+    pub subsidy: u64,
+    /// When the watcher learnt of the tip (unix microseconds): the moment the ZMQ notification
+    /// (or the poll backstop) arrived. Latency is measured from here.
+    pub detected_at_us: u64,
+    /// What revealed the tip: `zmq` or `poll`.
+    pub detected_by: String,
+}
+
+/// One transaction of a template or a selection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateTx {
+    /// The serialized transaction (with witness).
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// Transaction id (RPC hex order).
+    pub txid: String,
+    /// Witness transaction id (RPC hex order).
+    pub wtxid: String,
+    /// Fee in satoshis.
+    pub fee: u64,
+    /// Weight in weight units.
+    pub weight: u64,
+    /// Signature operations cost, as `getblocktemplate` counts it.
+    pub sigops: u64,
+    /// 1-based positions, in this same list, of transactions this one spends from
+    /// (`getblocktemplate`'s `depends`).
+    #[serde(default)]
+    pub depends: Vec<u32>,
+}
+
+/// A block template from `getblocktemplate`, published on every tip and (debounced) on mempool
+/// changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Template {
+    /// Unique id of this template (microsecond clock of its creation, so it stays unique across
+    /// restarts of the watcher).
+    pub id: u64,
+    /// Height of the block this template builds.
+    pub height: u32,
+    /// Previous block hash (RPC hex order).
+    pub prev_hash: String,
+    /// Block version.
+    pub version: u32,
+    /// Compact target (`nBits`).
+    pub bits: u32,
+    /// Full network target, 64 hex digits, big-endian as `getblocktemplate` shows it.
+    pub target: String,
+    /// Current time suggested by bitcoind.
+    pub curtime: u32,
+    /// Smallest valid header time.
+    pub mintime: u32,
+    /// Subsidy + all fees of `txs`, in satoshis.
+    pub coinbase_value: u64,
+    /// Subsidy alone (coinbase value of an empty block), in satoshis.
+    pub subsidy: u64,
+    /// Block weight limit.
+    pub weight_limit: u64,
+    /// Block sigops cost limit.
+    pub sigop_limit: u64,
+    /// Every transaction of the template, in bitcoind's order.
+    pub txs: Vec<TemplateTx>,
+    /// `detected_at_us` of the tip this template was built for (0 for mempool refreshes).
+    pub tip_detected_at_us: u64,
+}
+
+/// Why and at what cost a transaction was left out of a selection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// Machine-readable reason, e.g. `below-min-fee-rate`, `block-full`, `parent-dropped`.
+    pub reason: String,
+    /// Number of transactions dropped for this reason.
+    pub count: u32,
+    /// Their fees in satoshis.
+    pub fee: u64,
+}
+
+/// The transactions we will mine, chosen from a template by the tx-selector (or by a
+/// third-party selector implementing the same contract).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    /// Unique id of this selection.
+    pub id: u64,
+    /// The template it was chosen from.
+    pub template_id: u64,
+    /// Height of the block.
+    pub height: u32,
+    /// Previous block hash (RPC hex order).
+    pub prev_hash: String,
+    /// Block version.
+    pub version: u32,
+    /// Compact target (`nBits`).
+    pub bits: u32,
+    /// Suggested header time.
+    pub curtime: u32,
+    /// Smallest valid header time.
+    pub mintime: u32,
+    /// Name of the policy that produced it.
+    pub policy: String,
+    /// Chosen transactions in block order: a parent always comes before its children.
+    pub txs: Vec<TemplateTx>,
+    /// Sum of the chosen transactions' fees, in satoshis.
+    pub fees: u64,
+    /// Coinbase value: subsidy + `fees`, in satoshis.
+    pub coinbase_value: u64,
+    /// Total weight of the chosen transactions (coinbase excluded).
+    pub weight: u64,
+    /// Total sigops cost of the chosen transactions (coinbase excluded).
+    pub sigops: u64,
+    /// BIP141 witness commitment for the chosen wtxids (with the all-zero witness reserved
+    /// value): 32 bytes hex, internal byte order as it appears in the coinbase output script.
+    pub witness_commitment: String,
+    /// What the policy left out and why.
+    #[serde(default)]
+    pub dropped: Vec<Dropped>,
+    /// `tip_detected_at_us` of the template.
+    pub tip_detected_at_us: u64,
+}
+
+/// Kind of a job sent to devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// Coinbase-only job sent the moment a tip is known.
+    Empty,
+    /// Job with the selected transactions.
+    Full,
+}
+
+impl JobKind {
+    /// Label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Empty => "empty",
+            JobKind::Full => "full",
+        }
+    }
+}
+
+/// A job the declarator sent to its downstream devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSent {
+    /// Empty-block or full job.
+    pub kind: JobKind,
+    /// Height of the block being mined.
+    pub height: u32,
+    /// Template (or tip) id the job was built from.
+    pub template_id: u64,
+    /// Number of transactions in the block (coinbase excluded).
+    pub tx_count: u32,
+    /// Number of downstream channels that received it.
+    pub channels: u32,
+    /// Whether this job activated a new tip (`SetNewPrevHash` sent with it).
+    pub new_tip: bool,
+    /// Microseconds from tip detection to the job being written to the devices (0 if unknown).
+    pub tip_to_job_us: u64,
+}
+
+/// The verdict on one share from a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareResult {
+    /// Downstream channel id.
+    pub channel_id: u32,
+    /// `standard` or `extended`.
+    pub channel_kind: String,
+    /// Whether the share was accepted.
+    pub accepted: bool,
+    /// Empty when accepted, else the SV2 error code (e.g. `difficulty-too-low`).
+    pub reason: String,
+    /// Difficulty the share was credited with (the channel target's difficulty).
+    pub difficulty: f64,
+}
+
+/// Stage of a found block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockStage {
+    /// A share met the network target.
+    Found,
+    /// `submitblock` accepted it.
+    Accepted,
+    /// `submitblock` refused it (see `reason`).
+    Rejected,
+}
+
+/// A block found by our devices and what bitcoind said about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockEvent {
+    /// Found, accepted or rejected.
+    pub stage: BlockStage,
+    /// Height of the block.
+    pub height: u32,
+    /// Block hash (RPC hex order).
+    pub hash: String,
+    /// Number of transactions, coinbase included.
+    pub tx_count: u32,
+    /// `submitblock`'s answer when rejected, else empty.
+    pub reason: String,
+}
+
+/// Liveness of a process, published every heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Process start time (unix microseconds).
+    pub started_at_us: u64,
+    /// Crate version of the publisher.
+    pub version: String,
+    /// Free-form state summary, e.g. `ok`, `waiting-for-bitcoind`, `initial-block-download`.
+    pub state: String,
+}
+
+/// A notable state change of a process, for operators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// `info`, `warn` or `error`.
+    pub level: String,
+    /// Short machine-readable kind, e.g. `bitcoind-connected`, `selection-refused`.
+    pub kind: String,
+    /// Human-readable detail.
+    pub message: String,
+}
