@@ -1,1 +1,59 @@
-fn main(){}
+//! jdc-declarator: serves SV2 mining jobs built from our own templates to the operator's
+//! devices and submits the blocks they find.
+
+use clap::{Parser, Subcommand};
+use jdc_declarator::RunError;
+use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
+
+/// The SV2 side of jdc: builds the coinbase paying your address(es), serves the SV2 Mining
+/// protocol (Noise-encrypted) to your devices on `declarator.listen` (default 0.0.0.0:34255),
+/// and submits found blocks to bitcoind. Templates come from jdc-template-watcher and
+/// jdc-tx-selector over the bus.
+///
+/// Devices need the authority public key: print it with `jdc-declarator authority-key`.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the declarator (the default).
+    Run,
+    /// Print the authority public key devices must trust (creates the key if absent).
+    AuthorityKey,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    jdc_shared::telemetry::init(cli.common.log_format);
+    let config = match Config::load(&cli.common) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::AuthorityKey => jdc_declarator::service::load_keys(&config).map(|k| {
+            println!("{}", k.public_key_string());
+        }),
+        Command::Run => jdc_declarator::run(config, jdc_shared::shutdown::on_signals()).await,
+    };
+    match result {
+        Ok(()) => {}
+        Err(RunError::Config(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

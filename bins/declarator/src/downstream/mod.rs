@@ -1,0 +1,649 @@
+//! The SV2 mining server for the operator's devices: Noise NX over TCP, `SetupConnection`,
+//! standard and extended channels, jobs out, shares in.
+//!
+//! Each connection runs in its own task; a slow or broken device only ever affects itself.
+//! New work arrives through a `watch` channel, so a device that falls behind skips straight to
+//! the latest work.
+
+pub mod channel;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jdc_shared::bitcoin::Target;
+use jdc_shared::bus::{Publisher, Topic};
+use jdc_shared::messages::{JobKind, JobSent, ShareResult};
+use jdc_shared::sv2::{self, AuthorityKeys, Sv2Error, Sv2Writer};
+use jdc_shared::time::now_micros;
+use stratum_core::binary_sv2::{B032Owned, U256Owned};
+use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
+use stratum_core::channels_sv2::server::{extended::ExtendedChannel, standard::StandardChannel};
+use stratum_core::common_messages_sv2::{
+    Protocol, SetupConnectionErrorOwned, SetupConnectionOwned, SetupConnectionSuccessOwned,
+};
+use stratum_core::mining_sv2::{
+    OpenExtendedMiningChannelOwned, OpenExtendedMiningChannelSuccessOwned,
+    OpenMiningChannelErrorOwned, OpenStandardMiningChannelOwned,
+    OpenStandardMiningChannelSuccessOwned, SetTargetOwned, UpdateChannelErrorOwned,
+    UpdateChannelOwned,
+};
+use stratum_core::parsers_sv2::{AnyMessageOwned, CommonMessagesOwned, MiningOwned};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::work::WorkState;
+use channel::{Channel, FoundBlock};
+
+/// SV2 protocol version we speak.
+const SV2_VERSION: u16 = 2;
+/// `SetupConnection` flag: the device wants to choose its own work (not served here).
+const FLAG_REQUIRES_WORK_SELECTION: u32 = 1 << 1;
+/// `SetupConnection` flag: the device wants standard jobs only.
+const FLAG_REQUIRES_STANDARD_JOBS: u32 = 1;
+/// Largest message we accept from a device (a share is < 100 bytes).
+const MAX_DEVICE_PAYLOAD: usize = 16 * 1024;
+
+/// Settings of the downstream server.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Certificate validity.
+    pub cert_validity: Duration,
+    /// Time allowed for the handshake and `SetupConnection`.
+    pub handshake_timeout: Duration,
+    /// Share rate each channel is tuned for.
+    pub shares_per_minute: f32,
+    /// Shares per acknowledgement.
+    pub share_batch_size: usize,
+    /// Text in the coinbase scriptSig.
+    pub coinbase_tag: String,
+    /// Maximum concurrent connections.
+    pub max_connections: usize,
+}
+
+/// State shared by all connections.
+pub struct Server {
+    settings: ServerSettings,
+    keys: AuthorityKeys,
+    work: watch::Receiver<Option<WorkState>>,
+    allocator: Mutex<ExtranonceAllocator>,
+    next_channel_id: AtomicU32,
+    connections: AtomicUsize,
+    blocks: mpsc::UnboundedSender<FoundBlock>,
+    bus: Publisher,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Transport, handshake or framing problem.
+    #[error(transparent)]
+    Transport(#[from] Sv2Error),
+    /// The device broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The device took too long to set up.
+    #[error("no SetupConnection within {0:?}")]
+    SetupTimeout(Duration),
+}
+
+impl Server {
+    /// A server handing out work from `work` and sending found blocks to `blocks`.
+    pub fn new(
+        settings: ServerSettings,
+        keys: AuthorityKeys,
+        work: watch::Receiver<Option<WorkState>>,
+        allocator: ExtranonceAllocator,
+        blocks: mpsc::UnboundedSender<FoundBlock>,
+        bus: Publisher,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            keys,
+            work,
+            allocator: Mutex::new(allocator),
+            next_channel_id: AtomicU32::new(1),
+            connections: AtomicUsize::new(0),
+            blocks,
+            bus,
+        })
+    }
+
+    /// Accepts devices until `shutdown`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if self.connections.load(Ordering::Relaxed) >= self.settings.max_connections {
+                tracing::warn!(%peer, max = self.settings.max_connections, "connection refused: too many devices");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let server = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                server.connections.fetch_add(1, Ordering::Relaxed);
+                match server.clone().connection(stream, peer, shutdown).await {
+                    Ok(()) => tracing::info!(%peer, "device disconnected"),
+                    Err(ConnectionError::Transport(Sv2Error::Closed)) => {
+                        tracing::info!(%peer, "device disconnected")
+                    }
+                    Err(e) => tracing::warn!(%peer, error = %e, "device dropped"),
+                }
+                server.connections.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        tasks.shutdown().await;
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<(), ConnectionError> {
+        let (mut reader, mut writer) = sv2::accept(
+            stream,
+            &self.keys,
+            self.settings.cert_validity,
+            self.settings.handshake_timeout,
+        )
+        .await?;
+        reader.set_max_payload(MAX_DEVICE_PAYLOAD);
+        let setup = tokio::time::timeout(self.settings.handshake_timeout, reader.recv())
+            .await
+            .map_err(|_| ConnectionError::SetupTimeout(self.settings.handshake_timeout))??;
+        let setup = match setup {
+            AnyMessageOwned::Common(CommonMessagesOwned::SetupConnection(s)) => s,
+            other => {
+                return Err(ConnectionError::Protocol(format!(
+                    "expected SetupConnection, got {}",
+                    message_name(&other)
+                )))
+            }
+        };
+        let standard_only = match check_setup(&setup) {
+            Ok(standard_only) => standard_only,
+            Err((flags, code)) => {
+                if let Some(reply) = setup_error(flags, code) {
+                    writer.send(reply).await?;
+                }
+                return Err(ConnectionError::Protocol(format!(
+                    "SetupConnection refused: {code}"
+                )));
+            }
+        };
+        writer
+            .send(AnyMessageOwned::Common(
+                CommonMessagesOwned::SetupConnectionSuccess(SetupConnectionSuccessOwned {
+                    used_version: SV2_VERSION,
+                    flags: 0,
+                }),
+            ))
+            .await?;
+        tracing::info!(
+            %peer,
+            vendor = %String::from_utf8_lossy(setup.vendor.as_bytes()),
+            firmware = %String::from_utf8_lossy(setup.firmware.as_bytes()),
+            "device connected"
+        );
+        let mut conn = Connection {
+            server: self.clone(),
+            peer,
+            standard_only,
+            channels: HashMap::new(),
+            tip_seq: 0,
+            template_id: 0,
+        };
+        let mut work = self.work.clone();
+        work.mark_changed();
+        loop {
+            tokio::select! {
+                biased;
+                changed = work.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let state = work.borrow_and_update().clone();
+                    if let Some(state) = state {
+                        conn.on_work(&state, &mut writer).await?;
+                    }
+                }
+                msg = reader.recv() => {
+                    let msg = msg?;
+                    let replies = conn.on_message(msg, &work)?;
+                    if !replies.is_empty() {
+                        writer.send_all(replies).await?;
+                    }
+                }
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Checks a device's `SetupConnection`; returns whether it wants standard jobs only, or the
+/// flags and error code to refuse it with.
+fn check_setup(setup: &SetupConnectionOwned) -> Result<bool, (u32, &'static str)> {
+    if setup.protocol != Protocol::MiningProtocol {
+        return Err((0, "unsupported-protocol"));
+    }
+    if setup.min_version > SV2_VERSION || setup.max_version < SV2_VERSION {
+        return Err((0, "protocol-version-mismatch"));
+    }
+    if setup.flags & FLAG_REQUIRES_WORK_SELECTION != 0 {
+        return Err((FLAG_REQUIRES_WORK_SELECTION, "unsupported-feature-flags"));
+    }
+    Ok(setup.flags & FLAG_REQUIRES_STANDARD_JOBS != 0)
+}
+
+fn setup_error(flags: u32, code: &str) -> Option<AnyMessageOwned> {
+    let error_code = channel::sv2_str(code)?;
+    Some(AnyMessageOwned::Common(
+        CommonMessagesOwned::SetupConnectionError(SetupConnectionErrorOwned { flags, error_code }),
+    ))
+}
+
+fn message_name(msg: &AnyMessageOwned) -> String {
+    let s = format!("{msg:?}");
+    s.split(['(', ' ', '{'])
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+struct Connection {
+    server: Arc<Server>,
+    peer: SocketAddr,
+    standard_only: bool,
+    channels: HashMap<u32, Channel>,
+    tip_seq: u64,
+    template_id: u64,
+}
+
+impl Connection {
+    /// Sends the latest work to every channel of this connection.
+    async fn on_work(
+        &mut self,
+        state: &WorkState,
+        writer: &mut Sv2Writer,
+    ) -> Result<(), ConnectionError> {
+        if self.channels.is_empty() {
+            self.tip_seq = state.tip.seq;
+            self.template_id = state.job.template_id;
+            return Ok(());
+        }
+        let new_tip = state.tip.seq != self.tip_seq;
+        if !new_tip && state.job.template_id == self.template_id {
+            return Ok(());
+        }
+        let mut out = Vec::with_capacity(self.channels.len() * 2);
+        for ch in self.channels.values_mut() {
+            let msgs = if new_tip {
+                ch.on_new_tip(state)
+            } else {
+                ch.on_new_job(state).map(|m| vec![m])
+            };
+            match msgs {
+                Ok(m) => out.extend(m),
+                Err(e) => {
+                    tracing::error!(peer = %self.peer, channel = ch.id(), error = %e, "cannot build job for channel")
+                }
+            }
+        }
+        self.tip_seq = state.tip.seq;
+        self.template_id = state.job.template_id;
+        writer.send_all(out).await?;
+        let sent_at = now_micros();
+        let event = JobSent {
+            kind: state.job.kind,
+            height: state.tip.height,
+            template_id: state.job.template_id,
+            tx_count: state.job.tx_count,
+            channels: self.channels.len() as u32,
+            new_tip,
+            tip_to_job_us: sent_at.saturating_sub(state.tip.detected_at_us),
+        };
+        if new_tip || state.job.kind == JobKind::Full {
+            tracing::debug!(
+                peer = %self.peer,
+                kind = state.job.kind.as_str(),
+                height = state.tip.height,
+                latency_us = event.tip_to_job_us,
+                "job sent"
+            );
+        }
+        let _ = self.server.bus.publish(Topic::Job, &event);
+        Ok(())
+    }
+
+    /// Handles one message from the device; returns the replies.
+    fn on_message(
+        &mut self,
+        msg: AnyMessageOwned,
+        work: &watch::Receiver<Option<WorkState>>,
+    ) -> Result<Vec<AnyMessageOwned>, ConnectionError> {
+        let AnyMessageOwned::Mining(msg) = msg else {
+            return Err(ConnectionError::Protocol(format!(
+                "unexpected {} after setup",
+                message_name(&msg)
+            )));
+        };
+        match msg {
+            MiningOwned::OpenStandardMiningChannel(m) => Ok(self.open_standard(m, work)),
+            MiningOwned::OpenExtendedMiningChannel(m) => Ok(self.open_extended(m, work)),
+            MiningOwned::SubmitSharesStandard(s) => {
+                let channel_id = s.channel_id;
+                let seq = s.sequence_number;
+                Ok(self.share(channel_id, seq, |ch| ch.on_standard_share(s)))
+            }
+            MiningOwned::SubmitSharesExtended(s) => {
+                let channel_id = s.channel_id;
+                let seq = s.sequence_number;
+                Ok(self.share(channel_id, seq, |ch| ch.on_extended_share(s)))
+            }
+            MiningOwned::UpdateChannel(u) => Ok(self.update_channel(u)),
+            MiningOwned::CloseChannel(c) => {
+                tracing::info!(peer = %self.peer, channel = c.channel_id, "device closed channel");
+                self.channels.remove(&c.channel_id);
+                Ok(vec![])
+            }
+            other => Err(ConnectionError::Protocol(format!(
+                "a device may not send {}",
+                message_name(&AnyMessageOwned::Mining(other))
+            ))),
+        }
+    }
+
+    fn next_channel_id(&self) -> u32 {
+        self.server.next_channel_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn open_standard(
+        &mut self,
+        m: OpenStandardMiningChannelOwned,
+        work: &watch::Receiver<Option<WorkState>>,
+    ) -> Vec<AnyMessageOwned> {
+        let request_id = m.request_id;
+        let prefix = match self
+            .server
+            .allocator
+            .lock()
+            .map(|mut a| a.allocate_standard())
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                return open_error(request_id, "no-more-channels")
+                    .into_iter()
+                    .collect()
+            }
+        };
+        let s = &self.server.settings;
+        let channel_id = self.next_channel_id();
+        let prefix_bytes = prefix.as_bytes().to_vec();
+        let channel = match StandardChannel::new_for_job_declaration_client(
+            channel_id,
+            String::from_utf8_lossy(m.user_identity.as_bytes()).into_owned(),
+            prefix,
+            Target::from_le_bytes(m.max_target.to_array()),
+            m.nominal_hash_rate,
+            s.share_batch_size,
+            s.shares_per_minute,
+            None,
+            s.coinbase_tag.clone(),
+            None,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = ?e, "standard channel refused");
+                return open_error(request_id, open_error_code(&format!("{e:?}")))
+                    .into_iter()
+                    .collect();
+            }
+        };
+        let target = *channel.get_target();
+        let success = OpenStandardMiningChannelSuccessOwned {
+            request_id: m.request_id,
+            channel_id,
+            target: U256Owned::from(target.to_le_bytes()),
+            extranonce_prefix: match B032Owned::new(prefix_bytes) {
+                Ok(p) => p,
+                Err(_) => {
+                    return open_error(request_id, "extranonce-prefix-too-large")
+                        .into_iter()
+                        .collect()
+                }
+            },
+            group_channel_id: 0,
+        };
+        tracing::info!(peer = %self.peer, channel_id, kind = "standard", "channel opened");
+        self.add_channel(
+            Channel::Standard(Box::new(channel)),
+            AnyMessageOwned::Mining(MiningOwned::OpenStandardMiningChannelSuccess(success)),
+            work,
+        )
+    }
+
+    fn open_extended(
+        &mut self,
+        m: OpenExtendedMiningChannelOwned,
+        work: &watch::Receiver<Option<WorkState>>,
+    ) -> Vec<AnyMessageOwned> {
+        let request_id = m.request_id;
+        if self.standard_only {
+            return open_error(request_id, "standard-jobs-only-connection")
+                .into_iter()
+                .collect();
+        }
+        let (prefix, rollable) = match self.server.allocator.lock().map(|mut a| {
+            let rollable = a.rollable_extranonce_size();
+            (
+                a.allocate_extended(m.min_extranonce_size as usize),
+                rollable,
+            )
+        }) {
+            Ok((Ok(p), r)) => (p, r),
+            Ok((Err(e), _)) => {
+                tracing::warn!(peer = %self.peer, error = ?e, min = m.min_extranonce_size, "extended channel refused");
+                return open_error(request_id, "min-extranonce-size-too-large")
+                    .into_iter()
+                    .collect();
+            }
+            Err(_) => {
+                return open_error(request_id, "internal-error")
+                    .into_iter()
+                    .collect()
+            }
+        };
+        let s = &self.server.settings;
+        let channel_id = self.next_channel_id();
+        let prefix_bytes = prefix.as_bytes().to_vec();
+        let channel = match ExtendedChannel::new_for_job_declaration_client(
+            channel_id,
+            String::from_utf8_lossy(m.user_identity.as_bytes()).into_owned(),
+            prefix,
+            Target::from_le_bytes(m.max_target.to_array()),
+            m.nominal_hash_rate,
+            true,
+            u16::from(rollable),
+            s.share_batch_size,
+            s.shares_per_minute,
+            None,
+            s.coinbase_tag.clone(),
+            None,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = ?e, "extended channel refused");
+                return open_error(request_id, open_error_code(&format!("{e:?}")))
+                    .into_iter()
+                    .collect();
+            }
+        };
+        let target = *channel.get_target();
+        let success = OpenExtendedMiningChannelSuccessOwned {
+            request_id,
+            channel_id,
+            target: U256Owned::from(target.to_le_bytes()),
+            extranonce_size: u16::from(rollable),
+            extranonce_prefix: match B032Owned::new(prefix_bytes) {
+                Ok(p) => p,
+                Err(_) => {
+                    return open_error(request_id, "extranonce-prefix-too-large")
+                        .into_iter()
+                        .collect()
+                }
+            },
+            group_channel_id: 0,
+        };
+        tracing::info!(peer = %self.peer, channel_id, kind = "extended", "channel opened");
+        self.add_channel(
+            Channel::Extended(Box::new(channel)),
+            AnyMessageOwned::Mining(MiningOwned::OpenExtendedMiningChannelSuccess(success)),
+            work,
+        )
+    }
+
+    /// Registers a channel and gives it the current work: a future job, then the
+    /// `SetNewPrevHash` activating it.
+    fn add_channel(
+        &mut self,
+        mut channel: Channel,
+        success: AnyMessageOwned,
+        work: &watch::Receiver<Option<WorkState>>,
+    ) -> Vec<AnyMessageOwned> {
+        let mut out = vec![success];
+        let state = work.borrow().clone();
+        if let Some(state) = state {
+            match channel.on_new_tip(&state) {
+                Ok(msgs) => out.extend(msgs),
+                Err(e) => tracing::error!(peer = %self.peer, error = %e, "cannot build first job"),
+            }
+            if self.channels.is_empty() {
+                self.tip_seq = state.tip.seq;
+                self.template_id = state.job.template_id;
+            }
+        }
+        self.channels.insert(channel.id(), channel);
+        out
+    }
+
+    fn share(
+        &mut self,
+        channel_id: u32,
+        seq: u32,
+        validate: impl FnOnce(&mut Channel) -> channel::ShareOutcome,
+    ) -> Vec<AnyMessageOwned> {
+        let (outcome, kind, difficulty) = match self.channels.get_mut(&channel_id) {
+            Some(ch) => {
+                let kind = ch.kind();
+                let difficulty = ch.target().difficulty_float();
+                (validate(ch), kind, difficulty)
+            }
+            None => (
+                channel::reject(channel_id, seq, channel::ERROR_INVALID_CHANNEL_ID),
+                "unknown",
+                0.0,
+            ),
+        };
+        let _ = self.server.bus.publish(
+            Topic::Share,
+            &ShareResult {
+                channel_id,
+                channel_kind: kind.to_string(),
+                accepted: outcome.rejected.is_none(),
+                reason: outcome.rejected.unwrap_or_default().to_string(),
+                difficulty,
+            },
+        );
+        if let Some(code) = outcome.rejected {
+            tracing::debug!(peer = %self.peer, channel_id, code, "share rejected");
+        }
+        if let Some(block) = outcome.block {
+            tracing::info!(peer = %self.peer, channel_id, hash = %block.hash, "share meets the network target: block found");
+            if self.server.blocks.send(block).is_err() {
+                tracing::error!("block submitter has stopped; block lost");
+            }
+        }
+        if outcome.close {
+            tracing::warn!(peer = %self.peer, channel_id, "closing channel: share budget exhausted");
+            self.channels.remove(&channel_id);
+        }
+        outcome.reply.into_iter().collect()
+    }
+
+    fn update_channel(&mut self, u: UpdateChannelOwned) -> Vec<AnyMessageOwned> {
+        let channel_id = u.channel_id;
+        let Some(ch) = self.channels.get_mut(&channel_id) else {
+            return update_error(channel_id, "invalid-channel-id")
+                .into_iter()
+                .collect();
+        };
+        let max_target = Some(Target::from_le_bytes(u.maximum_target.to_array()));
+        let result = match ch {
+            Channel::Standard(c) => c
+                .update_channel(u.nominal_hash_rate, max_target)
+                .map_err(|e| format!("{e:?}")),
+            Channel::Extended(c) => c
+                .update_channel(u.nominal_hash_rate, max_target)
+                .map_err(|e| format!("{e:?}")),
+        };
+        match result {
+            Ok(()) => vec![AnyMessageOwned::Mining(MiningOwned::SetTarget(
+                SetTargetOwned {
+                    channel_id,
+                    maximum_target: U256Owned::from(ch.target().to_le_bytes()),
+                },
+            ))],
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, channel_id, error = %e, "UpdateChannel refused");
+                update_error(channel_id, open_error_code(&e))
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+}
+
+fn open_error_code(debug: &str) -> &'static str {
+    if debug.contains("Hashrate") {
+        "invalid-nominal-hashrate"
+    } else if debug.contains("Target") {
+        "max-target-out-of-range"
+    } else {
+        "unknown"
+    }
+}
+
+fn open_error(request_id: u32, code: &str) -> Option<AnyMessageOwned> {
+    Some(AnyMessageOwned::Mining(
+        MiningOwned::OpenMiningChannelError(OpenMiningChannelErrorOwned {
+            request_id,
+            error_code: channel::sv2_str(code)?,
+        }),
+    ))
+}
+
+fn update_error(channel_id: u32, code: &str) -> Option<AnyMessageOwned> {
+    Some(AnyMessageOwned::Mining(MiningOwned::UpdateChannelError(
+        UpdateChannelErrorOwned {
+            channel_id,
+            error_code: channel::sv2_str(code)?,
+        },
+    )))
+}

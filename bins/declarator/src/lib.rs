@@ -1,0 +1,20 @@
+//! `jdc-declarator`: the SV2 side of jdc. In this version it mines solo: it builds the
+//! coinbase paying the operator, serves the SV2 Mining protocol to the operator's devices, and
+//! submits found blocks to bitcoind.
+//!
+//! - [`work`]: tips and selections → templates for the channel logic (pure).
+//! - [`payout`]: coinbase payout outputs (pure).
+//! - [`block`]: block assembly from a solving share (pure).
+//! - [`downstream`]: the SV2 mining server for devices.
+//! - [`node`]: `submitblock` over RPC.
+//! - [`service`]: wiring of the tasks.
+#![forbid(unsafe_code)]
+
+pub mod block;
+pub mod downstream;
+pub mod node;
+pub mod payout;
+pub mod service;
+pub mod work;
+
+pub use service::{run, RunError};

@@ -1,0 +1,585 @@
+//! The work book: turns bus tips and selections into the templates and chain tips that the
+//! SRI channel logic (`channels_sv2`) builds jobs from, and keeps what is needed to assemble a
+//! block when a share meets the network target.
+//!
+//! Pure logic: no sockets, unit tested.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use jdc_shared::bitcoin::{
+    consensus::serialize, script::Builder, Amount, CompactTarget, Network, Target, TxOut,
+};
+use jdc_shared::chain::{self, ChainError};
+use jdc_shared::messages::{JobKind, Selection, Tip};
+use stratum_core::binary_sv2::{B0255Owned, B064KOwned, Seq0255Owned, U256Owned};
+use stratum_core::template_distribution_sv2::{NewTemplateOwned, SetNewPrevHashOwned};
+
+use crate::payout::Payout;
+
+/// Why a tip or selection was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WorkError {
+    /// A hash field is not valid hex.
+    #[error("{field}: {source}")]
+    Hash {
+        /// Which field.
+        field: &'static str,
+        /// Cause.
+        #[source]
+        source: ChainError,
+    },
+    /// The selection breaks a block rule; the text says which.
+    #[error("invalid selection {id} for height {height}: {reason}")]
+    InvalidSelection {
+        /// Selection id.
+        id: u64,
+        /// Its height.
+        height: u32,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value does not fit an SV2 field.
+    #[error("cannot encode {0} for SV2")]
+    Encode(&'static str),
+}
+
+/// The chain tip devices mine on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TipWork {
+    /// Increments on every new tip.
+    pub seq: u64,
+    /// Previous block hash, internal byte order.
+    pub prev_hash: [u8; 32],
+    /// Height of the block being mined.
+    pub height: u32,
+    /// Compact target.
+    pub nbits: u32,
+    /// `min_ntime` given to devices.
+    pub header_timestamp: u32,
+    /// When the tip was detected (unix µs), for latency.
+    pub detected_at_us: u64,
+}
+
+/// One job (empty or full) on the current tip.
+#[derive(Debug, Clone)]
+pub struct JobWork {
+    /// Our template id (unique, increasing).
+    pub template_id: u64,
+    /// Empty-block or full job.
+    pub kind: JobKind,
+    /// The template as a non-future `NewTemplate`.
+    pub template: NewTemplateOwned,
+    /// Our payout outputs (sum = coinbase value).
+    pub outputs: Vec<TxOut>,
+    /// Transactions in the block (coinbase excluded).
+    pub tx_count: u32,
+}
+
+/// What devices should be mining now: the tip and its best job.
+#[derive(Debug, Clone)]
+pub struct WorkState {
+    /// Current tip.
+    pub tip: Arc<TipWork>,
+    /// Best job on that tip.
+    pub job: Arc<JobWork>,
+}
+
+impl WorkState {
+    /// The job as a future template, for a `SetNewPrevHash` to activate.
+    pub fn future_template(&self) -> NewTemplateOwned {
+        let mut t = self.job.template.clone();
+        t.future_template = true;
+        t
+    }
+
+    /// The template-distribution `SetNewPrevHash` activating this state's job.
+    pub fn set_new_prev_hash(&self) -> SetNewPrevHashOwned {
+        let target = Target::from_compact(CompactTarget::from_consensus(self.tip.nbits));
+        SetNewPrevHashOwned {
+            template_id: self.job.template_id,
+            prev_hash: U256Owned::from(self.tip.prev_hash),
+            header_timestamp: self.tip.header_timestamp,
+            n_bits: self.tip.nbits,
+            target: U256Owned::from(target.to_le_bytes()),
+        }
+    }
+}
+
+/// What a found block needs besides the coinbase and header fields from the share.
+#[derive(Debug)]
+pub struct BlockBody {
+    /// Template id.
+    pub template_id: u64,
+    /// Height.
+    pub height: u32,
+    /// Previous block hash, internal order.
+    pub prev_hash: [u8; 32],
+    /// Compact target.
+    pub nbits: u32,
+    /// Transaction ids in block order (internal order), coinbase excluded.
+    pub txids: Vec<[u8; 32]>,
+    /// Raw transactions in block order, coinbase excluded.
+    pub txs: Vec<Vec<u8>>,
+}
+
+/// The last templates' block bodies, by template id.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    bodies: VecDeque<Arc<BlockBody>>,
+}
+
+/// How many templates' bodies are kept for block assembly.
+const CATALOG_DEPTH: usize = 64;
+
+impl Catalog {
+    /// Adds a body, evicting the oldest beyond the depth.
+    pub fn insert(&mut self, body: Arc<BlockBody>) {
+        if self.bodies.len() == CATALOG_DEPTH {
+            self.bodies.pop_front();
+        }
+        self.bodies.push_back(body);
+    }
+
+    /// The body of a template, if still kept.
+    pub fn get(&self, template_id: u64) -> Option<Arc<BlockBody>> {
+        self.bodies
+            .iter()
+            .rev()
+            .find(|b| b.template_id == template_id)
+            .cloned()
+    }
+}
+
+/// Limits every block must respect.
+const MAX_BLOCK_WEIGHT: u64 = 4_000_000;
+const MAX_BLOCK_SIGOPS: u64 = 80_000;
+/// Weight of our coinbase, generously bounded (scriptSig ≤ 100 bytes, a few outputs).
+const COINBASE_WEIGHT_BOUND: u64 = 4_000;
+
+/// Turns tips and selections into work.
+pub struct WorkBook {
+    network: Network,
+    payout: Payout,
+    next_template_id: u64,
+    tip_seq: u64,
+    current: Option<WorkState>,
+    last_selection_id: Option<u64>,
+}
+
+impl WorkBook {
+    /// A work book paying `payout` on `network`.
+    pub fn new(network: Network, payout: Payout) -> Self {
+        Self {
+            network,
+            payout,
+            // Template ids start from the clock so they keep increasing across restarts.
+            next_template_id: jdc_shared::time::now_micros(),
+            tip_seq: 0,
+            current: None,
+            last_selection_id: None,
+        }
+    }
+
+    /// The current work, if any.
+    pub fn current(&self) -> Option<&WorkState> {
+        self.current.as_ref()
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_template_id += 1;
+        self.next_template_id
+    }
+
+    /// A new tip from the watcher: returns the empty-block work for it, or `None` if this tip
+    /// is already the current one (re-sent state).
+    pub fn on_tip(&mut self, tip: &Tip) -> Result<Option<(WorkState, BlockBody)>, WorkError> {
+        let prev_hash =
+            chain::hash_from_rpc_hex(&tip.prev_hash).map_err(|source| WorkError::Hash {
+                field: "tip.prev_hash",
+                source,
+            })?;
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.tip.prev_hash == prev_hash)
+        {
+            return Ok(None);
+        }
+        let header_timestamp = tip.time.max(tip.min_time);
+        let tip_work = self.new_tip(
+            prev_hash,
+            tip.height,
+            tip.nbits,
+            header_timestamp,
+            tip.detected_at_us,
+        );
+        let commitment = chain::witness_commitment(&[]);
+        let template_id = self.next_id();
+        let job = self.job(
+            template_id,
+            JobKind::Empty,
+            tip.height,
+            tip.version,
+            tip.subsidy,
+            &commitment,
+            Vec::new(),
+            0,
+        )?;
+        let body = BlockBody {
+            template_id,
+            height: tip.height,
+            prev_hash,
+            nbits: tip.nbits,
+            txids: Vec::new(),
+            txs: Vec::new(),
+        };
+        let state = WorkState {
+            tip: Arc::new(tip_work),
+            job: Arc::new(job),
+        };
+        self.current = Some(state.clone());
+        Ok(Some((state, body)))
+    }
+
+    fn new_tip(
+        &mut self,
+        prev_hash: [u8; 32],
+        height: u32,
+        nbits: u32,
+        header_timestamp: u32,
+        detected_at_us: u64,
+    ) -> TipWork {
+        self.tip_seq += 1;
+        TipWork {
+            seq: self.tip_seq,
+            prev_hash,
+            height,
+            nbits,
+            header_timestamp,
+            detected_at_us,
+        }
+    }
+
+    /// A selection from the tx-selector: validated, then returned as the full job. `None` when
+    /// it is a re-sent duplicate or for an older tip.
+    pub fn on_selection(
+        &mut self,
+        sel: &Selection,
+    ) -> Result<Option<(WorkState, BlockBody)>, WorkError> {
+        if self.last_selection_id == Some(sel.id) {
+            return Ok(None);
+        }
+        let prev_hash =
+            chain::hash_from_rpc_hex(&sel.prev_hash).map_err(|source| WorkError::Hash {
+                field: "selection.prev_hash",
+                source,
+            })?;
+        let same_tip = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.tip.prev_hash == prev_hash);
+        if !same_tip
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|c| sel.height <= c.tip.height)
+        {
+            // A selection for a tip we already left behind.
+            return Ok(None);
+        }
+        let (txids, commitment) = validate_selection(sel, self.network)?;
+        self.last_selection_id = Some(sel.id);
+        let tip = match (&self.current, same_tip) {
+            (Some(c), true) => c.tip.clone(),
+            // The selection reveals a tip we did not hear of (e.g. a lost Tip message).
+            _ => Arc::new(self.new_tip(
+                prev_hash,
+                sel.height,
+                sel.bits,
+                sel.curtime.max(sel.mintime),
+                sel.tip_detected_at_us,
+            )),
+        };
+        let template_id = self.next_id();
+        let merkle_path = chain::coinbase_merkle_path(&txids);
+        let job = self.job(
+            template_id,
+            JobKind::Full,
+            sel.height,
+            sel.version,
+            sel.coinbase_value,
+            &commitment,
+            merkle_path,
+            sel.txs.len() as u32,
+        )?;
+        let body = BlockBody {
+            template_id,
+            height: sel.height,
+            prev_hash,
+            nbits: tip.nbits,
+            txids,
+            txs: sel.txs.iter().map(|t| t.data.clone()).collect(),
+        };
+        let state = WorkState {
+            tip,
+            job: Arc::new(job),
+        };
+        self.current = Some(state.clone());
+        Ok(Some((state, body)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        &self,
+        template_id: u64,
+        kind: JobKind,
+        height: u32,
+        version: u32,
+        coinbase_value: u64,
+        commitment: &[u8; 32],
+        merkle_path: Vec<[u8; 32]>,
+        tx_count: u32,
+    ) -> Result<JobWork, WorkError> {
+        // BIP34: the scriptSig starts with the height, encoded as `CScript() << height`.
+        let bip34 = Builder::new().push_int(i64::from(height)).into_script();
+        let commitment_out = TxOut {
+            value: Amount::ZERO,
+            script_pubkey: chain::witness_commitment_script(commitment),
+        };
+        let template = NewTemplateOwned {
+            template_id,
+            future_template: false,
+            version,
+            coinbase_tx_version: 2,
+            coinbase_prefix: B0255Owned::new(bip34.into_bytes())
+                .map_err(|_| WorkError::Encode("coinbase prefix"))?,
+            coinbase_tx_input_sequence: u32::MAX,
+            coinbase_tx_value_remaining: coinbase_value,
+            coinbase_tx_outputs_count: 1,
+            coinbase_tx_outputs: B064KOwned::new(serialize(&commitment_out))
+                .map_err(|_| WorkError::Encode("coinbase outputs"))?,
+            coinbase_tx_locktime: 0,
+            merkle_path: Seq0255Owned::new(merkle_path.into_iter().map(U256Owned::from).collect())
+                .map_err(|_| WorkError::Encode("merkle path"))?,
+        };
+        Ok(JobWork {
+            template_id,
+            kind,
+            template,
+            outputs: self.payout.outputs(coinbase_value),
+            tx_count,
+        })
+    }
+}
+
+/// Checks that a selection is a valid block body; returns its txids (internal order) and the
+/// recomputed witness commitment.
+pub fn validate_selection(
+    sel: &Selection,
+    network: Network,
+) -> Result<(Vec<[u8; 32]>, [u8; 32]), WorkError> {
+    let invalid = |reason: String| WorkError::InvalidSelection {
+        id: sel.id,
+        height: sel.height,
+        reason,
+    };
+    let mut txids = Vec::with_capacity(sel.txs.len());
+    let mut wtxids = Vec::with_capacity(sel.txs.len());
+    let (mut fees, mut weight, mut sigops) = (0u64, 0u64, 0u64);
+    for (i, tx) in sel.txs.iter().enumerate() {
+        let position = i as u32 + 1;
+        if let Some(dep) = tx.depends.iter().find(|d| **d == 0 || **d >= position) {
+            return Err(invalid(format!(
+                "transaction {} ({}) depends on position {dep}, which is not before it",
+                position, tx.txid
+            )));
+        }
+        txids.push(
+            chain::hash_from_rpc_hex(&tx.txid)
+                .map_err(|e| invalid(format!("transaction {position}: {e}")))?,
+        );
+        wtxids.push(
+            chain::hash_from_rpc_hex(&tx.wtxid)
+                .map_err(|e| invalid(format!("transaction {position}: {e}")))?,
+        );
+        fees = fees.saturating_add(tx.fee);
+        weight = weight.saturating_add(tx.weight);
+        sigops = sigops.saturating_add(tx.sigops);
+    }
+    if fees != sel.fees {
+        return Err(invalid(format!(
+            "fees field {} differs from the sum of transaction fees {fees}",
+            sel.fees
+        )));
+    }
+    let expected_value = chain::subsidy(sel.height, network).saturating_add(fees);
+    if sel.coinbase_value != expected_value {
+        return Err(invalid(format!(
+            "coinbase value {} is not subsidy + fees = {expected_value}",
+            sel.coinbase_value
+        )));
+    }
+    if weight + COINBASE_WEIGHT_BOUND > MAX_BLOCK_WEIGHT {
+        return Err(invalid(format!(
+            "transactions weigh {weight} WU, leaving no room for the coinbase under {MAX_BLOCK_WEIGHT}"
+        )));
+    }
+    if sigops > MAX_BLOCK_SIGOPS {
+        return Err(invalid(format!(
+            "{sigops} sigops exceed the block limit {MAX_BLOCK_SIGOPS}"
+        )));
+    }
+    let commitment = chain::witness_commitment(&wtxids);
+    // The field is hex of the 32 bytes as they appear in the coinbase output (internal order).
+    let declared: [u8; 32] = hex::decode(&sel.witness_commitment)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| invalid("witness_commitment is not 32 bytes of hex".into()))?;
+    if declared != commitment {
+        return Err(invalid(format!(
+            "witness commitment {} does not match the transactions ({})",
+            sel.witness_commitment,
+            hex::encode(commitment)
+        )));
+    }
+    Ok((txids, commitment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jdc_shared::bitcoin::ScriptBuf;
+    use jdc_shared::messages::TemplateTx;
+
+    fn book() -> WorkBook {
+        WorkBook::new(
+            Network::Regtest,
+            Payout::new(vec![(ScriptBuf::from_bytes(vec![0x51]), 1)]).unwrap(),
+        )
+    }
+
+    fn tip(hash_byte: u8, height: u32) -> Tip {
+        Tip {
+            height,
+            prev_hash: hex::encode([hash_byte; 32]),
+            nbits: 0x207fffff,
+            time: 1_700_000_100,
+            min_time: 1_700_000_000,
+            version: 0x2000_0000,
+            subsidy: chain::subsidy(height, Network::Regtest),
+            detected_at_us: 5,
+            detected_by: "zmq".into(),
+        }
+    }
+
+    fn selection(prev: u8, height: u32, txs: Vec<TemplateTx>) -> Selection {
+        let wtxids: Vec<[u8; 32]> = txs
+            .iter()
+            .map(|t| chain::hash_from_rpc_hex(&t.wtxid).unwrap())
+            .collect();
+        let fees = txs.iter().map(|t| t.fee).sum();
+        Selection {
+            id: 42,
+            template_id: 7,
+            height,
+            prev_hash: hex::encode([prev; 32]),
+            version: 0x2000_0000,
+            bits: 0x207fffff,
+            curtime: 1_700_000_100,
+            mintime: 1_700_000_000,
+            policy: "test".into(),
+            weight: txs.iter().map(|t| t.weight).sum(),
+            sigops: 0,
+            fees,
+            coinbase_value: chain::subsidy(height, Network::Regtest) + fees,
+            witness_commitment: hex::encode(chain::witness_commitment(&wtxids)),
+            txs,
+            dropped: vec![],
+            tip_detected_at_us: 0,
+        }
+    }
+
+    fn tx(n: u8, depends: Vec<u32>) -> TemplateTx {
+        TemplateTx {
+            data: vec![n],
+            txid: hex::encode([n; 32]),
+            wtxid: hex::encode([n + 100; 32]),
+            fee: 1000,
+            weight: 400,
+            sigops: 1,
+            depends,
+        }
+    }
+
+    #[test]
+    fn tip_then_selection_then_duplicates() {
+        let mut b = book();
+        let (s1, body) = b.on_tip(&tip(1, 200)).unwrap().unwrap();
+        assert_eq!(s1.job.kind, JobKind::Empty);
+        assert_eq!(s1.job.template.coinbase_tx_value_remaining, 2_500_000_000);
+        assert!(body.txs.is_empty());
+        assert!(
+            b.on_tip(&tip(1, 200)).unwrap().is_none(),
+            "re-sent tip ignored"
+        );
+        let sel = selection(1, 200, vec![tx(1, vec![]), tx(2, vec![1])]);
+        let (s2, body) = b.on_selection(&sel).unwrap().unwrap();
+        assert_eq!(s2.tip.seq, s1.tip.seq, "same tip");
+        assert_eq!(s2.job.kind, JobKind::Full);
+        assert!(s2.job.template_id > s1.job.template_id);
+        assert_eq!(body.txs.len(), 2);
+        assert_eq!(
+            s2.job.outputs.iter().map(|o| o.value.to_sat()).sum::<u64>(),
+            sel.coinbase_value
+        );
+        assert!(
+            b.on_selection(&sel).unwrap().is_none(),
+            "re-sent selection ignored"
+        );
+        // A selection for an older tip is ignored once a newer tip is current.
+        let (s3, _) = b.on_tip(&tip(2, 201)).unwrap().unwrap();
+        assert_eq!(s3.tip.seq, s1.tip.seq + 1);
+        let mut old = selection(1, 200, vec![]);
+        old.id = 43;
+        assert!(b.on_selection(&old).unwrap().is_none());
+    }
+
+    #[test]
+    fn selection_for_unknown_newer_tip_starts_it() {
+        let mut b = book();
+        b.on_tip(&tip(1, 200)).unwrap();
+        let (s, _) = b.on_selection(&selection(9, 201, vec![])).unwrap().unwrap();
+        assert_eq!(s.tip.height, 201);
+        assert_eq!(s.tip.prev_hash, [9; 32]);
+    }
+
+    #[test]
+    fn invalid_selections_are_refused_with_reason() {
+        let mut b = book();
+        let mut bad = selection(1, 200, vec![tx(1, vec![2]), tx(2, vec![])]);
+        let e = b.on_selection(&bad).unwrap_err();
+        assert!(e.to_string().contains("depends on position 2"), "{e}");
+        bad = selection(1, 200, vec![tx(1, vec![])]);
+        bad.coinbase_value += 1;
+        assert!(b
+            .on_selection(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("coinbase value"));
+        bad = selection(1, 200, vec![tx(1, vec![])]);
+        bad.witness_commitment = hex::encode([0u8; 32]);
+        assert!(b
+            .on_selection(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("witness commitment"));
+        bad = selection(1, 200, vec![tx(1, vec![])]);
+        bad.fees = 5;
+        assert!(b
+            .on_selection(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("fees"));
+    }
+}
