@@ -6,6 +6,7 @@
 //! - [`chain`]: bitcoin helpers (merkle paths, witness commitments, subsidy, hex hashes).
 //! - [`telemetry`]: tracing set-up.
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
+//! - [`sv2`]: SV2 Noise transport and authority keys (declarator, sim-miner).
 #![forbid(unsafe_code)]
 
 pub mod bus;
@@ -13,6 +14,7 @@ pub mod chain;
 pub mod config;
 pub mod messages;
 pub mod shutdown;
+pub mod sv2;
 pub mod telemetry;
 pub mod time;
 
