@@ -3,3 +3,6 @@
 //! - [`bitcoind`]: a real regtest `bitcoind` on free ports with ZMQ notifications, killed on drop.
 
 pub mod bitcoind;
+
+/// Running the jdc binaries as processes.
+pub mod stack;
