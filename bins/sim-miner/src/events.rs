@@ -1,0 +1,310 @@
+//! Machine-readable events: one JSON object per line, `{"event":"<name>", ...}`.
+//!
+//! Tests and the demo parse these lines, so they go to stdout (or `--events-file`), one line per
+//! event, flushed at once; logs go to stderr. Hashes are in RPC (display) byte order, targets
+//! are big-endian hex, `t_us` is microseconds since the Unix epoch at receipt.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// One coinbase output as seen in a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoinbaseOutput {
+    /// Value in satoshis.
+    pub value: u64,
+    /// Output script, hex.
+    pub script: String,
+}
+
+/// Everything the miner reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Noise handshake and `SetupConnection` succeeded.
+    Connected {
+        /// `HOST:PORT` connected to.
+        server: String,
+        /// Whether the server certificate was checked against an authority key.
+        authenticated: bool,
+    },
+    /// The connection ended (the miner reconnects with backoff).
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The server refused `SetupConnection`.
+    SetupError {
+        /// Server's error code.
+        error_code: String,
+        /// Flags the server does not support.
+        flags: u32,
+    },
+    /// The channel is open.
+    ChannelOpened {
+        /// Channel id to submit shares on.
+        channel_id: u32,
+        /// `extended` or `standard`.
+        kind: String,
+        /// Group channel the server put the channel in.
+        group_channel_id: u32,
+        /// Server-assigned extranonce prefix, hex.
+        extranonce_prefix: String,
+        /// Bytes of extranonce the miner rolls (0 for standard channels).
+        extranonce_size: u16,
+        /// Share target, big-endian hex.
+        target: String,
+    },
+    /// The server refused to open the channel.
+    ChannelError {
+        /// Server's error code.
+        error_code: String,
+    },
+    /// The server closed the channel.
+    ChannelClosed {
+        /// Channel id.
+        channel_id: u32,
+        /// Server's reason.
+        reason: String,
+    },
+    /// A job arrived (`NewExtendedMiningJob` or `NewMiningJob`).
+    NewJob {
+        /// Channel (or group channel) it was addressed to.
+        channel_id: u32,
+        /// Job id.
+        job_id: u32,
+        /// True for a future job (no `min_ntime`), activated by a later `SetNewPrevHash`.
+        future: bool,
+        /// Block version.
+        version: u32,
+        /// Whether version rolling is allowed (always false for standard jobs).
+        version_rolling_allowed: bool,
+        /// Number of merkle path entries (0 = empty block); absent for standard jobs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        merkle_path_len: Option<usize>,
+        /// Coinbase outputs (extended jobs whose coinbase parses).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        coinbase_outputs: Option<Vec<CoinbaseOutput>>,
+        /// Receipt time, µs since the epoch.
+        t_us: u64,
+    },
+    /// A new chain tip (`SetNewPrevHash`).
+    SetNewPrevHash {
+        /// Channel (or group channel) it was addressed to.
+        channel_id: u32,
+        /// The future job it activates.
+        job_id: u32,
+        /// Previous block hash, RPC hex.
+        prev_hash: String,
+        /// Minimum ntime.
+        min_ntime: u32,
+        /// Compact network target.
+        nbits: u32,
+        /// Whether the miner knew that job (if not, it idles until a job comes).
+        known_job: bool,
+        /// Receipt time, µs since the epoch.
+        t_us: u64,
+    },
+    /// The share target changed (`SetTarget`).
+    SetTarget {
+        /// Channel id.
+        channel_id: u32,
+        /// New share target, big-endian hex.
+        target: String,
+    },
+    /// The extranonce prefix changed (`SetExtranoncePrefix`).
+    SetExtranoncePrefix {
+        /// Channel id.
+        channel_id: u32,
+        /// New prefix, hex.
+        extranonce_prefix: String,
+    },
+    /// A share was sent.
+    ShareSubmitted {
+        /// Channel id.
+        channel_id: u32,
+        /// Sequence number.
+        sequence_number: u32,
+        /// Job id.
+        job_id: u32,
+        /// Header nonce.
+        nonce: u32,
+        /// Header ntime.
+        ntime: u32,
+        /// Header version (rolled bits included).
+        version: u32,
+        /// Miner extranonce, hex (empty for standard channels).
+        extranonce: String,
+        /// Header hash, RPC hex.
+        hash: String,
+        /// Send time, µs since the epoch.
+        t_us: u64,
+    },
+    /// `SubmitShares.Success`.
+    ShareAccepted {
+        /// Channel id.
+        channel_id: u32,
+        /// Last sequence number acknowledged.
+        last_sequence_number: u32,
+        /// Shares acknowledged by this message.
+        accepted_count: u32,
+        /// Sum of their difficulty as the server counts it.
+        shares_sum: u64,
+    },
+    /// `SubmitShares.Error`.
+    ShareRejected {
+        /// Channel id.
+        channel_id: u32,
+        /// Sequence number of the rejected share.
+        sequence_number: u32,
+        /// Server's error code.
+        error_code: String,
+    },
+    /// A submitted share also meets the network target: a block, if the server builds it.
+    BlockCandidate {
+        /// Block hash, RPC hex.
+        hash: String,
+        /// Job id.
+        job_id: u32,
+        /// Sequence number of the share.
+        sequence_number: u32,
+        /// Send time, µs since the epoch.
+        t_us: u64,
+    },
+}
+
+/// Where events go.
+pub struct Events {
+    inner: Inner,
+}
+
+enum Inner {
+    Writer(Mutex<Box<dyn Write + Send>>),
+    Channel(mpsc::UnboundedSender<Event>),
+}
+
+impl Events {
+    /// JSON lines on stdout.
+    pub fn stdout() -> Self {
+        Self::writer(Box::new(std::io::stdout()))
+    }
+
+    /// JSON lines appended to `path` (created if absent).
+    pub fn file(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self::writer(Box::new(file)))
+    }
+
+    /// JSON lines to any writer.
+    pub fn writer(w: Box<dyn Write + Send>) -> Self {
+        Self {
+            inner: Inner::Writer(Mutex::new(w)),
+        }
+    }
+
+    /// Events as values on a channel (in-process tests).
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                inner: Inner::Channel(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Reports one event. Output failures are logged, never fatal.
+    pub fn emit(&self, event: Event) {
+        match &self.inner {
+            Inner::Channel(tx) => {
+                let _ = tx.send(event);
+            }
+            Inner::Writer(w) => {
+                let line = match serde_json::to_string(&event) {
+                    Ok(mut l) => {
+                        l.push('\n');
+                        l
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serialize event");
+                        return;
+                    }
+                };
+                let mut w = match w.lock() {
+                    Ok(w) => w,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if let Err(e) = w.write_all(line.as_bytes()).and_then(|_| w.flush()) {
+                    tracing::warn!(error = %e, "cannot write event");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn events_are_one_json_object_per_line_with_kebab_case_names() {
+        let buf = Shared::default();
+        let events = Events::writer(Box::new(buf.clone()));
+        events.emit(Event::Connected {
+            server: "127.0.0.1:1".into(),
+            authenticated: true,
+        });
+        events.emit(Event::SetNewPrevHash {
+            channel_id: 1,
+            job_id: 2,
+            prev_hash: "00ff".into(),
+            min_ntime: 3,
+            nbits: 0x207fffff,
+            known_job: true,
+            t_us: 4,
+        });
+        events.emit(Event::NewJob {
+            channel_id: 1,
+            job_id: 2,
+            future: true,
+            version: 0x2000_0000,
+            version_rolling_allowed: true,
+            merkle_path_len: Some(0),
+            coinbase_outputs: None,
+            t_us: 5,
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["event"], "connected");
+        assert_eq!(lines[1]["event"], "set-new-prev-hash");
+        assert_eq!(lines[1]["nbits"], 0x207fffff);
+        assert_eq!(lines[2]["event"], "new-job");
+        assert_eq!(lines[2]["merkle_path_len"], 0);
+        assert!(lines[2].get("coinbase_outputs").is_none());
+        // And they parse back into the typed events.
+        let back: Event = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert!(matches!(back, Event::SetNewPrevHash { job_id: 2, .. }));
+    }
+}

@@ -1,0 +1,304 @@
+//! What the hashers hash: an immutable [`Work`] snapshot and the header math around it.
+//!
+//! Byte orders follow the wire: hashes (prev hash, merkle nodes, header hashes) in internal
+//! order, targets as 32-byte little-endian numbers.
+
+use std::sync::atomic::AtomicU64;
+use stratum_core::bitcoin::hashes::{sha256, sha256d, Hash, HashEngine};
+use stratum_core::bitcoin::{CompactTarget, Target};
+
+/// BIP323 general-purpose version bits a miner may roll.
+pub const VERSION_ROLLING_MASK: u32 = stratum_core::channels_sv2::VERSION_ROLLING_MASK;
+
+/// Nonces per work unit (a unit is one extranonce/version combination and a nonce range).
+pub const UNIT_NONCES: u64 = 1 << 24;
+
+/// How the merkle root of a header is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MerkleSource {
+    /// Extended channel: the miner builds the coinbase and folds the merkle path.
+    Extended {
+        /// Coinbase bytes up to and including the server's extranonce prefix.
+        coinbase_head: Vec<u8>,
+        /// Coinbase bytes after the extranonce.
+        coinbase_tail: Vec<u8>,
+        /// Merkle path (internal byte order).
+        merkle_path: Vec<[u8; 32]>,
+        /// Bytes of extranonce the miner rolls.
+        extranonce_size: usize,
+    },
+    /// Standard channel: the server fixed the merkle root.
+    Standard {
+        /// Merkle root (internal byte order).
+        merkle_root: [u8; 32],
+    },
+}
+
+/// One job on one chain tip, ready to hash. Published to the hashers as an `Arc<Work>`.
+#[derive(Debug)]
+pub struct Work {
+    /// Connection this work belongs to (shares from older sessions are dropped).
+    pub session: u64,
+    /// Channel to submit on.
+    pub channel_id: u32,
+    /// Job id.
+    pub job_id: u32,
+    /// Job version.
+    pub version: u32,
+    /// Whether bits in [`VERSION_ROLLING_MASK`] may be changed.
+    pub version_rolling_allowed: bool,
+    /// Previous block hash (internal order).
+    pub prev_hash: [u8; 32],
+    /// Compact network target.
+    pub nbits: u32,
+    /// Minimum header time.
+    pub min_ntime: u32,
+    /// Share target (LE).
+    pub target: [u8; 32],
+    /// Network target from `nbits` (LE).
+    pub network_target: [u8; 32],
+    /// Merkle root source.
+    pub merkle: MerkleSource,
+    /// Next unit to hand to a hasher thread.
+    pub next_unit: AtomicU64,
+}
+
+/// The header fields one unit of work fixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// Miner extranonce (empty for standard channels).
+    pub extranonce: Vec<u8>,
+    /// Header version, possibly rolled.
+    pub version: u32,
+    /// Merkle root (internal order).
+    pub merkle_root: [u8; 32],
+    /// First nonce of the range.
+    pub nonce_start: u32,
+}
+
+impl Work {
+    /// The header fields of unit `u`. Units are disjoint: the low byte picks one of 256 nonce
+    /// ranges (and, when allowed, rolled version bits), the rest is the extranonce counter.
+    pub fn unit(&self, u: u64) -> Unit {
+        let low = (u & 0xff) as u32;
+        let rest = u >> 8;
+        let version = if self.version_rolling_allowed {
+            roll_version(self.version, low << 13)
+        } else {
+            self.version
+        };
+        let (extranonce, merkle_root) = match &self.merkle {
+            MerkleSource::Extended {
+                coinbase_head,
+                coinbase_tail,
+                merkle_path,
+                extranonce_size,
+            } => {
+                let mut extranonce = vec![0u8; *extranonce_size];
+                let counter = rest.to_le_bytes();
+                let n = extranonce.len().min(counter.len());
+                extranonce[..n].copy_from_slice(&counter[..n]);
+                let root = merkle_root(coinbase_head, &extranonce, coinbase_tail, merkle_path);
+                (extranonce, root)
+            }
+            MerkleSource::Standard { merkle_root } => (Vec::new(), *merkle_root),
+        };
+        Unit {
+            extranonce,
+            version,
+            merkle_root,
+            nonce_start: low << 24,
+        }
+    }
+}
+
+/// `version` with the rollable bits XORed with `bits` (only bits inside the mask change).
+pub fn roll_version(version: u32, bits: u32) -> u32 {
+    (version & !VERSION_ROLLING_MASK) | ((version ^ bits) & VERSION_ROLLING_MASK)
+}
+
+/// Merkle root of a coinbase (`head || extranonce || tail`, non-witness serialization) and its
+/// merkle path.
+pub fn merkle_root(head: &[u8], extranonce: &[u8], tail: &[u8], path: &[[u8; 32]]) -> [u8; 32] {
+    let mut engine = sha256d::Hash::engine();
+    engine.input(head);
+    engine.input(extranonce);
+    engine.input(tail);
+    let mut root = sha256d::Hash::from_engine(engine).to_byte_array();
+    for node in path {
+        let mut engine = sha256d::Hash::engine();
+        engine.input(&root);
+        engine.input(node);
+        root = sha256d::Hash::from_engine(engine).to_byte_array();
+    }
+    root
+}
+
+/// Network target (LE) for compact `nbits`.
+pub fn network_target(nbits: u32) -> [u8; 32] {
+    Target::from_compact(CompactTarget::from_consensus(nbits)).to_le_bytes()
+}
+
+/// Whether a hash (internal order = little-endian number) is at or below a LE target.
+pub fn meets_target(hash: &[u8; 32], target: &[u8; 32]) -> bool {
+    for i in (0..32).rev() {
+        if hash[i] != target[i] {
+            return hash[i] < target[i];
+        }
+    }
+    true
+}
+
+/// A header with everything but ntime and nonce fixed, hashed incrementally: the first 64
+/// bytes are absorbed once (midstate), each nonce costs two SHA-256 compressions.
+pub struct HeaderHasher {
+    midstate: sha256::HashEngine,
+    tail: [u8; 16],
+}
+
+impl HeaderHasher {
+    /// Prepares the header `version | prev_hash | merkle_root | ntime | nbits | nonce`.
+    pub fn new(version: u32, prev_hash: &[u8; 32], merkle_root: &[u8; 32], nbits: u32) -> Self {
+        let mut head = [0u8; 64];
+        head[..4].copy_from_slice(&version.to_le_bytes());
+        head[4..36].copy_from_slice(prev_hash);
+        head[36..64].copy_from_slice(&merkle_root[..28]);
+        let mut midstate = sha256::Hash::engine();
+        midstate.input(&head);
+        let mut tail = [0u8; 16];
+        tail[..4].copy_from_slice(&merkle_root[28..]);
+        tail[8..12].copy_from_slice(&nbits.to_le_bytes());
+        Self { midstate, tail }
+    }
+
+    /// Sets the header time.
+    pub fn set_ntime(&mut self, ntime: u32) {
+        self.tail[4..8].copy_from_slice(&ntime.to_le_bytes());
+    }
+
+    /// The header hash (internal order) for `nonce`.
+    pub fn hash(&mut self, nonce: u32) -> [u8; 32] {
+        self.tail[12..16].copy_from_slice(&nonce.to_le_bytes());
+        let mut engine = self.midstate.clone();
+        engine.input(&self.tail);
+        let first = sha256::Hash::from_engine(engine);
+        sha256::Hash::hash(first.as_byte_array()).to_byte_array()
+    }
+}
+
+/// Hex of a hash in RPC (display) order.
+pub fn rpc_hex(hash: &[u8; 32]) -> String {
+    let mut reversed = *hash;
+    reversed.reverse();
+    hex::encode(reversed)
+}
+
+/// Big-endian hex of a LE target.
+pub fn target_hex(target_le: &[u8; 32]) -> String {
+    rpc_hex(target_le)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stratum_core::bitcoin::block::{Header, Version};
+    use stratum_core::bitcoin::{BlockHash, TxMerkleNode};
+
+    #[test]
+    fn header_hasher_matches_the_bitcoin_crate() {
+        let prev = [7u8; 32];
+        let root = [9u8; 32];
+        let mut h = HeaderHasher::new(0x2000_0004, &prev, &root, 0x207fffff);
+        h.set_ntime(1_700_000_000);
+        let ours = h.hash(42);
+        let header = Header {
+            version: Version::from_consensus(0x2000_0004),
+            prev_blockhash: BlockHash::from_byte_array(prev),
+            merkle_root: TxMerkleNode::from_byte_array(root),
+            time: 1_700_000_000,
+            bits: CompactTarget::from_consensus(0x207fffff),
+            nonce: 42,
+        };
+        assert_eq!(ours, header.block_hash().to_byte_array());
+    }
+
+    #[test]
+    fn genesis_block_hash() {
+        // Mainnet genesis header.
+        let merkle =
+            hex::decode("3ba3edfd7a7b12b27ac72c3e67768f617fc81bc3888a51323a9fb8aa4b1e5e4a")
+                .unwrap();
+        let mut h = HeaderHasher::new(1, &[0u8; 32], &merkle.try_into().unwrap(), 0x1d00ffff);
+        h.set_ntime(1231006505);
+        let hash = h.hash(2083236893);
+        assert_eq!(
+            rpc_hex(&hash),
+            "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f"
+        );
+        assert!(meets_target(&hash, &network_target(0x1d00ffff)));
+        assert!(!meets_target(&hash, &network_target(0x1b00ffff)));
+    }
+
+    #[test]
+    fn target_comparison_is_little_endian() {
+        let mut target = [0u8; 32];
+        target[31] = 0x10;
+        let mut hash = [0xffu8; 32];
+        hash[31] = 0x0f;
+        assert!(meets_target(&hash, &target));
+        hash[31] = 0x10;
+        assert!(!meets_target(&hash, &target));
+        assert!(meets_target(&target, &target));
+        assert_eq!(
+            target_hex(&network_target(0x207fffff)),
+            format!("7fffff{}", "0".repeat(58))
+        );
+    }
+
+    #[test]
+    fn version_rolling_stays_inside_the_mask() {
+        let base = 0x2000_0000;
+        for bits in [0u32, 1 << 13, 0xff << 13, 0xffff_ffff] {
+            let v = roll_version(base, bits);
+            assert_eq!(v & !VERSION_ROLLING_MASK, base & !VERSION_ROLLING_MASK);
+        }
+        assert_ne!(roll_version(base, 1 << 13), base);
+    }
+
+    #[test]
+    fn units_are_disjoint_and_roll_when_allowed() {
+        let work = Work {
+            session: 1,
+            channel_id: 1,
+            job_id: 1,
+            version: 0x2000_0000,
+            version_rolling_allowed: true,
+            prev_hash: [0; 32],
+            nbits: 0x207fffff,
+            min_ntime: 0,
+            target: [0xff; 32],
+            network_target: network_target(0x207fffff),
+            merkle: MerkleSource::Extended {
+                coinbase_head: vec![1, 2, 3],
+                coinbase_tail: vec![4, 5],
+                merkle_path: vec![[3u8; 32]],
+                extranonce_size: 4,
+            },
+            next_unit: AtomicU64::new(0),
+        };
+        let u0 = work.unit(0);
+        let u1 = work.unit(1);
+        let u256 = work.unit(256);
+        assert_eq!(u0.version, 0x2000_0000);
+        assert_ne!(u1.version, u0.version);
+        assert_ne!(u0.nonce_start, u1.nonce_start);
+        assert_eq!(u0.nonce_start, u256.nonce_start);
+        assert_ne!(u0.extranonce, u256.extranonce);
+        assert_ne!(u0.merkle_root, u256.merkle_root);
+        assert_eq!(u256.extranonce, vec![1, 0, 0, 0]);
+        assert_eq!(
+            u0.merkle_root,
+            merkle_root(&[1, 2, 3], &[0, 0, 0, 0], &[4, 5], &[[3u8; 32]])
+        );
+    }
+}
