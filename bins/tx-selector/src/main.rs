@@ -1,1 +1,45 @@
-fn main(){}
+//! `jdc-tx-selector` binary: argument parsing and process set-up; the work is in the library.
+
+use clap::Parser;
+use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
+use jdc_tx_selector::RunError;
+
+/// Chooses the transactions of the next block.
+///
+/// Listens for block templates from jdc-template-watcher on the bus (`bus.watcher`), applies
+/// the policy of `[tx_selector]` and publishes the resulting selection on its own bus stream
+/// (`bus.selector`) for jdc-declarator.
+///
+/// Policies: `pass-through` keeps bitcoind's transactions and order (trimmed only to the
+/// template's limits minus the coinbase reserve); `fee-rate` (default) drops packages below
+/// `tx_selector.min_fee_rate_sat_vb`, caps the block at `tx_selector.max_block_weight` and fills
+/// it by package fee rate, so a high-fee child pays for its parent.
+///
+/// Example: jdc-tx-selector -c jdc.toml --set tx_selector.min_fee_rate_sat_vb=2
+#[derive(Debug, Parser)]
+#[command(name = "jdc-tx-selector", version, about, long_about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    jdc_shared::telemetry::init(args.common.log_format);
+    let config = match Config::load(&args.common) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jdc-tx-selector: {e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+    };
+    let shutdown = jdc_shared::shutdown::on_signals();
+    match jdc_tx_selector::run(config, shutdown).await {
+        Err(RunError::Config(e)) => {
+            eprintln!("jdc-tx-selector: {e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,817 @@
+//! The pure core of the tx-selector: a [`Template`] and a [`Policy`] in, a [`Selection`] out.
+//! No I/O, no clock: the same input always gives the same output.
+//!
+//! Policies:
+//! - `pass-through`: bitcoind's transactions in bitcoind's order, only trimmed to fit the
+//!   template's weight and sigop limits minus the coinbase reserve.
+//! - `fee-rate`: ancestor-score greedy. A transaction is judged on its *package* (itself plus
+//!   its ancestors not yet in the block), so a high-fee child pays for a low-fee parent
+//!   (CPFP). The best package is included with its ancestors in dependency order, then its
+//!   descendants' packages are updated; packages below the minimum fee rate or that no longer
+//!   fit are dropped, and a dropped transaction takes its descendants with it.
+//!
+//! Invariants of every selection (checked by the property tests): a child never comes before
+//! its parent nor without it; weight + coinbase reserve and sigops + reserve stay within the
+//! limits; `fees`, `coinbase_value`, `weight`, `sigops` and `witness_commitment` match the
+//! chosen transactions; every template transaction is either chosen or counted in `dropped`.
+//!
+//! Cost: transactions without in-template relatives cost O(log n) each. Related transactions
+//! are grouped into clusters whose ancestor/descendant sets are bitsets (cluster size² bits);
+//! an inclusion updates only the descendants still pending, and a heap entry is re-pushed only
+//! when a package's score goes *up* (a stale, too-high score is fixed when popped), so a long
+//! chain costs little more than its bitsets.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use jdc_shared::chain;
+use jdc_shared::config::{ConfigError, SelectorConfig};
+use jdc_shared::messages::{Dropped, Selection, Template, TemplateTx};
+
+/// Name of the policy that keeps bitcoind's choice.
+pub const PASS_THROUGH: &str = "pass-through";
+/// Name of the policy that fills the block by package fee rate.
+pub const FEE_RATE: &str = "fee-rate";
+
+/// Which selection algorithm to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// Keep bitcoind's transactions and order; only enforce the template's limits.
+    PassThrough,
+    /// Minimum package fee rate and maximum block weight; fill by package fee rate.
+    FeeRate,
+}
+
+impl PolicyKind {
+    /// The policy's name as configured and as written in `Selection::policy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::PassThrough => PASS_THROUGH,
+            PolicyKind::FeeRate => FEE_RATE,
+        }
+    }
+}
+
+/// A validated selection policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The algorithm.
+    pub kind: PolicyKind,
+    /// Minimum package fee rate in sat/vB (`fee-rate` only).
+    pub min_fee_rate_sat_vb: f64,
+    /// Maximum block weight, coinbase included (`fee-rate` only; the template's own limit
+    /// applies too).
+    pub max_block_weight: u64,
+    /// Weight kept free for the coinbase (every policy).
+    pub coinbase_reserve_weight: u64,
+    /// Sigops cost kept free for the coinbase (every policy).
+    pub coinbase_reserve_sigops: u64,
+}
+
+impl Policy {
+    /// Validates the `[tx_selector]` section; errors name the offending key.
+    pub fn from_config(cfg: &SelectorConfig) -> Result<Policy, ConfigError> {
+        let kind = match cfg.policy.as_str() {
+            PASS_THROUGH => PolicyKind::PassThrough,
+            FEE_RATE => PolicyKind::FeeRate,
+            other => {
+                return Err(ConfigError::new(
+                    "tx_selector.policy",
+                    format!("unknown policy `{other}`: use `{PASS_THROUGH}` or `{FEE_RATE}`"),
+                ))
+            }
+        };
+        if !cfg.min_fee_rate_sat_vb.is_finite() || cfg.min_fee_rate_sat_vb < 0.0 {
+            return Err(ConfigError::new(
+                "tx_selector.min_fee_rate_sat_vb",
+                format!(
+                    "must be a finite number of sat/vB, 0 or more (got {})",
+                    cfg.min_fee_rate_sat_vb
+                ),
+            ));
+        }
+        if cfg.coinbase_reserve_weight >= cfg.max_block_weight {
+            return Err(ConfigError::new(
+                "tx_selector.coinbase_reserve_weight",
+                format!(
+                    "must be smaller than tx_selector.max_block_weight ({} >= {})",
+                    cfg.coinbase_reserve_weight, cfg.max_block_weight
+                ),
+            ));
+        }
+        Ok(Policy {
+            kind,
+            min_fee_rate_sat_vb: cfg.min_fee_rate_sat_vb,
+            max_block_weight: cfg.max_block_weight,
+            coinbase_reserve_weight: cfg.coinbase_reserve_weight,
+            coinbase_reserve_sigops: cfg.coinbase_reserve_sigops,
+        })
+    }
+
+    /// Weight and sigops the chosen transactions may use in a block built from `template`.
+    pub fn limits(&self, template: &Template) -> Limits {
+        let block_weight = match self.kind {
+            PolicyKind::PassThrough => template.weight_limit,
+            PolicyKind::FeeRate => template.weight_limit.min(self.max_block_weight),
+        };
+        Limits {
+            weight: block_weight.saturating_sub(self.coinbase_reserve_weight),
+            sigops: template
+                .sigop_limit
+                .saturating_sub(self.coinbase_reserve_sigops),
+        }
+    }
+
+    /// Whether a package paying `fee` sats for `vsize` vbytes meets the minimum fee rate.
+    pub fn meets_min_fee_rate(&self, fee: u64, vsize: u64) -> bool {
+        self.kind == PolicyKind::PassThrough
+            || fee as f64 >= self.min_fee_rate_sat_vb * vsize as f64
+    }
+}
+
+/// What the chosen transactions may use, the coinbase reserve already taken off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Weight units.
+    pub weight: u64,
+    /// Sigops cost.
+    pub sigops: u64,
+}
+
+/// Why a transaction was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its package pays less than the minimum fee rate.
+    BelowMinFeeRate,
+    /// Its package does not fit the remaining weight or sigops.
+    BlockFull,
+    /// An ancestor was dropped.
+    ParentDropped,
+}
+
+impl DropReason {
+    /// Every reason, in the order they are reported.
+    pub const ALL: [DropReason; 3] = [
+        DropReason::BelowMinFeeRate,
+        DropReason::BlockFull,
+        DropReason::ParentDropped,
+    ];
+
+    /// Machine-readable name, as in `Dropped::reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::BelowMinFeeRate => "below-min-fee-rate",
+            DropReason::BlockFull => "block-full",
+            DropReason::ParentDropped => "parent-dropped",
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            DropReason::BelowMinFeeRate => 0,
+            DropReason::BlockFull => 1,
+            DropReason::ParentDropped => 2,
+        }
+    }
+}
+
+/// A template that cannot be selected from.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// A `depends` entry does not name an earlier transaction of the template.
+    #[error("template {template_id}: transaction {position} ({txid}) depends on {depends}, which is not an earlier transaction of the template (positions are 1-based)")]
+    BadDepends {
+        /// Template id.
+        template_id: u64,
+        /// 1-based position of the offending transaction.
+        position: usize,
+        /// Its txid.
+        txid: String,
+        /// The bad `depends` value.
+        depends: u32,
+    },
+    /// A wtxid is not a 32-byte hex hash.
+    #[error("template {template_id}: transaction {position} ({txid}) has a bad wtxid: {source}")]
+    BadWtxid {
+        /// Template id.
+        template_id: u64,
+        /// 1-based position of the offending transaction.
+        position: usize,
+        /// Its txid.
+        txid: String,
+        /// Why.
+        #[source]
+        source: chain::ChainError,
+    },
+}
+
+/// Chooses the transactions of the next block from `template` under `policy`.
+///
+/// The returned selection's `id` is the template's id; the process shell gives each published
+/// selection a fresh unique id. The chosen transactions are cloned; [`select_owned`] moves them
+/// instead.
+pub fn select(template: &Template, policy: &Policy) -> Result<Selection, SelectError> {
+    let plan = plan(template, policy)?;
+    Ok(assemble(template, policy, plan, |i| {
+        template.txs.get(i).cloned()
+    }))
+}
+
+/// [`select`] for a template the caller no longer needs: the chosen transactions are moved
+/// into the selection rather than copied.
+pub fn select_owned(mut template: Template, policy: &Policy) -> Result<Selection, SelectError> {
+    let plan = plan(&template, policy)?;
+    let mut txs: Vec<Option<TemplateTx>> = std::mem::take(&mut template.txs)
+        .into_iter()
+        .map(Some)
+        .collect();
+    Ok(assemble(&template, policy, plan, |i| {
+        txs.get_mut(i).and_then(Option::take)
+    }))
+}
+
+/// What to take from the template, before any transaction is copied.
+struct Plan {
+    graph: Graph,
+    wtxids: Vec<[u8; 32]>,
+    outcome: Outcome,
+}
+
+fn plan(template: &Template, policy: &Policy) -> Result<Plan, SelectError> {
+    let graph = Graph::build(template)?;
+    let wtxids = template
+        .txs
+        .iter()
+        .enumerate()
+        .map(|(i, tx)| {
+            chain::hash_from_rpc_hex(&tx.wtxid).map_err(|source| SelectError::BadWtxid {
+                template_id: template.id,
+                position: i + 1,
+                txid: tx.txid.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let limits = policy.limits(template);
+    let outcome = match policy.kind {
+        PolicyKind::PassThrough => pass_through(template, &graph, limits),
+        PolicyKind::FeeRate => by_package_fee_rate(template, &graph, policy, limits),
+    };
+    Ok(Plan {
+        graph,
+        wtxids,
+        outcome,
+    })
+}
+
+/// vsize of a transaction: weight / 4 rounded up, at least 1 (so a rate is always defined).
+pub fn vsize(weight: u64) -> u64 {
+    weight.div_ceil(4).max(1)
+}
+
+// === Graph ===
+
+/// Direct in-template parents of each transaction (0-based), validated to be earlier.
+struct Graph {
+    parents: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    fn build(template: &Template) -> Result<Graph, SelectError> {
+        let parents = template
+            .txs
+            .iter()
+            .enumerate()
+            .map(|(i, tx)| {
+                let mut ps = Vec::with_capacity(tx.depends.len());
+                for &d in &tx.depends {
+                    let p = (d as usize).wrapping_sub(1);
+                    if d == 0 || p >= i {
+                        return Err(SelectError::BadDepends {
+                            template_id: template.id,
+                            position: i + 1,
+                            txid: tx.txid.clone(),
+                            depends: d,
+                        });
+                    }
+                    ps.push(p);
+                }
+                ps.sort_unstable();
+                ps.dedup();
+                Ok(ps)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Graph { parents })
+    }
+
+    fn len(&self) -> usize {
+        self.parents.len()
+    }
+}
+
+// === Outcome and assembly ===
+
+/// Chosen template indexes in block order, and per-reason (count, fees) of the rest.
+struct Outcome {
+    chosen: Vec<usize>,
+    dropped: [(u32, u64); 3],
+}
+
+impl Outcome {
+    fn new(capacity: usize) -> Outcome {
+        Outcome {
+            chosen: Vec::with_capacity(capacity),
+            dropped: [(0, 0); 3],
+        }
+    }
+
+    fn drop_tx(&mut self, reason: DropReason, fee: u64) {
+        let slot = &mut self.dropped[reason.slot()];
+        slot.0 = slot.0.saturating_add(1);
+        slot.1 = slot.1.saturating_add(fee);
+    }
+}
+
+/// Builds the selection; `take(i)` yields template transaction `i` (each asked for once).
+fn assemble(
+    template: &Template,
+    policy: &Policy,
+    plan: Plan,
+    mut take: impl FnMut(usize) -> Option<TemplateTx>,
+) -> Selection {
+    let Plan {
+        graph,
+        wtxids,
+        outcome,
+    } = plan;
+    // 1-based position in the selection of each chosen template transaction (0: not chosen).
+    let mut position = vec![0u32; graph.len()];
+    for (pos, &i) in outcome.chosen.iter().enumerate() {
+        position[i] = pos as u32 + 1;
+    }
+    let (mut fees, mut weight, mut sigops) = (0u64, 0u64, 0u64);
+    let mut chosen_wtxids = Vec::with_capacity(outcome.chosen.len());
+    let txs = outcome
+        .chosen
+        .iter()
+        .filter_map(|&i| {
+            let mut tx = take(i)?;
+            fees = fees.saturating_add(tx.fee);
+            weight = weight.saturating_add(tx.weight);
+            sigops = sigops.saturating_add(tx.sigops);
+            chosen_wtxids.push(wtxids[i]);
+            tx.depends.clear();
+            tx.depends.extend(
+                graph.parents[i]
+                    .iter()
+                    .map(|&p| position[p])
+                    .filter(|&p| p != 0),
+            );
+            Some(tx)
+        })
+        .collect();
+    let dropped = DropReason::ALL
+        .iter()
+        .zip(outcome.dropped)
+        .filter(|(_, (count, _))| *count > 0)
+        .map(|(reason, (count, fee))| Dropped {
+            reason: reason.as_str().to_string(),
+            count,
+            fee,
+        })
+        .collect();
+    Selection {
+        id: template.id,
+        template_id: template.id,
+        height: template.height,
+        prev_hash: template.prev_hash.clone(),
+        version: template.version,
+        bits: template.bits,
+        curtime: template.curtime,
+        mintime: template.mintime,
+        policy: policy.kind.as_str().to_string(),
+        txs,
+        fees,
+        coinbase_value: template.subsidy.saturating_add(fees),
+        weight,
+        sigops,
+        witness_commitment: hex::encode(chain::witness_commitment(&chosen_wtxids)),
+        dropped,
+        tip_detected_at_us: template.tip_detected_at_us,
+    }
+}
+
+// === pass-through ===
+
+fn pass_through(template: &Template, graph: &Graph, limits: Limits) -> Outcome {
+    let mut out = Outcome::new(template.txs.len());
+    let mut dropped = vec![false; template.txs.len()];
+    let (mut weight, mut sigops) = (0u64, 0u64);
+    for (i, tx) in template.txs.iter().enumerate() {
+        if graph.parents[i].iter().any(|&p| dropped[p]) {
+            dropped[i] = true;
+            out.drop_tx(DropReason::ParentDropped, tx.fee);
+            continue;
+        }
+        let w = weight.saturating_add(tx.weight);
+        let s = sigops.saturating_add(tx.sigops);
+        if w > limits.weight || s > limits.sigops {
+            dropped[i] = true;
+            out.drop_tx(DropReason::BlockFull, tx.fee);
+            continue;
+        }
+        weight = w;
+        sigops = s;
+        out.chosen.push(i);
+    }
+    out
+}
+
+// === fee-rate: clusters ===
+
+const SINGLETON: u32 = u32::MAX;
+
+/// Transactions connected by parent/child links, with their ancestor and descendant sets as
+/// bitsets over the cluster's members (which are in template order, a valid block order), and
+/// the set of members still pending.
+struct Cluster {
+    members: Vec<usize>,
+    words: usize,
+    anc: Vec<u64>,
+    desc: Vec<u64>,
+    pending: Vec<u64>,
+}
+
+impl Cluster {
+    fn anc(&self, local: usize) -> &[u64] {
+        &self.anc[local * self.words..(local + 1) * self.words]
+    }
+    fn desc(&self, local: usize) -> &[u64] {
+        &self.desc[local * self.words..(local + 1) * self.words]
+    }
+    /// Calls `f` with the member (template index) of every pending bit of `set`, in order.
+    fn for_each_pending(&self, set: &[u64], mut f: impl FnMut(usize)) {
+        for (w, (&a, &p)) in set.iter().zip(&self.pending).enumerate() {
+            let mut word = a & p;
+            while word != 0 {
+                f(self.members[w * 64 + word.trailing_zeros() as usize]);
+                word &= word - 1;
+            }
+        }
+    }
+    fn settle(&mut self, local: usize) {
+        self.pending[local / 64] &= !(1u64 << (local % 64));
+    }
+}
+
+/// Calls `f` with every set bit of `set`, lowest first.
+fn for_each_bit(set: &[u64], mut f: impl FnMut(usize)) {
+    for (w, &word) in set.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            f(w * 64 + word.trailing_zeros() as usize);
+            word &= word - 1;
+        }
+    }
+}
+
+struct Clusters {
+    /// Cluster of each transaction, or [`SINGLETON`].
+    of: Vec<u32>,
+    /// Position of each transaction inside its cluster.
+    local: Vec<u32>,
+    clusters: Vec<Cluster>,
+}
+
+impl Clusters {
+    /// The cluster of transaction `i` and its position in it, unless it is a loner.
+    fn get(&self, i: usize) -> Option<(usize, usize)> {
+        let c = self.of[i];
+        (c != SINGLETON).then(|| (c as usize, self.local[i] as usize))
+    }
+}
+
+fn find(root: &mut [usize], mut x: usize) -> usize {
+    while root[x] != x {
+        root[x] = root[root[x]];
+        x = root[x];
+    }
+    x
+}
+
+impl Clusters {
+    fn build(graph: &Graph) -> Clusters {
+        let n = graph.len();
+        let mut root: Vec<usize> = (0..n).collect();
+        let mut linked = vec![false; n];
+        for (i, ps) in graph.parents.iter().enumerate() {
+            for &p in ps {
+                linked[i] = true;
+                linked[p] = true;
+                let (a, b) = (find(&mut root, i), find(&mut root, p));
+                if a != b {
+                    // Keep the smaller index as root so cluster numbering follows template order.
+                    root[a.max(b)] = a.min(b);
+                }
+            }
+        }
+        let mut of = vec![SINGLETON; n];
+        let mut local = vec![0u32; n];
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for i in 0..n {
+            if !linked[i] {
+                continue;
+            }
+            let r = find(&mut root, i);
+            if of[r] == SINGLETON {
+                of[r] = members.len() as u32;
+                members.push(Vec::new());
+            }
+            let c = of[r] as usize;
+            of[i] = c as u32;
+            local[i] = members[c].len() as u32;
+            members[c].push(i);
+        }
+        let clusters = members
+            .into_iter()
+            .map(|members| Cluster::build(members, graph, &local))
+            .collect();
+        Clusters {
+            of,
+            local,
+            clusters,
+        }
+    }
+}
+
+impl Cluster {
+    fn build(members: Vec<usize>, graph: &Graph, local: &[u32]) -> Cluster {
+        let m = members.len();
+        let words = m.div_ceil(64);
+        let mut anc = vec![0u64; m * words];
+        let mut desc = vec![0u64; m * words];
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); m];
+        // Members are in template order and parents are earlier: one forward pass.
+        for (l, &i) in members.iter().enumerate() {
+            anc[l * words + l / 64] |= 1 << (l % 64);
+            for &p in &graph.parents[i] {
+                let pl = local[p] as usize;
+                children[pl].push(l);
+                let (before, mine) = anc.split_at_mut(l * words);
+                for (dst, src) in mine[..words]
+                    .iter_mut()
+                    .zip(&before[pl * words..(pl + 1) * words])
+                {
+                    *dst |= *src;
+                }
+            }
+        }
+        for l in (0..m).rev() {
+            desc[l * words + l / 64] |= 1 << (l % 64);
+            for &c in &children[l] {
+                let (mine, after) = desc.split_at_mut(c * words);
+                for (dst, src) in mine[l * words..(l + 1) * words]
+                    .iter_mut()
+                    .zip(&after[..words])
+                {
+                    *dst |= *src;
+                }
+            }
+        }
+        let mut pending = vec![0u64; words];
+        for l in 0..m {
+            pending[l / 64] |= 1u64 << (l % 64);
+        }
+        Cluster {
+            members,
+            words,
+            anc,
+            desc,
+            pending,
+        }
+    }
+}
+
+// === fee-rate: ancestor-score greedy ===
+
+/// Fee, weight, vsize and sigops of a transaction's package (itself + pending ancestors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Package {
+    fee: u64,
+    weight: u64,
+    vsize: u64,
+    sigops: u64,
+}
+
+impl Package {
+    fn add(&mut self, o: &Package) {
+        self.fee = self.fee.saturating_add(o.fee);
+        self.weight = self.weight.saturating_add(o.weight);
+        self.vsize = self.vsize.saturating_add(o.vsize);
+        self.sigops = self.sigops.saturating_add(o.sigops);
+    }
+    fn sub(&mut self, o: &Package) {
+        self.fee = self.fee.saturating_sub(o.fee);
+        self.weight = self.weight.saturating_sub(o.weight);
+        self.vsize = self.vsize.saturating_sub(o.vsize).max(1);
+        self.sigops = self.sigops.saturating_sub(o.sigops);
+    }
+    /// Compares fee rates exactly (cross-multiplied).
+    fn cmp_rate(&self, o: &Package) -> Ordering {
+        (u128::from(self.fee) * u128::from(o.vsize.max(1)))
+            .cmp(&(u128::from(o.fee) * u128::from(self.vsize.max(1))))
+    }
+}
+
+/// A heap entry: a transaction and the package score it had when pushed. The best rate is
+/// on top; among equal rates the earlier template position wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Candidate {
+    package: Package,
+    index: usize,
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.package
+            .cmp_rate(&o.package)
+            .then_with(|| o.index.cmp(&self.index))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Included,
+    Dropped,
+}
+
+fn by_package_fee_rate(
+    template: &Template,
+    graph: &Graph,
+    policy: &Policy,
+    limits: Limits,
+) -> Outcome {
+    let n = template.txs.len();
+    let own: Vec<Package> = template
+        .txs
+        .iter()
+        .map(|tx| Package {
+            fee: tx.fee,
+            weight: tx.weight,
+            vsize: vsize(tx.weight),
+            sigops: tx.sigops,
+        })
+        .collect();
+    let mut clusters = Clusters::build(graph);
+    // Each transaction's package, kept up to date as ancestors get included.
+    let mut package: Vec<Package> = own.clone();
+    for (i, ps) in graph.parents.iter().enumerate() {
+        match (ps.as_slice(), clusters.get(i)) {
+            // One parent: the ancestors are the parent's ancestors plus the parent.
+            (&[p], _) => {
+                let parent = package[p];
+                package[i].add(&parent);
+            }
+            (&[_, _, ..], Some((c, l))) => {
+                let cluster = &clusters.clusters[c];
+                let mut sum = Package::default();
+                for_each_bit(cluster.anc(l), |a| sum.add(&own[cluster.members[a]]));
+                package[i] = sum;
+            }
+            _ => {}
+        }
+    }
+
+    let mut status = vec![Status::Pending; n];
+    let mut pending = n;
+    let mut heap: BinaryHeap<Candidate> = (0..n)
+        .map(|index| Candidate {
+            package: package[index],
+            index,
+        })
+        .collect();
+    let mut out = Outcome::new(n);
+    let (mut weight, mut sigops) = (0u64, 0u64);
+    let mut batch: Vec<usize> = Vec::new();
+    // Descendants whose package changed in this round, with their score before it.
+    let mut touched: Vec<(usize, Package)> = Vec::new();
+    let mut touched_in: Vec<u32> = vec![0; n];
+    let mut round: u32 = 0;
+
+    while let Some(top) = heap.pop() {
+        let t = top.index;
+        if status[t] != Status::Pending {
+            continue;
+        }
+        if top.package != package[t] {
+            // A stale, too-high score: put it back with the true one.
+            heap.push(Candidate {
+                package: package[t],
+                index: t,
+            });
+            continue;
+        }
+        let pkg = package[t];
+        if !policy.meets_min_fee_rate(pkg.fee, pkg.vsize) {
+            // The best package left is below the minimum: so is every other one.
+            for (i, s) in status.iter_mut().enumerate() {
+                if *s == Status::Pending {
+                    *s = Status::Dropped;
+                    out.drop_tx(DropReason::BelowMinFeeRate, own[i].fee);
+                }
+            }
+            break;
+        }
+        let w = weight.saturating_add(pkg.weight);
+        let s = sigops.saturating_add(pkg.sigops);
+        let cluster = clusters.get(t);
+        batch.clear();
+        if w > limits.weight || s > limits.sigops {
+            // t does not fit: drop it and take its pending descendants with it.
+            match cluster {
+                None => batch.push(t),
+                Some((c, l)) => {
+                    let cluster = &clusters.clusters[c];
+                    cluster.for_each_pending(cluster.desc(l), |d| batch.push(d));
+                }
+            }
+            for &d in &batch {
+                status[d] = Status::Dropped;
+                let reason = if d == t {
+                    DropReason::BlockFull
+                } else {
+                    DropReason::ParentDropped
+                };
+                out.drop_tx(reason, own[d].fee);
+            }
+        } else {
+            weight = w;
+            sigops = s;
+            // The package: t's pending ancestors, in template (= dependency) order.
+            match cluster {
+                None => batch.push(t),
+                Some((c, l)) => {
+                    let cluster = &clusters.clusters[c];
+                    cluster.for_each_pending(cluster.anc(l), |a| batch.push(a));
+                }
+            }
+            for &a in &batch {
+                status[a] = Status::Included;
+                out.chosen.push(a);
+            }
+        }
+        pending -= batch.len();
+        if let Some((c, _)) = cluster {
+            let cluster = &mut clusters.clusters[c];
+            for &a in &batch {
+                cluster.settle(clusters.local[a] as usize);
+            }
+            if status[t] == Status::Included {
+                // Update the packages of the pending descendants.
+                round = round.wrapping_add(1);
+                touched.clear();
+                for &a in &batch {
+                    let removed = own[a];
+                    cluster.for_each_pending(cluster.desc(clusters.local[a] as usize), |d| {
+                        if touched_in[d] != round {
+                            touched_in[d] = round;
+                            touched.push((d, package[d]));
+                        }
+                        package[d].sub(&removed);
+                    });
+                }
+                // Re-push only when the score went up; a lower true score is found when the old
+                // (too high) entry is popped.
+                for &(d, before) in &touched {
+                    if package[d].cmp_rate(&before) == Ordering::Greater {
+                        heap.push(Candidate {
+                            package: package[d],
+                            index: d,
+                        });
+                    }
+                }
+            }
+        }
+        // Keep the heap from filling with dead entries.
+        if heap.len() > 4 * pending + 64 {
+            heap = (0..n)
+                .filter(|&i| status[i] == Status::Pending)
+                .map(|index| Candidate {
+                    package: package[index],
+                    index,
+                })
+                .collect();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
