@@ -1,1 +1,53 @@
-fn main(){}
+//! `jdc-template-watcher` binary: CLI, logging and configuration, then [`jdc_template_watcher::run`].
+
+use clap::Parser;
+use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
+use jdc_template_watcher::WatcherError;
+
+/// Watches bitcoind and publishes new tips and block templates on the jdc bus.
+///
+/// Subscribes to bitcoind's ZMQ `hashblock` and `sequence` notifications and talks RPC
+/// (cookie file or user + password file). On a new block it publishes a `tip` message at once
+/// (enough for an empty-block job), then the `template` from `getblocktemplate`; mempool
+/// changes refresh the template at most once per `template_watcher.mempool_refresh_min_interval_ms`.
+/// A `getbestblockhash` poll every `template_watcher.tip_poll_interval_ms` backs ZMQ up.
+/// Nothing is published while bitcoind is in initial block download.
+///
+/// Publishes on the `watcher` stream (`bus.watcher`, bound on `bus.bind_host`): topics `tip`,
+/// `template`, `heartbeat` (state `ok`, `waiting-for-bitcoind` or `initial-block-download`).
+///
+/// Keys used: `network`, `bitcoind.*` (rpc_url, rpc_cookie_file or rpc_user +
+/// rpc_password_file, zmq_hashblock, zmq_sequence, rpc_timeout_ms), `bus.*`,
+/// `template_watcher.*`. Example:
+///   jdc-template-watcher -c jdc.toml --set bitcoind.rpc_cookie_file=/data/regtest/.cookie
+///
+/// Exit codes: 0 after SIGINT/SIGTERM, 1 on a runtime failure, 2 on a configuration error.
+/// Logging: RUST_LOG (default `info`; `jdc_template_watcher=debug` shows per-tip latency).
+#[derive(Debug, Parser)]
+#[command(name = "jdc-template-watcher", version, verbatim_doc_comment)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    jdc_shared::telemetry::init(args.common.log_format);
+    let config = match Config::load(&args.common) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jdc-template-watcher: {e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+    };
+    let shutdown = jdc_shared::shutdown::on_signals();
+    match jdc_template_watcher::run(config, shutdown).await {
+        Ok(()) => Ok(()),
+        Err(WatcherError::Config(e)) => {
+            eprintln!("jdc-template-watcher: {e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("jdc-template-watcher failed")),
+    }
+}

@@ -1,0 +1,526 @@
+//! Pure conversions from bitcoind's answers to bus messages: `getblocktemplate` JSON into a
+//! [`Template`], and a `getblockheader` answer into the [`Tip`] of the next block.
+//!
+//! No I/O here. Transaction data is hex-decoded once, straight from the JSON text into the
+//! bytes the template carries (no intermediate `String`), so a 4 MB / 5,000-transaction
+//! template costs one pass.
+
+use jdc_shared::bitcoin::Network;
+use jdc_shared::chain;
+use jdc_shared::messages::{Template, TemplateTx, Tip};
+use serde::{Deserialize, Deserializer};
+
+/// Block version used for a tip before any template told us bitcoind's choice (BIP9 top bits,
+/// no deployment signalled).
+pub const DEFAULT_VERSION: u32 = 0x2000_0000;
+/// Weight limit assumed when `getblocktemplate` omits `weightlimit` (pre-segwit answers).
+pub const DEFAULT_WEIGHT_LIMIT: u64 = 4_000_000;
+/// Sigops cost limit assumed when `getblocktemplate` omits `sigoplimit`.
+pub const DEFAULT_SIGOP_LIMIT: u64 = 80_000;
+/// Blocks between difficulty adjustments.
+pub const RETARGET_INTERVAL: u32 = 2016;
+
+/// A bitcoind answer that does not make sense; names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GbtError {
+    /// A field has a malformed value.
+    #[error("bad `{field}` in {what}: {why}")]
+    BadField {
+        /// `getblocktemplate`, `getblocktemplate transaction N` or `getblockheader`.
+        what: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn bad(what: impl Into<String>, field: &'static str, why: impl Into<String>) -> GbtError {
+    GbtError::BadField {
+        what: what.into(),
+        field,
+        why: why.into(),
+    }
+}
+
+/// How the watcher learnt of a tip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectedBy {
+    /// A ZMQ `hashblock` notification.
+    Zmq,
+    /// The `getbestblockhash` poll backstop.
+    Poll,
+}
+
+impl DetectedBy {
+    /// The `detected_by` string of [`Tip`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectedBy::Zmq => "zmq",
+            DetectedBy::Poll => "poll",
+        }
+    }
+}
+
+// === getblocktemplate ===
+
+/// The fields of a `getblocktemplate` answer the watcher uses (others are ignored).
+#[derive(Debug, Deserialize)]
+pub struct GbtResult {
+    /// Block version.
+    pub version: u32,
+    /// Previous block hash (RPC hex).
+    pub previousblockhash: String,
+    /// Transactions in bitcoind's order.
+    pub transactions: Vec<GbtTx>,
+    /// Subsidy + fees, satoshis.
+    pub coinbasevalue: u64,
+    /// Full target, 64 hex digits.
+    pub target: String,
+    /// Smallest valid header time.
+    pub mintime: u32,
+    /// bitcoind's current time.
+    pub curtime: u32,
+    /// Compact target, 8 hex digits.
+    pub bits: String,
+    /// Height of the block to mine.
+    pub height: u32,
+    /// Block weight limit (present with the segwit rule).
+    #[serde(default)]
+    pub weightlimit: Option<u64>,
+    /// Sigops cost limit.
+    #[serde(default)]
+    pub sigoplimit: Option<u64>,
+}
+
+/// One transaction of a `getblocktemplate` answer.
+#[derive(Debug, Deserialize)]
+pub struct GbtTx {
+    /// Serialized transaction, decoded from hex while parsing.
+    #[serde(deserialize_with = "hex_bytes")]
+    pub data: Vec<u8>,
+    /// Transaction id (RPC hex).
+    pub txid: String,
+    /// Witness transaction id (RPC hex).
+    pub hash: String,
+    /// 1-based indexes of earlier transactions this one spends.
+    #[serde(default)]
+    pub depends: Vec<u32>,
+    /// Fee, satoshis.
+    pub fee: u64,
+    /// Sigops cost.
+    pub sigops: u64,
+    /// Weight units.
+    pub weight: u64,
+}
+
+/// Deserializes a hex string straight into bytes (one allocation, no intermediate `String`
+/// when the JSON string has no escapes, which hex never has).
+fn hex_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct HexVisitor;
+    impl serde::de::Visitor<'_> for HexVisitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a hex string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            hex::decode(v).map_err(|e| E::custom(format!("transaction data is not hex: {e}")))
+        }
+    }
+    d.deserialize_str(HexVisitor)
+}
+
+fn check_hash(what: &str, field: &'static str, value: &str) -> Result<(), GbtError> {
+    chain::hash_from_rpc_hex(value)
+        .map(|_| ())
+        .map_err(|_| bad(what, field, format!("`{value}` is not 64 hex digits")))
+}
+
+/// Parses a compact target (`nBits`) written as 8 hex digits.
+pub fn parse_bits(what: &str, value: &str) -> Result<u32, GbtError> {
+    if value.len() != 8 {
+        return Err(bad(what, "bits", format!("`{value}` is not 8 hex digits")));
+    }
+    u32::from_str_radix(value, 16)
+        .map_err(|_| bad(what, "bits", format!("`{value}` is not 8 hex digits")))
+}
+
+/// Turns a `getblocktemplate` answer into a [`Template`], checking what consumers rely on:
+/// hashes are 64 hex digits, `bits` parses, and every `depends` index points at an earlier
+/// transaction of the same template.
+pub fn template_from_gbt(
+    gbt: GbtResult,
+    id: u64,
+    network: Network,
+    tip_detected_at_us: u64,
+) -> Result<Template, GbtError> {
+    const WHAT: &str = "getblocktemplate";
+    check_hash(WHAT, "previousblockhash", &gbt.previousblockhash)?;
+    if gbt.target.len() != 64 || hex::decode(&gbt.target).is_err() {
+        return Err(bad(
+            WHAT,
+            "target",
+            format!("`{}` is not 64 hex digits", gbt.target),
+        ));
+    }
+    let bits = parse_bits(WHAT, &gbt.bits)?;
+    let mut txs = Vec::with_capacity(gbt.transactions.len());
+    for (i, tx) in gbt.transactions.into_iter().enumerate() {
+        let position = i + 1; // 1-based, as `depends` counts
+        let what = || format!("getblocktemplate transaction {position}");
+        check_hash(&what(), "txid", &tx.txid)?;
+        check_hash(&what(), "hash", &tx.hash)?;
+        if tx.data.is_empty() {
+            return Err(bad(what(), "data", "empty transaction"));
+        }
+        if let Some(d) = tx
+            .depends
+            .iter()
+            .find(|&&d| d == 0 || d as usize >= position)
+        {
+            return Err(bad(
+                what(),
+                "depends",
+                format!("index {d} is not an earlier transaction"),
+            ));
+        }
+        txs.push(TemplateTx {
+            data: tx.data,
+            txid: tx.txid,
+            wtxid: tx.hash,
+            fee: tx.fee,
+            weight: tx.weight,
+            sigops: tx.sigops,
+            depends: tx.depends,
+        });
+    }
+    Ok(Template {
+        id,
+        height: gbt.height,
+        prev_hash: gbt.previousblockhash,
+        version: gbt.version,
+        bits,
+        target: gbt.target,
+        curtime: gbt.curtime,
+        mintime: gbt.mintime,
+        coinbase_value: gbt.coinbasevalue,
+        subsidy: chain::subsidy(gbt.height, network),
+        weight_limit: gbt.weightlimit.unwrap_or(DEFAULT_WEIGHT_LIMIT),
+        sigop_limit: gbt.sigoplimit.unwrap_or(DEFAULT_SIGOP_LIMIT),
+        txs,
+        tip_detected_at_us,
+    })
+}
+
+// === getblockheader ===
+
+/// The fields of a `getblockheader <hash> true` answer the watcher uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeaderInfo {
+    /// Block hash (RPC hex).
+    pub hash: String,
+    /// 1 when the block is the tip of the active chain, more when buried, -1 when not in it.
+    pub confirmations: i64,
+    /// Height of the block.
+    pub height: u32,
+    /// Its compact target, 8 hex digits.
+    pub bits: String,
+    /// Median time past of the block and its 10 predecessors.
+    pub mediantime: u32,
+}
+
+/// Whether the next block's `nBits` can be taken from the tip without asking bitcoind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TipBits {
+    /// `nbits` is the tip's: publish the [`Tip`] at once.
+    Known,
+    /// The next block's target differs or may differ (a 2016-block retarget boundary, or a
+    /// testnet whose 20-minute rule makes it depend on the time): take `bits` (and the times)
+    /// from the template before publishing.
+    FromTemplate,
+}
+
+/// Whether the block at `next_height` keeps its parent's `nBits` whatever its time.
+pub fn bits_follow_tip(network: Network, next_height: u32) -> bool {
+    match network {
+        // Regtest never retargets (fPowNoRetargeting); its min-difficulty rule resets to the
+        // same powLimit it always uses.
+        Network::Regtest => true,
+        // fPowAllowMinDifficultyBlocks: the next target depends on the block's time and on the
+        // last non-min-difficulty block, so only the template knows it.
+        Network::Testnet | Network::Testnet4 => false,
+        _ => next_height % RETARGET_INTERVAL != 0,
+    }
+}
+
+/// The [`Tip`] for the block following `header`.
+///
+/// `version` is the last template's version (or [`DEFAULT_VERSION`]), `now_secs` the wall clock.
+pub fn tip_from_header(
+    header: &HeaderInfo,
+    network: Network,
+    now_secs: u32,
+    version: u32,
+    detected_at_us: u64,
+    detected_by: DetectedBy,
+) -> Result<(Tip, TipBits), GbtError> {
+    const WHAT: &str = "getblockheader";
+    check_hash(WHAT, "hash", &header.hash)?;
+    let nbits = parse_bits(WHAT, &header.bits)?;
+    let height = header
+        .height
+        .checked_add(1)
+        .ok_or_else(|| bad(WHAT, "height", "too large"))?;
+    let min_time = header.mediantime.saturating_add(1);
+    let bits = if bits_follow_tip(network, height) {
+        TipBits::Known
+    } else {
+        TipBits::FromTemplate
+    };
+    Ok((
+        Tip {
+            height,
+            prev_hash: header.hash.clone(),
+            nbits,
+            time: now_secs.max(min_time),
+            min_time,
+            version,
+            subsidy: chain::subsidy(height, network),
+            detected_at_us,
+            detected_by: detected_by.as_str().to_string(),
+        },
+        bits,
+    ))
+}
+
+/// What the watcher keeps of a template once its body is encoded for the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateHead {
+    /// Template id.
+    pub id: u64,
+    /// Height of the block.
+    pub height: u32,
+    /// Previous block hash (RPC hex).
+    pub prev_hash: String,
+    /// Block version.
+    pub version: u32,
+    /// Compact target.
+    pub bits: u32,
+    /// bitcoind's time.
+    pub curtime: u32,
+    /// Smallest valid header time.
+    pub mintime: u32,
+    /// Number of transactions.
+    pub tx_count: usize,
+    /// Sum of the transactions' fees, satoshis.
+    pub fees: u64,
+    /// Sum of the transactions' weights.
+    pub weight: u64,
+    /// Digest of the ordered txids and the coinbase value: equal digests on the same
+    /// `prev_hash` mean the same block content.
+    pub content_digest: u64,
+}
+
+impl TemplateHead {
+    /// The head of `t`.
+    pub fn of(t: &Template) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        t.coinbase_value.hash(&mut h);
+        for tx in &t.txs {
+            tx.txid.hash(&mut h);
+        }
+        Self {
+            id: t.id,
+            height: t.height,
+            prev_hash: t.prev_hash.clone(),
+            version: t.version,
+            bits: t.bits,
+            curtime: t.curtime,
+            mintime: t.mintime,
+            tx_count: t.txs.len(),
+            fees: t.txs.iter().map(|x| x.fee).sum(),
+            weight: t.txs.iter().map(|x| x.weight).sum(),
+            content_digest: h.finish(),
+        }
+    }
+}
+
+/// Completes a tip whose bits had to come from the template built on it.
+pub fn complete_tip(mut tip: Tip, template: &TemplateHead) -> Tip {
+    tip.nbits = template.bits;
+    tip.time = template.curtime.max(template.mintime);
+    tip.min_time = template.mintime;
+    tip.version = template.version;
+    tip
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GBT: &str = include_str!("../tests/fixtures/gbt-regtest-depends.json");
+    const HEADER: &str = include_str!("../tests/fixtures/header-regtest.json");
+
+    fn gbt() -> GbtResult {
+        serde_json::from_str(GBT).unwrap()
+    }
+
+    #[test]
+    fn real_template_with_depends_converts() {
+        let t = template_from_gbt(gbt(), 42, Network::Regtest, 7).unwrap();
+        assert_eq!(t.id, 42);
+        assert_eq!(t.height, 102);
+        assert_eq!(
+            t.prev_hash,
+            "4e96c9c84d2146e9a503d4c3ed35b161c6b1828fff63beaed6fb39d1144d3412"
+        );
+        assert_eq!(t.bits, 0x207f_ffff);
+        assert_eq!(t.version, 0x2000_0000);
+        assert_eq!(t.weight_limit, 4_000_000);
+        assert_eq!(t.sigop_limit, 80_000);
+        assert_eq!(t.subsidy, 5_000_000_000);
+        assert_eq!(
+            t.coinbase_value,
+            t.subsidy + t.txs.iter().map(|x| x.fee).sum::<u64>()
+        );
+        assert_eq!(t.tip_detected_at_us, 7);
+        assert_eq!(t.txs.len(), 2);
+        assert_eq!(t.txs[0].depends, Vec::<u32>::new());
+        assert_eq!(t.txs[1].depends, vec![1]);
+        assert_ne!(t.txs[0].txid, t.txs[0].wtxid, "segwit tx: wtxid differs");
+        // data is the decoded hex: its txid hashes back to the reported txid
+        use jdc_shared::bitcoin::{consensus::deserialize, Transaction};
+        for tx in &t.txs {
+            let parsed: Transaction = deserialize(&tx.data).unwrap();
+            assert_eq!(parsed.compute_txid().to_string(), tx.txid);
+            assert_eq!(parsed.compute_wtxid().to_string(), tx.wtxid);
+            assert_eq!(parsed.weight().to_wu(), tx.weight);
+        }
+    }
+
+    fn edit(f: impl FnOnce(&mut serde_json::Value)) -> Result<Template, String> {
+        let mut v: serde_json::Value = serde_json::from_str(GBT).unwrap();
+        f(&mut v);
+        let g: GbtResult = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        template_from_gbt(g, 1, Network::Regtest, 0).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bad_answers_name_the_field() {
+        let e = edit(|v| v["transactions"][1]["depends"] = serde_json::json!([2])).unwrap_err();
+        assert!(e.contains("transaction 2") && e.contains("depends"), "{e}");
+        let e = edit(|v| v["transactions"][0]["depends"] = serde_json::json!([0])).unwrap_err();
+        assert!(e.contains("depends"), "{e}");
+        let e = edit(|v| v["transactions"][0]["data"] = "zz".into()).unwrap_err();
+        assert!(e.contains("not hex"), "{e}");
+        let e = edit(|v| v["bits"] = "7fffff".into()).unwrap_err();
+        assert!(e.contains("`bits`"), "{e}");
+        let e = edit(|v| v["previousblockhash"] = "00".into()).unwrap_err();
+        assert!(e.contains("previousblockhash"), "{e}");
+        let e = edit(|v| v["transactions"][0]["txid"] = "abc".into()).unwrap_err();
+        assert!(e.contains("transaction 1") && e.contains("txid"), "{e}");
+        let e = edit(|v| v["target"] = "ff".into()).unwrap_err();
+        assert!(e.contains("target"), "{e}");
+        // missing limits fall back to the consensus values
+        let t = edit(|v| {
+            let o = v.as_object_mut().unwrap();
+            o.remove("weightlimit");
+            o.remove("sigoplimit");
+        })
+        .unwrap();
+        assert_eq!((t.weight_limit, t.sigop_limit), (4_000_000, 80_000));
+    }
+
+    #[test]
+    fn empty_template() {
+        let t = edit(|v| v["transactions"] = serde_json::json!([])).unwrap();
+        assert!(t.txs.is_empty());
+    }
+
+    #[test]
+    fn tip_from_real_header() {
+        let h: HeaderInfo = serde_json::from_str(HEADER).unwrap();
+        assert_eq!(h.confirmations, 1);
+        let (tip, bits) = tip_from_header(
+            &h,
+            Network::Regtest,
+            0,
+            DEFAULT_VERSION,
+            11,
+            DetectedBy::Zmq,
+        )
+        .unwrap();
+        assert_eq!(bits, TipBits::Known);
+        assert_eq!(tip.height, 102);
+        assert_eq!(tip.prev_hash, h.hash);
+        assert_eq!(tip.nbits, 0x207f_ffff);
+        assert_eq!(tip.min_time, h.mediantime + 1);
+        assert_eq!(
+            tip.time, tip.min_time,
+            "clock behind min_time: min_time wins"
+        );
+        assert_eq!(tip.version, DEFAULT_VERSION);
+        assert_eq!(tip.subsidy, 5_000_000_000);
+        assert_eq!((tip.detected_at_us, tip.detected_by.as_str()), (11, "zmq"));
+        let (tip, _) = tip_from_header(
+            &h,
+            Network::Regtest,
+            h.mediantime + 100,
+            0x2000_0004,
+            1,
+            DetectedBy::Poll,
+        )
+        .unwrap();
+        assert_eq!(tip.time, h.mediantime + 100, "now wins when later");
+        assert_eq!(tip.version, 0x2000_0004);
+        assert_eq!(tip.detected_by, "poll");
+    }
+
+    #[test]
+    fn retarget_boundaries_defer_bits_to_the_template() {
+        let mut h: HeaderInfo = serde_json::from_str(HEADER).unwrap();
+        h.height = 2015; // next block 2016: a retarget
+        let bits_of =
+            |h: &HeaderInfo, n| tip_from_header(h, n, 0, 1, 0, DetectedBy::Zmq).unwrap().1;
+        assert_eq!(bits_of(&h, Network::Bitcoin), TipBits::FromTemplate);
+        assert_eq!(bits_of(&h, Network::Signet), TipBits::FromTemplate);
+        assert_eq!(bits_of(&h, Network::Regtest), TipBits::Known);
+        h.height = 2016;
+        assert_eq!(bits_of(&h, Network::Bitcoin), TipBits::Known);
+        assert_eq!(bits_of(&h, Network::Testnet4), TipBits::FromTemplate);
+        // subsidy of the next block on mainnet
+        h.height = 839_999;
+        let (tip, _) = tip_from_header(&h, Network::Bitcoin, 0, 1, 0, DetectedBy::Zmq).unwrap();
+        assert_eq!(tip.subsidy, 312_500_000);
+    }
+
+    #[test]
+    fn completing_a_tip_takes_the_template_values() {
+        let h: HeaderInfo = serde_json::from_str(HEADER).unwrap();
+        let (tip, _) = tip_from_header(&h, Network::Regtest, 0, 1, 5, DetectedBy::Zmq).unwrap();
+        let mut t = template_from_gbt(gbt(), 1, Network::Regtest, 5).unwrap();
+        t.bits = 0x1d00_ffff;
+        let head = TemplateHead::of(&t);
+        assert_eq!((head.tx_count, head.fees, head.weight), (2, 5760, 1146));
+        let mut same = t.clone();
+        same.curtime += 1;
+        same.id += 1;
+        assert_eq!(TemplateHead::of(&same).content_digest, head.content_digest);
+        same.txs.swap(0, 1);
+        assert_ne!(TemplateHead::of(&same).content_digest, head.content_digest);
+        let tip = complete_tip(tip, &head);
+        assert_eq!(tip.nbits, 0x1d00_ffff);
+        assert_eq!(tip.min_time, t.mintime);
+        assert_eq!(tip.version, t.version);
+        assert_eq!(tip.detected_at_us, 5);
+    }
+
+    #[test]
+    fn bad_header_is_refused() {
+        let mut h: HeaderInfo = serde_json::from_str(HEADER).unwrap();
+        h.bits = "xyz".into();
+        let e = tip_from_header(&h, Network::Regtest, 0, 1, 0, DetectedBy::Zmq).unwrap_err();
+        assert!(e.to_string().contains("getblockheader"), "{e}");
+    }
+}
