@@ -3,7 +3,8 @@
 //! The session publishes the current [`Work`] into a [`Hashers`] slot; every publication bumps a
 //! generation counter that the threads check every [`CHECK_EVERY`] nonces (and while waiting),
 //! so new work is picked up within milliseconds. A share found is sent to the session over a
-//! channel. Submissions are paced by a limiter (`--max-shares-per-sec`): when the budget is
+//! channel (every hash meeting the channel target, or the network target: a block is never
+//! dropped, and SRI servers check the block target first). Submissions are paced by a limiter (`--max-shares-per-sec`): when the budget is
 //! spent a thread sleeps (woken early by new work) instead of spinning, which keeps regtest,
 //! where nearly every hash is a block, at a controlled pace.
 
@@ -229,7 +230,7 @@ fn worker(shared: &Shared, shares: &mpsc::UnboundedSender<FoundShare>) {
                 for _ in 0..CHECK_EVERY {
                     let hash = header.hash(nonce);
                     hashed += 1;
-                    if meets_target(&hash, &work.target) {
+                    if meets_target(&hash, &work.submit_target) {
                         shared.hashes.fetch_add(hashed, Ordering::Relaxed);
                         match shared.wait_for_token(generation) {
                             Wait::Go => {}
@@ -266,9 +267,12 @@ fn worker(shared: &Shared, shares: &mpsc::UnboundedSender<FoundShare>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::work::{network_target, MerkleSource};
+    use crate::work::{easier_target, network_target, MerkleSource};
 
-    fn work(target: [u8; 32], job_id: u32) -> Work {
+    const MAINNET_NBITS: u32 = 0x1d00ffff;
+
+    fn work(target: [u8; 32], job_id: u32, nbits: u32) -> Work {
+        let network_target = network_target(nbits);
         Work {
             session: 3,
             channel_id: 1,
@@ -276,10 +280,11 @@ mod tests {
             version: 0x2000_0000,
             version_rolling_allowed: true,
             prev_hash: [1; 32],
-            nbits: 0x207fffff,
+            nbits,
             min_ntime: 10,
             target,
-            network_target: network_target(0x207fffff),
+            network_target,
+            submit_target: easier_target(target, network_target),
             merkle: MerkleSource::Standard {
                 merkle_root: [2; 32],
             },
@@ -297,19 +302,21 @@ mod tests {
     async fn shares_and_switch() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let hashers = Hashers::start(2, 0.0, tx).unwrap();
-        // Target: top byte below 0x20 → about 1 hash in 8 is a share.
+        // Target: top byte below 0x20 → about 1 hash in 8 is a share; mainnet difficulty, so
+        // nothing else is submitted.
         let mut target = [0xff; 32];
         target[31] = 0x1f;
-        hashers.publish(Some(work(target, 1)));
+        hashers.publish(Some(work(target, 1, MAINNET_NBITS)));
         for _ in 0..5 {
             let s = rx.recv().await.unwrap();
             assert!(meets_target(&s.hash, &target));
-            let mut h = HeaderHasher::new(s.version, &[1; 32], &[2; 32], 0x207fffff);
+            assert!(!s.is_block);
+            let mut h = HeaderHasher::new(s.version, &[1; 32], &[2; 32], MAINNET_NBITS);
             h.set_ntime(s.ntime);
             assert_eq!(h.hash(s.nonce), s.hash);
             assert!(s.ntime >= 10);
         }
-        hashers.publish(Some(work(target, 2)));
+        hashers.publish(Some(work(target, 2, MAINNET_NBITS)));
         // After the switch only job 2 shares arrive (drain what was already queued).
         let mut saw_new = 0;
         while saw_new < 5 {
@@ -320,6 +327,23 @@ mod tests {
         }
         hashers.publish(None);
         assert!(hashers.hashes() > 0);
+        tokio::task::spawn_blocking(move || hashers.stop())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn blocks_are_submitted_even_above_a_hard_share_target() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hashers = Hashers::start(1, 0.0, tx).unwrap();
+        // A share target no hash meets: only regtest blocks (hash <= ~2^255) come out.
+        hashers.publish(Some(work([0; 32], 1, 0x207fffff)));
+        let s = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .expect("no block submitted")
+            .unwrap();
+        assert!(s.is_block);
+        assert!(meets_target(&s.hash, &network_target(0x207fffff)));
         tokio::task::spawn_blocking(move || hashers.stop())
             .await
             .unwrap();

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 
-use crate::work::{network_target, MerkleSource, Work};
+use crate::work::{easier_target, network_target, MerkleSource, Work};
 
 /// At most this many future jobs are kept (a misbehaving server cannot grow memory unbounded).
 const MAX_FUTURE_JOBS: usize = 64;
@@ -210,6 +210,7 @@ impl JobBook {
                 false,
             ),
         };
+        let network_target = network_target(tip.nbits);
         Some(Work {
             session: self.session,
             channel_id: self.channel.id,
@@ -220,7 +221,8 @@ impl JobBook {
             nbits: tip.nbits,
             min_ntime: *min_ntime,
             target: self.channel.target,
-            network_target: network_target(tip.nbits),
+            network_target,
+            submit_target: easier_target(self.channel.target, network_target),
             merkle,
             next_unit: AtomicU64::new(0),
         })

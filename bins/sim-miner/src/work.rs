@@ -57,6 +57,9 @@ pub struct Work {
     pub target: [u8; 32],
     /// Network target from `nbits` (LE).
     pub network_target: [u8; 32],
+    /// What a hash must meet to be submitted: the easier of `target` and `network_target`
+    /// (a block is never thrown away, even when the share target is harder, as on regtest).
+    pub submit_target: [u8; 32],
     /// Merkle root source.
     pub merkle: MerkleSource,
     /// Next unit to hand to a hasher thread.
@@ -137,6 +140,15 @@ pub fn merkle_root(head: &[u8], extranonce: &[u8], tail: &[u8], path: &[[u8; 32]
 /// Network target (LE) for compact `nbits`.
 pub fn network_target(nbits: u32) -> [u8; 32] {
     Target::from_compact(CompactTarget::from_consensus(nbits)).to_le_bytes()
+}
+
+/// The larger (easier) of two LE targets.
+pub fn easier_target(a: [u8; 32], b: [u8; 32]) -> [u8; 32] {
+    if meets_target(&a, &b) {
+        b
+    } else {
+        a
+    }
 }
 
 /// Whether a hash (internal order = little-endian number) is at or below a LE target.
@@ -256,6 +268,16 @@ mod tests {
     }
 
     #[test]
+    fn easier_target_picks_the_larger_number() {
+        let regtest = network_target(0x207fffff);
+        let mut hard = [0u8; 32];
+        hard[28] = 1;
+        assert_eq!(easier_target(hard, regtest), regtest);
+        assert_eq!(easier_target(regtest, hard), regtest);
+        assert_eq!(easier_target([0xff; 32], regtest), [0xff; 32]);
+    }
+
+    #[test]
     fn version_rolling_stays_inside_the_mask() {
         let base = 0x2000_0000;
         for bits in [0u32, 1 << 13, 0xff << 13, 0xffff_ffff] {
@@ -278,6 +300,7 @@ mod tests {
             min_ntime: 0,
             target: [0xff; 32],
             network_target: network_target(0x207fffff),
+            submit_target: [0xff; 32],
             merkle: MerkleSource::Extended {
                 coinbase_head: vec![1, 2, 3],
                 coinbase_tail: vec![4, 5],
