@@ -11,8 +11,11 @@
 pub mod keys;
 pub mod transport;
 
-pub use keys::{parse_authority_public_key, AuthorityKeys, KeyError};
-pub use transport::{accept, connect, Message, Sv2Error, Sv2Reader, Sv2Writer};
+pub use keys::{encode_authority_public_key, parse_authority_public_key, AuthorityKeys, KeyError};
+pub use transport::{
+    accept, connect, Message, Sv2Error, Sv2Reader, Sv2Writer, DEFAULT_MAX_PAYLOAD,
+    MAX_FRAME_PAYLOAD,
+};
 
 #[cfg(test)]
 mod transport_tests;
