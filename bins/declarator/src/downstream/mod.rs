@@ -44,6 +44,8 @@ const SV2_VERSION: u16 = 2;
 const FLAG_REQUIRES_WORK_SELECTION: u32 = 1 << 1;
 /// `SetupConnection` flag: the device wants standard jobs only.
 const FLAG_REQUIRES_STANDARD_JOBS: u32 = 1;
+/// A device that does not take our writes within this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message we accept from a device (a share is < 100 bytes).
 const MAX_DEVICE_PAYLOAD: usize = 16 * 1024;
 
@@ -85,6 +87,9 @@ pub enum ConnectionError {
     /// The device broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The device stopped reading: a write did not complete in time.
+    #[error("device stopped reading: a write did not complete within {0:?}")]
+    WriteTimeout(Duration),
     /// The device took too long to set up.
     #[error("no SetupConnection within {0:?}")]
     SetupTimeout(Duration),
@@ -228,13 +233,24 @@ impl Server {
                     let msg = msg?;
                     let replies = conn.on_message(msg, &work)?;
                     if !replies.is_empty() {
-                        writer.send_all(replies).await?;
+                        send_all(&mut writer, replies).await?;
                     }
                 }
                 _ = shutdown.cancelled() => return Ok(()),
             }
         }
     }
+}
+
+/// Writes messages, dropping a device that stopped reading.
+async fn send_all(
+    writer: &mut Sv2Writer,
+    msgs: Vec<AnyMessageOwned>,
+) -> Result<(), ConnectionError> {
+    tokio::time::timeout(WRITE_TIMEOUT, writer.send_all(msgs))
+        .await
+        .map_err(|_| ConnectionError::WriteTimeout(WRITE_TIMEOUT))?
+        .map_err(ConnectionError::from)
 }
 
 /// Checks a device's `SetupConnection`; returns whether it wants standard jobs only, or the
@@ -308,7 +324,7 @@ impl Connection {
         }
         self.tip_seq = state.tip.seq;
         self.template_id = state.job.template_id;
-        writer.send_all(out).await?;
+        send_all(writer, out).await?;
         let sent_at = now_micros();
         let event = JobSent {
             kind: state.job.kind,
