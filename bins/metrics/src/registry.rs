@@ -1,0 +1,516 @@
+//! Metric definitions and the pure update logic: a decoded bus [`Message`] in, counters,
+//! gauges and histograms updated. No sockets, no clock (times are passed in).
+//!
+//! Every metric of the stack is named here, once. Names are prefixed `jdc_`, in base units
+//! (seconds, satoshis), `_total` only on counters. State topics are re-sent by their
+//! publishers every second; counters count *distinct* tips (by previous-block hash), templates
+//! and selections (by id).
+//!
+//! Label values that come from the bus are cleaned (only `[A-Za-z0-9_.:/-]`, at most 64
+//! characters) and capped (at most [`MAX_LABEL_VALUES`] distinct values per label, then
+//! `other`), so a misbehaving publisher cannot break the exposition format or blow up the
+//! number of series.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+
+use jdc_shared::bus::{BusError, BusStats, Dedup, HeartbeatWithStats, Received, Topic};
+use jdc_shared::messages::{BlockEvent, BlockStage, Dropped, Event, JobSent, ShareResult, Tip};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::health::Health;
+
+/// Buckets of `jdc_tip_to_job_seconds`: 100 µs to 1 s.
+pub const TIP_TO_JOB_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Distinct values kept per free-form label before further ones are reported as `other`.
+pub const MAX_LABEL_VALUES: usize = 32;
+
+/// The longest label value kept from the bus.
+const MAX_LABEL_LEN: usize = 64;
+
+/// The parts of a `Template` the metrics need (its transactions are counted, not copied).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TemplateSummary {
+    /// Template id.
+    pub id: u64,
+    /// Subsidy + fees.
+    pub coinbase_value: u64,
+    /// Subsidy.
+    pub subsidy: u64,
+    /// Transactions (only counted).
+    pub txs: Vec<IgnoredAny>,
+}
+
+/// The parts of a `Selection` the metrics need.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SelectionSummary {
+    /// Selection id.
+    pub id: u64,
+    /// Chosen fees.
+    pub fees: u64,
+    /// Chosen transactions (only counted).
+    pub txs: Vec<IgnoredAny>,
+    /// What the policy left out.
+    #[serde(default)]
+    pub dropped: Vec<Dropped>,
+}
+
+/// A decoded bus message.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A new tip.
+    Tip(Tip),
+    /// A template.
+    Template(TemplateSummary),
+    /// A selection.
+    Selection(SelectionSummary),
+    /// A job sent to devices.
+    Job(JobSent),
+    /// A share verdict.
+    Share(ShareResult),
+    /// A block found / accepted / rejected.
+    Block(BlockEvent),
+    /// A heartbeat.
+    Heartbeat(HeartbeatWithStats),
+    /// An operator event.
+    Event(Event),
+}
+
+impl Message {
+    /// Decodes the body of a received message according to its topic.
+    pub fn decode(msg: &Received) -> Result<Message, BusError> {
+        Ok(match msg.topic {
+            Topic::Tip => Message::Tip(msg.decode()?),
+            Topic::Template => Message::Template(msg.decode()?),
+            Topic::Selection => Message::Selection(msg.decode()?),
+            Topic::Job => Message::Job(msg.decode()?),
+            Topic::Share => Message::Share(msg.decode()?),
+            Topic::Block => Message::Block(msg.decode()?),
+            Topic::Heartbeat => Message::Heartbeat(msg.decode()?),
+            Topic::Event => Message::Event(msg.decode()?),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShareLabels {
+    result: String,
+    reason: String,
+    channel_kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabel {
+    process: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    process: String,
+    level: String,
+}
+
+/// Cleans and caps the values of one free-form label.
+#[derive(Debug, Default)]
+struct LabelValues {
+    seen: HashSet<String>,
+}
+
+impl LabelValues {
+    fn get(&mut self, raw: &str) -> String {
+        let clean: String = raw
+            .chars()
+            .take(MAX_LABEL_LEN)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.:/-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if self.seen.contains(&clean) {
+            return clean;
+        }
+        if self.seen.len() >= MAX_LABEL_VALUES {
+            return "other".to_string();
+        }
+        self.seen.insert(clean.clone());
+        clean
+    }
+}
+
+type SecondsGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric of the stack, the dedup state, and the per-process health.
+pub struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    tips: Counter,
+    templates: Counter,
+    template_transactions: Gauge,
+    template_fees: Gauge,
+    selections: Counter,
+    selection_transactions: Gauge,
+    selection_fees: Gauge,
+    dropped: Family<ReasonLabel, Counter>,
+    jobs: Family<KindLabel, Counter>,
+    tip_to_job: Family<KindLabel, Histogram>,
+    shares: Family<ShareLabels, Counter>,
+    blocks: Family<StageLabel, Counter>,
+    events: Family<EventLabels, Counter>,
+    process_up: Family<ProcessLabel, Gauge>,
+    process_last_seen: Family<ProcessLabel, SecondsGauge>,
+    bus_messages: Family<StreamLabel, Counter>,
+    bus_malformed: Counter,
+    bus_gaps: Counter,
+    dedup: Dedup,
+    last_tip: Option<String>,
+    labels: HashMap<&'static str, LabelValues>,
+    health: Health,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn tip_to_job_histogram() -> Histogram {
+    Histogram::new(TIP_TO_JOB_BUCKETS)
+}
+
+impl Metrics {
+    /// All metrics at zero, with a `process` series for each of `processes` (the bus streams
+    /// listened to).
+    pub fn new(processes: &[&str]) -> Metrics {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let m = Metrics {
+            tips: Counter::default(),
+            templates: Counter::default(),
+            template_transactions: Gauge::default(),
+            template_fees: Gauge::default(),
+            selections: Counter::default(),
+            selection_transactions: Gauge::default(),
+            selection_fees: Gauge::default(),
+            dropped: Family::default(),
+            jobs: Family::default(),
+            tip_to_job: Family::new_with_constructor(tip_to_job_histogram),
+            shares: Family::default(),
+            blocks: Family::default(),
+            events: Family::default(),
+            process_up: Family::default(),
+            process_last_seen: Family::default(),
+            bus_messages: Family::default(),
+            bus_malformed: Counter::default(),
+            bus_gaps: Counter::default(),
+            dedup: Dedup::default(),
+            last_tip: None,
+            labels: HashMap::new(),
+            health: Health::new(processes),
+            registry: prometheus_client::registry::Registry::default(),
+        };
+        registry.register(
+            "jdc_build",
+            "Build of jdc-metrics (always 1)",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register(
+            "jdc_tips",
+            "Distinct chain tips announced by the template-watcher",
+            m.tips.clone(),
+        );
+        registry.register(
+            "jdc_templates",
+            "Distinct block templates published by the template-watcher",
+            m.templates.clone(),
+        );
+        registry.register(
+            "jdc_template_transactions",
+            "Transactions in the latest template",
+            m.template_transactions.clone(),
+        );
+        registry.register(
+            "jdc_template_fees_sats",
+            "Fees of the latest template (coinbase value minus subsidy), in satoshis",
+            m.template_fees.clone(),
+        );
+        registry.register(
+            "jdc_selections",
+            "Distinct selections published by the tx-selector",
+            m.selections.clone(),
+        );
+        registry.register(
+            "jdc_selection_transactions",
+            "Transactions in the latest selection",
+            m.selection_transactions.clone(),
+        );
+        registry.register(
+            "jdc_selection_fees_sats",
+            "Fees of the latest selection, in satoshis",
+            m.selection_fees.clone(),
+        );
+        registry.register(
+            "jdc_selection_dropped_transactions",
+            "Transactions the selection policy left out, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "jdc_jobs_sent",
+            "Mining jobs sent to devices by the declarator, by kind (empty or full)",
+            m.jobs.clone(),
+        );
+        registry.register(
+            "jdc_tip_to_job_seconds",
+            "Time from tip detection by the watcher to a job being written to the devices, by job kind",
+            m.tip_to_job.clone(),
+        );
+        registry.register(
+            "jdc_shares",
+            "Shares judged by the declarator, by result, reason and channel kind",
+            m.shares.clone(),
+        );
+        registry.register(
+            "jdc_blocks",
+            "Blocks found by our devices, and bitcoind's verdict, by stage",
+            m.blocks.clone(),
+        );
+        registry.register(
+            "jdc_events",
+            "Operator events published on the bus, by process and level",
+            m.events.clone(),
+        );
+        registry.register(
+            "jdc_process_up",
+            "1 while the process's heartbeats arrive (metrics.down_after_ms), else 0",
+            m.process_up.clone(),
+        );
+        registry.register(
+            "jdc_process_last_seen_seconds",
+            "Seconds since the last bus message from the process (any topic)",
+            m.process_last_seen.clone(),
+        );
+        registry.register(
+            "jdc_bus_messages",
+            "Well-formed bus messages received by jdc-metrics, by stream",
+            m.bus_messages.clone(),
+        );
+        registry.register(
+            "jdc_bus_malformed_messages",
+            "Bus messages jdc-metrics refused (bad envelope, unknown topic, other version, undecodable body)",
+            m.bus_malformed.clone(),
+        );
+        registry.register(
+            "jdc_bus_sequence_gaps",
+            "Bus messages jdc-metrics missed, counted from sequence gaps",
+            m.bus_gaps.clone(),
+        );
+        for p in processes {
+            m.process_up
+                .get_or_create(&ProcessLabel {
+                    process: p.to_string(),
+                })
+                .set(0);
+            m.bus_messages
+                .get_or_create(&StreamLabel {
+                    stream: p.to_string(),
+                })
+                .inc_by(0);
+        }
+        // Known label values start at 0, so rates work from the first event.
+        for kind in ["empty", "full"] {
+            let kind = KindLabel {
+                kind: kind.to_string(),
+            };
+            m.jobs.get_or_create(&kind).inc_by(0);
+            drop(m.tip_to_job.get_or_create(&kind));
+        }
+        for stage in ["found", "accepted", "rejected"] {
+            m.blocks
+                .get_or_create(&StageLabel {
+                    stage: stage.to_string(),
+                })
+                .inc_by(0);
+        }
+        for reason in ["below-min-fee-rate", "block-full", "parent-dropped"] {
+            m.dropped
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_string(),
+                })
+                .inc_by(0);
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The per-process health.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn label(&mut self, name: &'static str, raw: &str) -> String {
+        self.labels.entry(name).or_default().get(raw)
+    }
+
+    /// Handles one received message: counts it for its stream, decodes and applies it. A
+    /// body that does not decode is returned as an error (the caller counts it malformed).
+    pub fn handle(&mut self, msg: &Received, now_us: u64) -> Result<(), BusError> {
+        let stream = self.label("stream", &msg.stream);
+        self.bus_messages
+            .get_or_create(&StreamLabel {
+                stream: stream.clone(),
+            })
+            .inc();
+        self.health.message(&stream, now_us);
+        let message = Message::decode(msg)?;
+        self.apply(&stream, &message, now_us);
+        Ok(())
+    }
+
+    /// Applies one decoded message from `stream`.
+    pub fn apply(&mut self, stream: &str, message: &Message, now_us: u64) {
+        match message {
+            Message::Tip(tip) => {
+                if self.last_tip.as_deref() != Some(tip.prev_hash.as_str()) {
+                    self.last_tip = Some(tip.prev_hash.clone());
+                    self.tips.inc();
+                }
+            }
+            Message::Template(t) => {
+                if self.dedup.is_new(Topic::Template, t.id) {
+                    self.templates.inc();
+                    self.template_transactions.set(gauge_value(t.txs.len()));
+                    self.template_fees
+                        .set(gauge_value(t.coinbase_value.saturating_sub(t.subsidy)));
+                }
+            }
+            Message::Selection(s) => {
+                if self.dedup.is_new(Topic::Selection, s.id) {
+                    self.selections.inc();
+                    self.selection_transactions.set(gauge_value(s.txs.len()));
+                    self.selection_fees.set(gauge_value(s.fees));
+                    for d in &s.dropped {
+                        let reason = self.label("dropped_reason", &d.reason);
+                        self.dropped
+                            .get_or_create(&ReasonLabel { reason })
+                            .inc_by(u64::from(d.count));
+                    }
+                }
+            }
+            Message::Job(job) => {
+                let kind = KindLabel {
+                    kind: job.kind.as_str().to_string(),
+                };
+                self.jobs.get_or_create(&kind).inc();
+                if job.tip_to_job_us > 0 {
+                    self.tip_to_job
+                        .get_or_create(&kind)
+                        .observe(job.tip_to_job_us as f64 / 1e6);
+                }
+            }
+            Message::Share(share) => {
+                let labels = ShareLabels {
+                    result: if share.accepted {
+                        "accepted"
+                    } else {
+                        "rejected"
+                    }
+                    .to_string(),
+                    reason: self.label("share_reason", &share.reason),
+                    channel_kind: self.label("channel_kind", &share.channel_kind),
+                };
+                self.shares.get_or_create(&labels).inc();
+            }
+            Message::Block(block) => {
+                let stage = match block.stage {
+                    BlockStage::Found => "found",
+                    BlockStage::Accepted => "accepted",
+                    BlockStage::Rejected => "rejected",
+                };
+                self.blocks
+                    .get_or_create(&StageLabel {
+                        stage: stage.to_string(),
+                    })
+                    .inc();
+            }
+            Message::Heartbeat(hb) => self.health.heartbeat(stream, hb, now_us),
+            Message::Event(ev) => {
+                let labels = EventLabels {
+                    process: stream.to_string(),
+                    level: self.label("event_level", &ev.level),
+                };
+                self.events.get_or_create(&labels).inc();
+            }
+        }
+    }
+
+    /// Brings the time- and stats-derived metrics up to date and encodes everything in the
+    /// OpenMetrics text format.
+    pub fn render(
+        &self,
+        now_us: u64,
+        down_after_ms: u64,
+        stats: &BusStats,
+    ) -> Result<String, std::fmt::Error> {
+        let (_, malformed, gaps, _) = stats.snapshot();
+        catch_up(&self.bus_malformed, malformed);
+        catch_up(&self.bus_gaps, gaps);
+        for p in self.health.report(now_us, down_after_ms).processes {
+            let label = ProcessLabel {
+                process: p.process.clone(),
+            };
+            self.process_up.get_or_create(&label).set(i64::from(p.up));
+            if let Some(age_ms) = p.last_message_age_ms {
+                self.process_last_seen
+                    .get_or_create(&label)
+                    .set(age_ms as f64 / 1e3);
+            }
+        }
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Raises a counter mirroring a monotonic total to that total.
+fn catch_up(counter: &Counter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+fn gauge_value(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

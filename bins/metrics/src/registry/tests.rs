@@ -1,0 +1,451 @@
+use super::*;
+use bytes::Bytes;
+use jdc_shared::bus::{Envelope, BUS_PROTOCOL_VERSION};
+use jdc_shared::messages::{Heartbeat, JobKind, Selection, Template, TemplateTx};
+
+const PROCESSES: [&str; 3] = ["watcher", "selector", "declarator"];
+
+/// The value of the sample `series` (name with labels, as written) in an exposition.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split(' ').next()?.parse().ok()
+    })
+}
+
+fn render(m: &Metrics, now_us: u64) -> String {
+    m.render(now_us, 3_000, &BusStats::default()).unwrap()
+}
+
+fn received<T: serde::Serialize>(stream: &str, topic: Topic, body: &T) -> Received {
+    let env = Envelope {
+        version: BUS_PROTOCOL_VERSION,
+        source: stream.to_string(),
+        instance: 1,
+        seq: 1,
+        sent_at_us: 1,
+        body,
+    };
+    Received {
+        stream: stream.to_string(),
+        topic,
+        source: stream.to_string(),
+        sent_at_us: 1,
+        bytes: Bytes::from(rmp_serde::to_vec_named(&env).unwrap()),
+    }
+}
+
+fn tip(prev: &str) -> Tip {
+    Tip {
+        height: 10,
+        prev_hash: prev.repeat(32),
+        nbits: 0x207f_ffff,
+        time: 1,
+        min_time: 1,
+        version: 0x2000_0000,
+        subsidy: 5_000_000_000,
+        detected_at_us: 1,
+        detected_by: "zmq".into(),
+    }
+}
+
+fn template(id: u64, n: usize, fees: u64) -> Template {
+    Template {
+        id,
+        height: 10,
+        prev_hash: "00".repeat(32),
+        version: 0x2000_0000,
+        bits: 0x207f_ffff,
+        target: "7f".repeat(32),
+        curtime: 1,
+        mintime: 1,
+        coinbase_value: 5_000_000_000 + fees,
+        subsidy: 5_000_000_000,
+        weight_limit: 4_000_000,
+        sigop_limit: 80_000,
+        txs: (0..n)
+            .map(|i| TemplateTx {
+                data: vec![1, 2, 3],
+                txid: format!("{i:064x}"),
+                wtxid: format!("{i:064x}"),
+                fee: 1,
+                weight: 400,
+                sigops: 0,
+                depends: vec![],
+            })
+            .collect(),
+        tip_detected_at_us: 0,
+    }
+}
+
+fn selection(id: u64, template_id: u64, fees: u64, dropped: Vec<Dropped>) -> Selection {
+    let t = template(template_id, 2, fees);
+    Selection {
+        id,
+        template_id,
+        height: 10,
+        prev_hash: t.prev_hash,
+        version: t.version,
+        bits: t.bits,
+        curtime: 1,
+        mintime: 1,
+        policy: "fee-rate".into(),
+        txs: t.txs,
+        fees,
+        coinbase_value: 5_000_000_000 + fees,
+        weight: 800,
+        sigops: 0,
+        witness_commitment: "00".repeat(32),
+        dropped,
+        tip_detected_at_us: 0,
+    }
+}
+
+fn share(accepted: bool, reason: &str, kind: &str) -> ShareResult {
+    ShareResult {
+        channel_id: 1,
+        channel_kind: kind.into(),
+        accepted,
+        reason: reason.into(),
+        difficulty: 1.0,
+    }
+}
+
+fn heartbeat(started: u64) -> HeartbeatWithStats {
+    HeartbeatWithStats {
+        heartbeat: Heartbeat {
+            started_at_us: started,
+            version: "0.1.0".into(),
+            state: "ok".into(),
+        },
+        bus_received: 0,
+        bus_malformed: 0,
+        bus_gaps: 0,
+    }
+}
+
+#[test]
+fn starts_at_zero_with_every_process_down() {
+    let m = Metrics::new(&PROCESSES);
+    let text = render(&m, 1);
+    assert_eq!(value(&text, "jdc_tips_total"), Some(0.0));
+    assert_eq!(value(&text, "jdc_templates_total"), Some(0.0));
+    assert_eq!(value(&text, "jdc_bus_malformed_messages_total"), Some(0.0));
+    for p in PROCESSES {
+        assert_eq!(
+            value(&text, &format!("jdc_process_up{{process=\"{p}\"}}")),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "jdc_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+    assert!(
+        text.contains("# TYPE jdc_tip_to_job_seconds histogram"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "jdc_tip_to_job_seconds_count{kind=\"empty\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_jobs_sent_total{kind=\"full\"}"),
+        Some(0.0)
+    );
+    assert!(text.ends_with("# EOF\n"));
+}
+
+#[test]
+fn re_sent_state_is_counted_once() {
+    let mut m = Metrics::new(&PROCESSES);
+    let t = |id, n, fees| {
+        let t = template(id, n, fees);
+        Message::Template(TemplateSummary {
+            id: t.id,
+            coinbase_value: t.coinbase_value,
+            subsidy: t.subsidy,
+            txs: vec![IgnoredAny; n],
+        })
+    };
+    m.apply("watcher", &Message::Tip(tip("aa")), 1);
+    m.apply("watcher", &Message::Tip(tip("aa")), 2);
+    m.apply("watcher", &t(7, 3, 900), 3);
+    m.apply("watcher", &t(7, 3, 900), 4);
+    let text = render(&m, 5);
+    assert_eq!(value(&text, "jdc_tips_total"), Some(1.0));
+    assert_eq!(value(&text, "jdc_templates_total"), Some(1.0));
+    assert_eq!(value(&text, "jdc_template_transactions"), Some(3.0));
+    assert_eq!(value(&text, "jdc_template_fees_sats"), Some(900.0));
+
+    m.apply("watcher", &Message::Tip(tip("bb")), 6);
+    m.apply("watcher", &t(8, 5, 1_500), 7);
+    let text = render(&m, 8);
+    assert_eq!(value(&text, "jdc_tips_total"), Some(2.0));
+    assert_eq!(value(&text, "jdc_templates_total"), Some(2.0));
+    assert_eq!(value(&text, "jdc_template_transactions"), Some(5.0));
+    assert_eq!(value(&text, "jdc_template_fees_sats"), Some(1_500.0));
+}
+
+#[test]
+fn selections_count_fees_and_drops_once() {
+    let mut m = Metrics::new(&PROCESSES);
+    let dropped = vec![
+        Dropped {
+            reason: "below-min-fee-rate".into(),
+            count: 3,
+            fee: 30,
+        },
+        Dropped {
+            reason: "parent-dropped".into(),
+            count: 1,
+            fee: 5,
+        },
+    ];
+    let sel = selection(100, 7, 4_000, dropped);
+    for _ in 0..3 {
+        m.handle(&received("selector", Topic::Selection, &sel), 1)
+            .unwrap();
+    }
+    let text = render(&m, 2);
+    assert_eq!(value(&text, "jdc_selections_total"), Some(1.0));
+    assert_eq!(value(&text, "jdc_selection_fees_sats"), Some(4_000.0));
+    assert_eq!(value(&text, "jdc_selection_transactions"), Some(2.0));
+    assert_eq!(
+        value(
+            &text,
+            "jdc_selection_dropped_transactions_total{reason=\"below-min-fee-rate\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "jdc_selection_dropped_transactions_total{reason=\"parent-dropped\"}"
+        ),
+        Some(1.0)
+    );
+    // Every copy is still a bus message of its stream.
+    assert_eq!(
+        value(&text, "jdc_bus_messages_total{stream=\"selector\"}"),
+        Some(3.0)
+    );
+}
+
+#[test]
+fn jobs_and_tip_to_job_latency() {
+    let mut m = Metrics::new(&PROCESSES);
+    let job = |kind, new_tip, us| {
+        Message::Job(JobSent {
+            kind,
+            height: 10,
+            template_id: 1,
+            tx_count: 0,
+            channels: 1,
+            new_tip,
+            tip_to_job_us: us,
+        })
+    };
+    m.apply("declarator", &job(JobKind::Empty, true, 1_500), 1);
+    m.apply("declarator", &job(JobKind::Full, false, 12_000), 2);
+    // A job without a measured latency is counted but not observed.
+    m.apply("declarator", &job(JobKind::Full, false, 0), 3);
+    let text = render(&m, 4);
+    assert_eq!(
+        value(&text, "jdc_jobs_sent_total{kind=\"empty\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_jobs_sent_total{kind=\"full\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_tip_to_job_seconds_count{kind=\"empty\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_tip_to_job_seconds_count{kind=\"full\"}"),
+        Some(1.0)
+    );
+    // 1.5 ms falls in the 2.5 ms bucket, not the 1 ms one.
+    assert_eq!(
+        value(
+            &text,
+            "jdc_tip_to_job_seconds_bucket{le=\"0.001\",kind=\"empty\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "jdc_tip_to_job_seconds_bucket{le=\"0.0025\",kind=\"empty\"}"
+        ),
+        Some(1.0)
+    );
+    let sum = value(&text, "jdc_tip_to_job_seconds_sum{kind=\"full\"}").unwrap();
+    assert!((sum - 0.012).abs() < 1e-9, "{sum}");
+}
+
+#[test]
+fn shares_and_blocks_by_label() {
+    let mut m = Metrics::new(&PROCESSES);
+    m.apply(
+        "declarator",
+        &Message::Share(share(true, "", "extended")),
+        1,
+    );
+    m.apply(
+        "declarator",
+        &Message::Share(share(true, "", "extended")),
+        1,
+    );
+    m.apply(
+        "declarator",
+        &Message::Share(share(false, "difficulty-too-low", "standard")),
+        1,
+    );
+    for stage in [BlockStage::Found, BlockStage::Accepted, BlockStage::Found] {
+        m.apply(
+            "declarator",
+            &Message::Block(BlockEvent {
+                stage,
+                height: 10,
+                hash: "00".repeat(32),
+                tx_count: 1,
+                reason: String::new(),
+            }),
+            1,
+        );
+    }
+    let text = render(&m, 2);
+    assert_eq!(
+        value(
+            &text,
+            "jdc_shares_total{result=\"accepted\",reason=\"\",channel_kind=\"extended\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "jdc_shares_total{result=\"rejected\",reason=\"difficulty-too-low\",channel_kind=\"standard\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, "jdc_blocks_total{stage=\"found\"}"), Some(2.0));
+    assert_eq!(
+        value(&text, "jdc_blocks_total{stage=\"accepted\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_blocks_total{stage=\"rejected\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn bus_label_values_are_cleaned_and_capped() {
+    let mut m = Metrics::new(&PROCESSES);
+    m.apply(
+        "declarator",
+        &Message::Share(share(false, "bad\"}\nevil 1", "standard")),
+        1,
+    );
+    for i in 0..2 * MAX_LABEL_VALUES {
+        m.apply(
+            "declarator",
+            &Message::Share(share(false, &format!("reason-{i}"), "standard")),
+            1,
+        );
+    }
+    let text = render(&m, 2);
+    assert!(text.contains("reason=\"bad___evil_1\""), "{text}");
+    assert!(!text.contains("evil 1"));
+    let reasons: HashSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("jdc_shares_total{"))
+        .filter_map(|l| l.split("reason=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(reasons.len(), MAX_LABEL_VALUES + 1, "{reasons:?}");
+    assert!(reasons.contains("other"));
+    let other = value(
+        &text,
+        "jdc_shares_total{result=\"rejected\",reason=\"other\",channel_kind=\"standard\"}",
+    );
+    assert_eq!(other, Some((MAX_LABEL_VALUES + 1) as f64));
+}
+
+#[test]
+fn heartbeats_drive_process_up_and_last_seen() {
+    let mut m = Metrics::new(&PROCESSES);
+    m.apply("watcher", &Message::Heartbeat(heartbeat(5)), 10_000_000);
+    let text = render(&m, 11_500_000);
+    assert_eq!(
+        value(&text, "jdc_process_up{process=\"watcher\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_process_up{process=\"selector\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_process_last_seen_seconds{process=\"watcher\"}"),
+        Some(1.5)
+    );
+    // Silent for longer than down_after_ms (3 s): down.
+    let text = render(&m, 13_100_000);
+    assert_eq!(
+        value(&text, "jdc_process_up{process=\"watcher\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn undecodable_bodies_are_errors_and_bus_stats_are_mirrored() {
+    let mut m = Metrics::new(&PROCESSES);
+    // A Tip body on the block topic does not decode as a BlockEvent.
+    let bad = received("declarator", Topic::Block, &tip("aa"));
+    assert!(m.handle(&bad, 1).is_err());
+    let text = render(&m, 2);
+    assert_eq!(value(&text, "jdc_blocks_total{stage=\"found\"}"), Some(0.0));
+    assert_eq!(
+        value(&text, "jdc_bus_messages_total{stream=\"declarator\"}"),
+        Some(1.0)
+    );
+
+    let stats = BusStats::default();
+    stats.count_malformed();
+    stats.count_malformed();
+    stats
+        .gaps
+        .fetch_add(5, std::sync::atomic::Ordering::Relaxed);
+    let text = m.render(3, 3_000, &stats).unwrap();
+    assert_eq!(value(&text, "jdc_bus_malformed_messages_total"), Some(2.0));
+    assert_eq!(value(&text, "jdc_bus_sequence_gaps_total"), Some(5.0));
+    // Rendering again does not count twice.
+    let text = m.render(4, 3_000, &stats).unwrap();
+    assert_eq!(value(&text, "jdc_bus_malformed_messages_total"), Some(2.0));
+}
+
+#[test]
+fn full_messages_decode_into_summaries() {
+    let t = template(9, 4, 123);
+    let r = received("watcher", Topic::Template, &t);
+    match Message::decode(&r).unwrap() {
+        Message::Template(s) => {
+            assert_eq!((s.id, s.txs.len()), (9, 4));
+            assert_eq!(s.coinbase_value - s.subsidy, 123);
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = received("watcher", Topic::Heartbeat, &heartbeat(3).heartbeat);
+    assert!(
+        matches!(Message::decode(&r).unwrap(), Message::Heartbeat(h) if h.heartbeat.started_at_us == 3)
+    );
+}

@@ -1,0 +1,647 @@
+//! Runs the real `jdc-metrics` binary against real ZeroMQ publishers bound by the test, and
+//! scrapes its HTTP endpoints over real TCP.
+//!
+//! Phase 1: a raw PUB socket plays the declarator, sends a heartbeat, then garbage (bad
+//! envelope, other protocol version, unknown topic, single frame, undecodable body) and a
+//! valid marker. Phase 2: the raw socket goes away and real `jdc_shared::bus::Publisher`s play
+//! all three processes, publishing one message of every kind.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use jdc_shared::bus::{
+    BusStats, Envelope, Publisher, PublisherOptions, Topic, BUS_PROTOCOL_VERSION,
+};
+use jdc_shared::messages::{
+    BlockEvent, BlockStage, Dropped, Heartbeat, JobKind, JobSent, Selection, ShareResult, Template,
+    TemplateTx, Tip,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use zeromq::{Socket, SocketSend, ZmqMessage};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// === a minimal HTTP/1.1 client ===
+
+struct HttpResponse {
+    status: u16,
+    body: String,
+}
+
+async fn get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8(raw).map_err(std::io::Error::other)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(HttpResponse { status, body })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// GETs `path` until `pred` holds on the answer, up to the deadline.
+async fn poll_until(
+    port: u16,
+    path: &str,
+    what: &str,
+    log: &std::path::Path,
+    mut pred: impl FnMut(&HttpResponse) -> bool,
+) -> HttpResponse {
+    let until = Instant::now() + DEADLINE;
+    let mut last = None;
+    loop {
+        if let Ok(r) = get(port, path).await {
+            if pred(&r) {
+                return r;
+            }
+            last = Some(format!("{} {}", r.status, r.body));
+        }
+        if Instant::now() > until {
+            panic!(
+                "{what}: not reached within {DEADLINE:?}; last answer: {last:?}\nmetrics log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// === exposition format ===
+
+/// The value of the sample `series` (name with labels, as written).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split(' ').next()?.parse().ok()
+    })
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Checks the OpenMetrics text format line by line: HELP/TYPE descriptors, samples of
+/// declared families with well-formed labels and numeric values, `# EOF` last.
+fn check_exposition(text: &str) -> Result<(), String> {
+    let mut families: HashSet<String> = HashSet::new();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.last() != Some(&"# EOF") {
+        return Err("does not end with # EOF".into());
+    }
+    for (n, line) in lines[..lines.len() - 1].iter().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            if !is_metric_name(name) {
+                return Err(bad("bad HELP name"));
+            }
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or_else(|| bad("TYPE without type"))?;
+            if !is_metric_name(name) {
+                return Err(bad("bad TYPE name"));
+            }
+            if ![
+                "counter",
+                "gauge",
+                "histogram",
+                "info",
+                "summary",
+                "stateset",
+                "unknown",
+            ]
+            .contains(&kind)
+            {
+                return Err(bad("unknown type"));
+            }
+            if !families.insert(name.to_string()) {
+                return Err(bad("family declared twice"));
+            }
+        } else if line.starts_with('#') {
+            return Err(bad("unknown comment"));
+        } else {
+            let (series, value) = line.rsplit_once(' ').ok_or_else(|| bad("no value"))?;
+            let ok_value = value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value);
+            if !ok_value {
+                return Err(bad("value is not a number"));
+            }
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (
+                    name,
+                    Some(
+                        rest.strip_suffix('}')
+                            .ok_or_else(|| bad("unclosed labels"))?,
+                    ),
+                ),
+                None => (series, None),
+            };
+            if !is_metric_name(name) {
+                return Err(bad("bad sample name"));
+            }
+            let family_ok = families.iter().any(|f| {
+                name == f
+                    || ["_total", "_bucket", "_count", "_sum", "_info", "_created"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(f.as_str()))
+            });
+            if !family_ok {
+                return Err(bad("sample of an undeclared family"));
+            }
+            if let Some(mut labels) = labels {
+                while !labels.is_empty() {
+                    let (key, rest) = labels.split_once("=\"").ok_or_else(|| bad("bad label"))?;
+                    if !is_metric_name(key) || key.contains(':') {
+                        return Err(bad("bad label name"));
+                    }
+                    let end = rest
+                        .find('"')
+                        .ok_or_else(|| bad("unterminated label value"))?;
+                    if rest[..end].contains(['\\', '\n']) {
+                        return Err(bad("unexpected escape in label value"));
+                    }
+                    labels = &rest[end + 1..];
+                    if let Some(more) = labels.strip_prefix(',') {
+                        labels = more;
+                    } else if !labels.is_empty() {
+                        return Err(bad("junk after label value"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_checker_rejects_broken_expositions() {
+    assert!(check_exposition("# TYPE a counter\na_total 1\n# EOF").is_ok());
+    assert!(check_exposition("# TYPE a counter\na_total 1\n").is_err());
+    assert!(check_exposition("# TYPE a counter\nb_total 1\n# EOF").is_err());
+    assert!(check_exposition("# TYPE a counter\na_total{x=\"1} 1\n# EOF").is_err());
+    assert!(check_exposition("# TYPE a counter\na_total one\n# EOF").is_err());
+    assert!(check_exposition("# TYPE a gauge\na{x=\"1\"}} 1\n# EOF").is_err());
+}
+
+// === the bus side ===
+
+fn envelope<T: serde::Serialize>(version: u16, seq: u64, body: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(&Envelope {
+        version,
+        source: "declarator".to_string(),
+        instance: 1,
+        seq,
+        sent_at_us: jdc_shared::time::now_micros(),
+        body,
+    })
+    .unwrap()
+}
+
+async fn send_raw(socket: &mut zeromq::PubSocket, frames: Vec<Vec<u8>>) {
+    let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+    socket
+        .send(ZmqMessage::try_from(frames).unwrap())
+        .await
+        .unwrap();
+}
+
+async fn bind_publisher(
+    name: &str,
+    port: u16,
+    stats: Arc<BusStats>,
+    shutdown: CancellationToken,
+) -> Publisher {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        match Publisher::bind(
+            &format!("tcp://127.0.0.1:{port}"),
+            PublisherOptions {
+                source: name.to_string(),
+                resend_interval: Duration::from_millis(100),
+            },
+            stats.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok((publisher, _task)) => return publisher,
+            // The raw socket's port may take a moment to be free again.
+            Err(e) if Instant::now() < until => {
+                eprintln!("retrying bind of {name}: {e}");
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => panic!("cannot bind {name} publisher: {e}"),
+        }
+    }
+}
+
+fn tip() -> Tip {
+    Tip {
+        height: 102,
+        prev_hash: "ab".repeat(32),
+        nbits: 0x207f_ffff,
+        time: 1_700_000_000,
+        min_time: 1_699_999_000,
+        version: 0x2000_0000,
+        subsidy: 5_000_000_000,
+        detected_at_us: 1,
+        detected_by: "zmq".into(),
+    }
+}
+
+fn tx(i: usize) -> TemplateTx {
+    TemplateTx {
+        data: vec![i as u8; 50],
+        txid: format!("{i:064x}"),
+        wtxid: format!("{i:064x}"),
+        fee: 1_000,
+        weight: 400,
+        sigops: 1,
+        depends: vec![],
+    }
+}
+
+fn block(stage: BlockStage) -> BlockEvent {
+    BlockEvent {
+        stage,
+        height: 102,
+        hash: "cd".repeat(32),
+        tx_count: 3,
+        reason: String::new(),
+    }
+}
+
+fn share(accepted: bool, reason: &str) -> ShareResult {
+    ShareResult {
+        channel_id: 1,
+        channel_kind: "extended".into(),
+        accepted,
+        reason: reason.into(),
+        difficulty: 1.0,
+    }
+}
+
+fn health_of<'a>(report: &'a serde_json::Value, process: &str) -> &'a serde_json::Value {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["process"] == process)
+        .unwrap_or_else(|| panic!("no {process} in {report}"))
+}
+
+#[tokio::test]
+async fn serves_metrics_and_health_from_the_bus() {
+    let (watcher_port, selector_port, declarator_port, http_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics-process.log");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jdc-metrics"));
+    for set in [
+        format!("bus.watcher=\"tcp://127.0.0.1:{watcher_port}\""),
+        format!("bus.selector=\"tcp://127.0.0.1:{selector_port}\""),
+        format!("bus.declarator=\"tcp://127.0.0.1:{declarator_port}\""),
+        "bus.silence_timeout_ms=1000".into(),
+        format!("metrics.listen=\"127.0.0.1:{http_port}\""),
+        "metrics.down_after_ms=2000".into(),
+    ] {
+        cmd.arg("--set").arg(set);
+    }
+    let _child = cmd
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Nothing has spoken yet: every process is down, 503.
+    let r = poll_until(http_port, "/healthz", "health endpoint up", &log, |_| true).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(report["status"], "down");
+    assert_eq!(report["processes"].as_array().unwrap().len(), 3);
+    assert!(report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["up"] == false));
+
+    // === Phase 1: a raw socket as the declarator ===
+    let mut raw = zeromq::PubSocket::new();
+    raw.bind(&format!("tcp://127.0.0.1:{declarator_port}"))
+        .await
+        .unwrap();
+    let hb = Heartbeat {
+        started_at_us: 1,
+        version: "test".into(),
+        state: "raw".into(),
+    };
+    let mut seq = 0;
+    // Heartbeat until the metrics see it: then the subscription is in place.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        seq += 1;
+        send_raw(
+            &mut raw,
+            vec![
+                b"heartbeat".to_vec(),
+                envelope(BUS_PROTOCOL_VERSION, seq, &hb),
+            ],
+        )
+        .await;
+        let r = get(http_port, "/healthz").await.unwrap();
+        let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        if health_of(&report, "declarator")["up"] == true {
+            assert_eq!(health_of(&report, "declarator")["since_us"], 1);
+            assert_eq!(r.status, 503, "the other two are still down");
+            break;
+        }
+        assert!(Instant::now() < until, "raw heartbeat never seen");
+        tokio::time::sleep(POLL).await;
+    }
+    // Five kinds of garbage, each to be counted and skipped.
+    let garbage = 5;
+    send_raw(&mut raw, vec![b"block".to_vec(), vec![0xc1, 0x00, 0xff]]).await;
+    seq += 1;
+    send_raw(
+        &mut raw,
+        vec![
+            b"block".to_vec(),
+            envelope(99, seq, &block(BlockStage::Found)),
+        ],
+    )
+    .await;
+    seq += 1;
+    send_raw(
+        &mut raw,
+        vec![
+            b"tipsy".to_vec(),
+            envelope(BUS_PROTOCOL_VERSION, seq, &tip()),
+        ],
+    )
+    .await;
+    send_raw(&mut raw, vec![b"share".to_vec()]).await;
+    seq += 1;
+    send_raw(
+        &mut raw,
+        vec![
+            b"block".to_vec(),
+            envelope(BUS_PROTOCOL_VERSION, seq, &tip()),
+        ],
+    )
+    .await;
+    // Then a valid message: once it is counted, everything before it has been handled.
+    seq += 1;
+    send_raw(
+        &mut raw,
+        vec![
+            b"block".to_vec(),
+            envelope(BUS_PROTOCOL_VERSION, seq, &block(BlockStage::Rejected)),
+        ],
+    )
+    .await;
+    let r = poll_until(http_port, "/metrics", "marker block counted", &log, |r| {
+        value(&r.body, "jdc_blocks_total{stage=\"rejected\"}") == Some(1.0)
+    })
+    .await;
+    let malformed = value(&r.body, "jdc_bus_malformed_messages_total").unwrap();
+    assert!(malformed >= garbage as f64, "malformed = {malformed}");
+    assert_eq!(
+        value(&r.body, "jdc_blocks_total{stage=\"found\"}"),
+        Some(0.0)
+    );
+    check_exposition(&r.body).unwrap();
+    let _ = raw.close().await;
+
+    // === Phase 2: real publishers for all three processes ===
+    let shutdown = CancellationToken::new();
+    let stats = Arc::new(BusStats::default());
+    let watcher = bind_publisher("watcher", watcher_port, stats.clone(), shutdown.clone()).await;
+    let selector = bind_publisher("selector", selector_port, stats.clone(), shutdown.clone()).await;
+    let declarator = bind_publisher(
+        "declarator",
+        declarator_port,
+        stats.clone(),
+        shutdown.clone(),
+    )
+    .await;
+
+    // All three up, the declarator now being the new publisher (not the raw socket).
+    let r = poll_until(http_port, "/healthz", "all processes up", &log, |r| {
+        let Ok(report) = serde_json::from_str::<serde_json::Value>(&r.body) else {
+            return false;
+        };
+        r.status == 200
+            && report["status"] == "up"
+            && health_of(&report, "declarator")["since_us"] != 1
+    })
+    .await;
+    let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    for p in ["watcher", "selector", "declarator"] {
+        let h = health_of(&report, p);
+        assert_eq!(h["up"], true);
+        assert!(h["since_us"].as_u64().unwrap() > 1, "{h}");
+        assert!(h["last_message_age_ms"].as_u64().unwrap() <= 2_000, "{h}");
+    }
+
+    // One message of every kind. State topics are re-sent by the publishers every 100 ms.
+    watcher.publish(Topic::Tip, &tip()).unwrap();
+    let template = Template {
+        id: 555,
+        height: 102,
+        prev_hash: "ab".repeat(32),
+        version: 0x2000_0000,
+        bits: 0x207f_ffff,
+        target: "7f".repeat(32),
+        curtime: 1_700_000_000,
+        mintime: 1_699_999_000,
+        coinbase_value: 5_000_003_000,
+        subsidy: 5_000_000_000,
+        weight_limit: 4_000_000,
+        sigop_limit: 80_000,
+        txs: (0..3).map(tx).collect(),
+        tip_detected_at_us: 1,
+    };
+    watcher.publish(Topic::Template, &template).unwrap();
+    let selection = Selection {
+        id: 777,
+        template_id: 555,
+        height: 102,
+        prev_hash: "ab".repeat(32),
+        version: 0x2000_0000,
+        bits: 0x207f_ffff,
+        curtime: 1_700_000_000,
+        mintime: 1_699_999_000,
+        policy: "fee-rate".into(),
+        txs: (0..2).map(tx).collect(),
+        fees: 2_000,
+        coinbase_value: 5_000_002_000,
+        weight: 800,
+        sigops: 2,
+        witness_commitment: "00".repeat(32),
+        dropped: vec![Dropped {
+            reason: "below-min-fee-rate".into(),
+            count: 1,
+            fee: 1_000,
+        }],
+        tip_detected_at_us: 1,
+    };
+    selector.publish(Topic::Selection, &selection).unwrap();
+    for (kind, new_tip, us) in [(JobKind::Empty, true, 1_500), (JobKind::Full, false, 9_000)] {
+        declarator
+            .publish(
+                Topic::Job,
+                &JobSent {
+                    kind,
+                    height: 102,
+                    template_id: 555,
+                    tx_count: 2,
+                    channels: 1,
+                    new_tip,
+                    tip_to_job_us: us,
+                },
+            )
+            .unwrap();
+    }
+    declarator.publish(Topic::Share, &share(true, "")).unwrap();
+    declarator
+        .publish(Topic::Share, &share(false, "difficulty-too-low"))
+        .unwrap();
+    declarator
+        .publish(Topic::Block, &block(BlockStage::Found))
+        .unwrap();
+    declarator
+        .publish(Topic::Block, &block(BlockStage::Accepted))
+        .unwrap();
+
+    let expected: &[(&str, f64)] = &[
+        ("jdc_tips_total", 1.0),
+        ("jdc_templates_total", 1.0),
+        ("jdc_template_transactions", 3.0),
+        ("jdc_template_fees_sats", 3_000.0),
+        ("jdc_selections_total", 1.0),
+        ("jdc_selection_fees_sats", 2_000.0),
+        (
+            "jdc_selection_dropped_transactions_total{reason=\"below-min-fee-rate\"}",
+            1.0,
+        ),
+        ("jdc_jobs_sent_total{kind=\"empty\"}", 1.0),
+        ("jdc_jobs_sent_total{kind=\"full\"}", 1.0),
+        ("jdc_tip_to_job_seconds_count{kind=\"empty\"}", 1.0),
+        ("jdc_tip_to_job_seconds_count{kind=\"full\"}", 1.0),
+        (
+            "jdc_shares_total{result=\"accepted\",reason=\"\",channel_kind=\"extended\"}",
+            1.0,
+        ),
+        (
+            "jdc_shares_total{result=\"rejected\",reason=\"difficulty-too-low\",channel_kind=\"extended\"}",
+            1.0,
+        ),
+        ("jdc_blocks_total{stage=\"found\"}", 1.0),
+        ("jdc_blocks_total{stage=\"accepted\"}", 1.0),
+        ("jdc_blocks_total{stage=\"rejected\"}", 1.0),
+        ("jdc_process_up{process=\"watcher\"}", 1.0),
+        ("jdc_process_up{process=\"selector\"}", 1.0),
+        ("jdc_process_up{process=\"declarator\"}", 1.0),
+    ];
+    // Wait until every count is reached and the state topics have been re-sent a few times
+    // (at least 10 watcher messages), so dedup is exercised.
+    let r = poll_until(http_port, "/metrics", "every counter moved", &log, |r| {
+        expected
+            .iter()
+            .all(|(series, v)| value(&r.body, series) == Some(*v))
+            && value(&r.body, "jdc_bus_messages_total{stream=\"watcher\"}")
+                .is_some_and(|n| n >= 10.0)
+    })
+    .await;
+    let text = &r.body;
+    check_exposition(text).unwrap();
+    // The re-sent tip, template and selection were counted once (checked above), and the
+    // garbage is still on the books.
+    assert!(value(text, "jdc_bus_malformed_messages_total").unwrap() >= garbage as f64);
+    assert!(value(text, "jdc_bus_messages_total{stream=\"declarator\"}").unwrap() >= 8.0);
+    assert_eq!(
+        value(
+            text,
+            "jdc_tip_to_job_seconds_bucket{le=\"0.0025\",kind=\"empty\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(value(text, "jdc_process_last_seen_seconds{process=\"watcher\"}").unwrap() < 2.0);
+    assert_eq!(
+        value(
+            text,
+            &format!(
+                "jdc_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("unknown topic"), "{log_text}");
+    assert!(log_text.contains("bus protocol version 99"), "{log_text}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_bad_listen_address_exits_2_naming_the_key() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jdc-metrics"))
+        .args(["--set", "metrics.listen=\"localhost-ish\""])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("metrics.listen"), "{stderr}");
+}
