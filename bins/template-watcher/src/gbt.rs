@@ -516,6 +516,76 @@ mod tests {
         assert_eq!(tip.detected_at_us, 5);
     }
 
+    /// A synthetic 4 MB / 5,000-transaction answer (valid shapes, fake transactions).
+    fn large_gbt_json(n: usize, tx_bytes: usize) -> String {
+        let data = "ab".repeat(tx_bytes);
+        let mut json = String::with_capacity(n * (tx_bytes * 2 + 250) + 1000);
+        json.push_str(r#"{"version":536870912,"previousblockhash":""#);
+        json.push_str(&"11".repeat(32));
+        json.push_str(r#"","transactions":["#);
+        for i in 0..n {
+            if i > 0 {
+                json.push(',');
+            }
+            let depends = if i % 10 == 9 {
+                format!("[{i}]")
+            } else {
+                "[]".into()
+            };
+            json.push_str(&format!(
+                r#"{{"data":"{data}","txid":"{:064x}","hash":"{:064x}","depends":{depends},"fee":1000,"sigops":4,"weight":{}}}"#,
+                i + 1,
+                i + 1_000_000,
+                tx_bytes * 4
+            ));
+        }
+        json.push_str(r#"],"coinbasevalue":5005000000,"target":""#);
+        json.push_str(&"7f".repeat(32));
+        json.push_str(r#"","mintime":1,"curtime":2,"bits":"207fffff","height":1000,"weightlimit":4000000,"sigoplimit":80000}"#);
+        json
+    }
+
+    #[test]
+    fn large_template_converts() {
+        let json = large_gbt_json(5_000, 800);
+        let gbt: GbtResult = serde_json::from_str(&json).unwrap();
+        let t = template_from_gbt(gbt, 1, Network::Regtest, 0).unwrap();
+        assert_eq!(t.txs.len(), 5_000);
+        assert_eq!(t.txs.iter().map(|x| x.data.len()).sum::<usize>(), 4_000_000);
+        assert_eq!(t.txs[9].depends, vec![9]);
+    }
+
+    /// Figures for the report; run with
+    /// `cargo test --release -p jdc-template-watcher --lib -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing figures, not a test"]
+    fn large_template_figures() {
+        use jdc_shared::bus::{encode_body, Topic};
+        use std::time::Instant;
+        let json = large_gbt_json(5_000, 800);
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let gbt: GbtResult = serde_json::from_str(&json).unwrap();
+            let t1 = Instant::now();
+            let t = template_from_gbt(gbt, 1, Network::Regtest, 0).unwrap();
+            let t2 = Instant::now();
+            let head = TemplateHead::of(&t);
+            let t3 = Instant::now();
+            let body = encode_body(Topic::Template, &t).unwrap();
+            let t4 = Instant::now();
+            eprintln!(
+                "{} MB JSON, {} txs: parse+hex {:?}, checks {:?}, head {:?}, encode {:?} ({} bytes)",
+                json.len() / 1_000_000,
+                head.tx_count,
+                t1 - t0,
+                t2 - t1,
+                t3 - t2,
+                t4 - t3,
+                body.len()
+            );
+        }
+    }
+
     #[test]
     fn bad_header_is_refused() {
         let mut h: HeaderInfo = serde_json::from_str(HEADER).unwrap();

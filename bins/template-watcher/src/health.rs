@@ -11,6 +11,7 @@
 use crate::gbt::DetectedBy;
 use crate::node::{ChainInfo, Node};
 use crate::tips::Candidate;
+use jdc_shared::bitcoin::Network;
 use jdc_shared::bus::Publisher;
 use jdc_shared::time::now_micros;
 use std::sync::Arc;
@@ -158,8 +159,27 @@ impl Health {
     }
 }
 
-/// Classifies a `getblockchaininfo` answer.
-pub fn probe_of(info: &ChainInfo) -> Probe {
+/// bitcoind's name (`getblockchaininfo.chain`) for `network`.
+pub fn chain_name(network: Network) -> &'static str {
+    match network {
+        Network::Bitcoin => "main",
+        Network::Testnet => "test",
+        Network::Testnet4 => "testnet4",
+        Network::Signet => "signet",
+        _ => "regtest",
+    }
+}
+
+/// Classifies a `getblockchaininfo` answer; a node on another chain than the configured
+/// network is unusable (subsidy, addresses and ports would all be wrong).
+pub fn probe_of(info: &ChainInfo, network: Network) -> Probe {
+    let expected = chain_name(network);
+    if info.chain != expected {
+        return Probe::Unreachable(format!(
+            "bitcoind is on chain `{}` but the configured network is `{expected}` (check `network` and `bitcoind.rpc_url`)",
+            info.chain
+        ));
+    }
     if info.initialblockdownload {
         Probe::Ibd {
             blocks: info.blocks,
@@ -200,6 +220,8 @@ fn log_change(change: &Change, rpc: &str, info: Option<&ChainInfo>) {
 pub struct PollTask {
     /// Its own RPC connection.
     pub node: Arc<Node>,
+    /// The configured network.
+    pub network: Network,
     /// For the heartbeat state.
     pub publisher: Publisher,
     /// Poll interval when healthy.
@@ -248,7 +270,7 @@ pub async fn poll_task(task: PollTask, shutdown: CancellationToken) {
         } else {
             match task.node.run(|n| n.chain_info()).await {
                 Ok(info) => {
-                    let change = health.observe(&probe_of(&info));
+                    let change = health.observe(&probe_of(&info, task.network));
                     if health.state() == NodeState::Ok {
                         let cand = Candidate {
                             hash: info.bestblockhash.clone(),
@@ -358,6 +380,33 @@ mod tests {
         slow.observe(&down());
         slow.observe(&down());
         assert_eq!(slow.next_delay(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_node_on_another_chain_is_refused() {
+        let mut info = ChainInfo {
+            chain: "main".into(),
+            blocks: 10,
+            headers: 10,
+            bestblockhash: "00".repeat(32),
+            initialblockdownload: false,
+        };
+        match probe_of(&info, Network::Regtest) {
+            Probe::Unreachable(why) => assert!(why.contains("`main`"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(probe_of(&info, Network::Bitcoin), Probe::Synced);
+        info.chain = "testnet4".into();
+        info.initialblockdownload = true;
+        assert_eq!(
+            probe_of(&info, Network::Testnet4),
+            Probe::Ibd {
+                blocks: 10,
+                headers: 10
+            }
+        );
+        assert_eq!(chain_name(Network::Testnet), "test");
+        assert_eq!(chain_name(Network::Signet), "signet");
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     });
     let poll = health::PollTask {
         node: node::Node::new(target.clone()),
+        network,
         publisher: publisher.clone(),
         interval: poll_interval,
         state_tx,

@@ -8,10 +8,12 @@ use jdc_template_watcher::WatcherError;
 ///
 /// Subscribes to bitcoind's ZMQ `hashblock` and `sequence` notifications and talks RPC
 /// (cookie file or user + password file). On a new block it publishes a `tip` message at once
-/// (enough for an empty-block job), then the `template` from `getblocktemplate`; mempool
-/// changes refresh the template at most once per `template_watcher.mempool_refresh_min_interval_ms`.
+/// (enough for an empty-block job), then the `template` from `getblocktemplate`. Mempool
+/// changes refresh the template at most once per `template_watcher.mempool_refresh_min_interval_ms`
+/// (and no faster than bitcoind renews its own template cache, about every 6 s).
 /// A `getbestblockhash` poll every `template_watcher.tip_poll_interval_ms` backs ZMQ up.
-/// Nothing is published while bitcoind is in initial block download.
+/// Nothing is published while bitcoind is in initial block download; if bitcoind goes away the
+/// watcher retries with backoff and carries on when it is back.
 ///
 /// Publishes on the `watcher` stream (`bus.watcher`, bound on `bus.bind_host`): topics `tip`,
 /// `template`, `heartbeat` (state `ok`, `waiting-for-bitcoind` or `initial-block-download`).

@@ -162,6 +162,8 @@ enum Announce {
 /// Reads the header and publishes the tip.
 async fn announce(task: &TipTask, cand: Candidate) -> Announce {
     let hash = cand.hash.clone();
+    let queued_us = now_micros().saturating_sub(cand.detected_at_us);
+    let rpc_start = std::time::Instant::now();
     let header = match task.node.run(move |n| n.block_header(&hash)).await {
         Ok(h) => h,
         Err(e) => {
@@ -174,6 +176,7 @@ async fn announce(task: &TipTask, cand: Candidate) -> Announce {
         tracing::debug!(hash = %cand.hash, confirmations = header.confirmations, "block is no longer the active tip; skipped");
         return Announce::Stale;
     }
+    let header_rpc_us = rpc_start.elapsed().as_micros() as u64;
     let version = task.version.load(Ordering::Relaxed);
     let (tip, bits) = match gbt::tip_from_header(
         &header,
@@ -209,6 +212,8 @@ async fn announce(task: &TipTask, cand: Candidate) -> Announce {
             tracing::debug!(
                 height = tip.height,
                 elapsed_us,
+                queued_us,
+                header_rpc_us,
                 by = cand.by.as_str(),
                 "tip published"
             );

@@ -70,6 +70,31 @@ impl SeqTracker {
     }
 }
 
+/// Rate limit for gap warnings: a burst overflowing the receive queue loses messages again
+/// and again; one line per [`GapLog::EVERY`] says how many.
+#[derive(Debug, Default)]
+pub struct GapLog {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl GapLog {
+    /// Minimum time between two gap warnings.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Records `missed` messages at `now`; returns the number to log now, if it is time.
+    pub fn add(&mut self, missed: u64, now: std::time::Instant) -> Option<u64> {
+        self.unlogged += missed;
+        match self.last {
+            Some(last) if now < last + Self::EVERY => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+}
+
 /// Counters of the feed.
 #[derive(Debug, Default)]
 pub struct FeedStats {
@@ -133,6 +158,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut seqs = SeqTracker::default();
+    let mut gap_log = GapLog::default();
     let mut links: HashMap<String, Link> = endpoints
         .into_iter()
         .map(|e| (e, Link::Connecting))
@@ -151,7 +177,7 @@ async fn run(
         match item {
             Ok(SocketMessage::Message(msg)) => {
                 task.stats.received.fetch_add(1, Ordering::Relaxed);
-                on_message(&task, &mut seqs, msg, received_at_us);
+                on_message(&task, &mut seqs, &mut gap_log, msg, received_at_us);
             }
             Ok(SocketMessage::Event(ev)) => on_event(&mut links, ev),
             Err(e) => {
@@ -162,7 +188,13 @@ async fn run(
     }
 }
 
-fn on_message(task: &FeedTask, seqs: &mut SeqTracker, msg: Message, received_at_us: u64) {
+fn on_message(
+    task: &FeedTask,
+    seqs: &mut SeqTracker,
+    gap_log: &mut GapLog,
+    msg: Message,
+    received_at_us: u64,
+) {
     let topic = msg.topic_str();
     tracing::trace!(topic, seq = msg.sequence(), "bitcoind ZMQ message");
     match seqs.observe(topic, msg.sequence()) {
@@ -171,7 +203,14 @@ fn on_message(task: &FeedTask, seqs: &mut SeqTracker, msg: Message, received_at_
             task.stats
                 .gaps
                 .fetch_add(u64::from(missed), Ordering::Relaxed);
-            tracing::warn!(topic, missed, "bitcoind ZMQ messages lost (sequence gap)");
+            if let Some(missed) = gap_log.add(u64::from(missed), std::time::Instant::now()) {
+                tracing::warn!(
+                    topic,
+                    missed,
+                    total = task.stats.gaps.load(Ordering::Relaxed),
+                    "bitcoind ZMQ messages lost (sequence gap)"
+                );
+            }
             match msg {
                 Message::HashBlock(..) => task.probe_now.notify_one(),
                 _ => task.mempool_changed.notify_one(),
@@ -244,6 +283,16 @@ fn on_event(links: &mut HashMap<String, Link>, ev: MonitorMessage) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gap_warnings_are_rate_limited() {
+        let t0 = std::time::Instant::now();
+        let mut g = GapLog::default();
+        assert_eq!(g.add(3, t0), Some(3));
+        assert_eq!(g.add(2, t0 + GapLog::EVERY / 2), None);
+        assert_eq!(g.add(1, t0 + GapLog::EVERY / 2), None);
+        assert_eq!(g.add(4, t0 + GapLog::EVERY), Some(7));
+    }
 
     #[test]
     fn sequence_gaps_and_restarts() {
