@@ -459,6 +459,16 @@ impl Cluster {
             }
         }
     }
+    /// [`Cluster::for_each_pending`] over `set` minus `except`.
+    fn for_each_pending_except(&self, set: &[u64], except: &[u64], mut f: impl FnMut(usize)) {
+        for (w, ((&a, &p), &x)) in set.iter().zip(&self.pending).zip(except).enumerate() {
+            let mut word = a & p & !x;
+            while word != 0 {
+                f(self.members[w * 64 + word.trailing_zeros() as usize]);
+                word &= word - 1;
+            }
+        }
+    }
     fn settle(&mut self, local: usize) {
         self.pending[local / 64] &= !(1u64 << (local % 64));
     }
@@ -624,7 +634,8 @@ impl Package {
 }
 
 /// A heap entry: a transaction and the package score it had when pushed. The best rate is
-/// on top; among equal rates the earlier template position wins.
+/// on top; among equal rates the bigger package (so an equal-rate chain goes in one step, not
+/// one transaction per step), then the earlier template position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Candidate {
     package: Package,
@@ -635,6 +646,7 @@ impl Ord for Candidate {
     fn cmp(&self, o: &Self) -> Ordering {
         self.package
             .cmp_rate(&o.package)
+            .then_with(|| self.package.vsize.cmp(&o.package.vsize))
             .then_with(|| o.index.cmp(&self.index))
     }
 }
@@ -774,12 +786,22 @@ fn by_package_fee_rate(
                 cluster.settle(clusters.local[a] as usize);
             }
             if status[t] == Status::Included {
-                // Update the packages of the pending descendants.
+                // Update the packages of the pending descendants. A descendant of t has the
+                // whole batch among its ancestors: one subtraction, and its score cannot go up
+                // (the batch was the best package), so it needs no new heap entry.
+                let lt = clusters.local[t] as usize;
+                let mut total = Package::default();
+                for &a in &batch {
+                    total.add(&own[a]);
+                }
+                cluster.for_each_pending(cluster.desc(lt), |d| package[d].sub(&total));
+                // Descendants of other batch members lose only those members.
                 round = round.wrapping_add(1);
                 touched.clear();
-                for &a in &batch {
+                for &a in batch.iter().filter(|&&a| a != t) {
                     let removed = own[a];
-                    cluster.for_each_pending(cluster.desc(clusters.local[a] as usize), |d| {
+                    let la = clusters.local[a] as usize;
+                    cluster.for_each_pending_except(cluster.desc(la), cluster.desc(lt), |d| {
                         if touched_in[d] != round {
                             touched_in[d] = round;
                             touched.push((d, package[d]));

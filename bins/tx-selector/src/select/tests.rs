@@ -160,7 +160,8 @@ fn check_invariants(t: &Template, p: &Policy, sel: &Selection) {
     }
 }
 
-/// Straightforward O(n²) ancestor-score greedy with the same rules and tie-breaks: the
+/// Straightforward O(n²) ancestor-score greedy with the same rules and tie-breaks (rate, then
+/// bigger package, then earlier position): the
 /// optimised version must choose exactly the same transactions in the same order.
 #[allow(clippy::needless_range_loop)]
 fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); 3]) {
@@ -222,7 +223,9 @@ fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); 3]) {
             }
             let better = match &best {
                 None => true,
-                Some((_, b, _)) => pkg.cmp_rate(b) == Ordering::Greater,
+                Some((_, b, _)) => {
+                    pkg.cmp_rate(b).then_with(|| pkg.vsize.cmp(&b.vsize)) == Ordering::Greater
+                }
             };
             if better {
                 best = Some((i, pkg, anc));
@@ -713,6 +716,18 @@ fn speed_of_select_on_5000_transactions() {
         (
             "50 chains of 100, mixed rates",
             big_template(50, 100, |c, d| ((c * 31 + d * 17) % 90) as u64 + 1),
+        ),
+        (
+            "5 chains of 1,000, equal rates",
+            big_template(5, 1_000, |_, _| 20),
+        ),
+        (
+            "1 chain of 5,000, equal rates",
+            big_template(1, 5_000, |_, _| 20),
+        ),
+        (
+            "5 chains of 1,000, rates falling",
+            big_template(5, 1_000, |_, d| 1_000 - d as u64),
         ),
         (
             "1 chain of 5,000, rates falling",
