@@ -126,7 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         watcher = %config.bus.watcher,
         selector = %config.bus.selector,
         declarator = %config.bus.declarator,
-        "jdc-metrics serving /metrics and /healthz"
+        "jdc-metrics listening: serving /metrics and /healthz"
     );
     let mut result = Ok(());
     loop {

@@ -19,7 +19,7 @@ use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
 ///
 /// Example: jdc-metrics -c jdc.toml --set metrics.listen=0.0.0.0:9100
 #[derive(Debug, Parser)]
-#[command(name = "jdc-metrics", version, about, long_about)]
+#[command(name = "jdc-metrics", version)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,

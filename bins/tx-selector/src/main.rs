@@ -17,7 +17,7 @@ use jdc_tx_selector::RunError;
 ///
 /// Example: jdc-tx-selector -c jdc.toml --set tx_selector.min_fee_rate_sat_vb=2
 #[derive(Debug, Parser)]
-#[command(name = "jdc-tx-selector", version, about, long_about)]
+#[command(name = "jdc-tx-selector", version)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
