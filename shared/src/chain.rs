@@ -27,10 +27,9 @@ pub enum ChainError {
 
 /// Parses a hash shown in RPC order (reversed) into internal byte order.
 pub fn hash_from_rpc_hex(hex_str: &str) -> Result<[u8; 32], ChainError> {
-    let mut bytes: [u8; 32] = hex::decode(hex_str)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| ChainError::BadHash(hex_str.to_string()))?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_str, &mut bytes)
+        .map_err(|_| ChainError::BadHash(hex_str.to_string()))?;
     bytes.reverse();
     Ok(bytes)
 }
