@@ -141,6 +141,7 @@ fn mines_regtest_blocks_with_wallet_transactions() -> anyhow::Result<()> {
     let miner = stack.get("miner")?;
     let events = miner.events();
     let (tips, full) = check_empty_before_full(&events)?;
+    eprintln!("blocks {}..={end}: {tips} tips seen by the miner, {full} followed by a full job", start + 1);
     assert!(tips >= 4, "only {tips} tips seen by the miner");
     assert!(full >= 1, "no full job followed a tip");
     Ok(())
