@@ -84,7 +84,9 @@ impl Topic {
 
     /// Parses a topic frame.
     pub fn from_wire(bytes: &[u8]) -> Option<Topic> {
-        Topic::ALL.into_iter().find(|t| t.as_str().as_bytes() == bytes)
+        Topic::ALL
+            .into_iter()
+            .find(|t| t.as_str().as_bytes() == bytes)
     }
 
     /// Topics whose latest message is the current state, re-sent periodically.
@@ -118,7 +120,9 @@ pub enum BusError {
     #[error("malformed bus message: {0}")]
     Malformed(String),
     /// The envelope has a major version we do not speak.
-    #[error("bus protocol version {got} is not supported (this build speaks {BUS_PROTOCOL_VERSION})")]
+    #[error(
+        "bus protocol version {got} is not supported (this build speaks {BUS_PROTOCOL_VERSION})"
+    )]
     Version {
         /// Version received.
         got: u16,
@@ -178,7 +182,9 @@ pub fn decode_envelope<T: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<T>,
     let header: Envelope<serde::de::IgnoredAny> =
         rmp_serde::from_slice(bytes).map_err(|e| BusError::Malformed(e.to_string()))?;
     if header.version != BUS_PROTOCOL_VERSION {
-        return Err(BusError::Version { got: header.version });
+        return Err(BusError::Version {
+            got: header.version,
+        });
     }
     rmp_serde::from_slice(bytes).map_err(|e| BusError::Malformed(e.to_string()))
 }
@@ -248,14 +254,19 @@ impl Publisher {
         shutdown: CancellationToken,
     ) -> Result<(Publisher, tokio::task::JoinHandle<()>), BusError> {
         let mut socket = zeromq::PubSocket::new();
-        socket.bind(endpoint).await.map_err(|source| BusError::Bind {
-            endpoint: endpoint.to_string(),
-            source,
-        })?;
+        socket
+            .bind(endpoint)
+            .await
+            .map_err(|source| BusError::Bind {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
         tracing::info!(endpoint, source = %options.source, "bus publisher bound");
         let (tx, rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel("starting".to_string());
-        let task = tokio::spawn(publisher_task(socket, rx, state_rx, options, stats, shutdown));
+        let task = tokio::spawn(publisher_task(
+            socket, rx, state_rx, options, stats, shutdown,
+        ));
         Ok((
             Publisher {
                 tx,
@@ -585,7 +596,10 @@ fn check_message(
         None
     })?;
     let Some(topic_parsed) = Topic::from_wire(&topic) else {
-        return malformed(format!("unknown topic {:?}", String::from_utf8_lossy(&topic)));
+        return malformed(format!(
+            "unknown topic {:?}",
+            String::from_utf8_lossy(&topic)
+        ));
     };
     let header: Envelope<serde::de::IgnoredAny> = match rmp_serde::from_slice(&bytes) {
         Ok(h) => h,

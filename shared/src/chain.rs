@@ -66,7 +66,10 @@ pub fn coinbase_merkle_path(txids: &[[u8; 32]]) -> Vec<[u8; 32]> {
                 level.push(last);
             }
         }
-        level = level.chunks_exact(2).map(|p| hash_pair(&p[0], &p[1])).collect();
+        level = level
+            .chunks_exact(2)
+            .map(|p| hash_pair(&p[0], &p[1]))
+            .collect();
     }
     path
 }
@@ -83,7 +86,10 @@ pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
                 level.push(last);
             }
         }
-        level = level.chunks_exact(2).map(|p| hash_pair(&p[0], &p[1])).collect();
+        level = level
+            .chunks_exact(2)
+            .map(|p| hash_pair(&p[0], &p[1]))
+            .collect();
     }
     level[0]
 }
@@ -178,11 +184,22 @@ mod tests {
 
     #[test]
     fn destinations() {
-        let s = parse_destination("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", Network::Regtest)
-            .unwrap();
+        let s = parse_destination(
+            "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+            Network::Regtest,
+        )
+        .unwrap();
         assert_eq!(s.len(), 22);
-        assert!(parse_destination("0014751e76e8199196d454941c45d1b3a323f1433bd6", Network::Regtest).is_ok());
-        assert!(parse_destination("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", Network::Regtest).is_err());
+        assert!(parse_destination(
+            "0014751e76e8199196d454941c45d1b3a323f1433bd6",
+            Network::Regtest
+        )
+        .is_ok());
+        assert!(parse_destination(
+            "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
+            Network::Regtest
+        )
+        .is_err());
         assert!(parse_destination("hello", Network::Regtest).is_err());
     }
 }

@@ -147,7 +147,6 @@ impl Default for BitcoindConfig {
 }
 
 impl BitcoindConfig {
-
     /// The RPC URL, defaulting to the network's port on localhost.
     pub fn rpc_url(&self, network: Network) -> String {
         self.rpc_url.clone().unwrap_or_else(|| {
@@ -399,7 +398,10 @@ impl DeclaratorConfig {
                 crate::chain::parse_destination(&p.destination, network)
                     .map(|s| (s, p.weight))
                     .map_err(|e| {
-                        ConfigError::new(format!("declarator.payout[{i}].destination"), e.to_string())
+                        ConfigError::new(
+                            format!("declarator.payout[{i}].destination"),
+                            e.to_string(),
+                        )
                     })
             })
             .collect()
@@ -425,18 +427,17 @@ impl Default for MetricsConfig {
     }
 }
 
-
 impl Config {
     /// Loads defaults, the file, `JDC_*` environment variables and `--set` overrides.
     pub fn load(args: &CommonArgs) -> Result<Config, ConfigError> {
-        Self::load_from(args.config.as_deref(), &args.set, Env::prefixed("JDC_").split("__"))
+        Self::load_from(
+            args.config.as_deref(),
+            &args.set,
+            Env::prefixed("JDC_").split("__"),
+        )
     }
 
-    fn load_from(
-        file: Option<&Path>,
-        sets: &[String],
-        env: Env,
-    ) -> Result<Config, ConfigError> {
+    fn load_from(file: Option<&Path>, sets: &[String], env: Env) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
@@ -449,9 +450,9 @@ impl Config {
         }
         fig = fig.merge(env);
         for set in sets {
-            let (key, value) = set.split_once('=').ok_or_else(|| {
-                ConfigError::new("--set", format!("`{set}` is not KEY=VALUE"))
-            })?;
+            let (key, value) = set
+                .split_once('=')
+                .ok_or_else(|| ConfigError::new("--set", format!("`{set}` is not KEY=VALUE")))?;
             let value = parse_value(value.trim());
             fig = fig.merge(Serialized::default(key.trim(), value));
         }
@@ -470,7 +471,9 @@ impl Config {
             "bitcoin" | "mainnet" | "main" => Ok(Network::Bitcoin),
             other => Err(ConfigError::new(
                 "network",
-                format!("unknown network `{other}`: use regtest, signet, testnet4, testnet or bitcoin"),
+                format!(
+                    "unknown network `{other}`: use regtest, signet, testnet4, testnet or bitcoin"
+                ),
             )),
         }
     }
@@ -478,7 +481,9 @@ impl Config {
 
 fn parse_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }
@@ -516,7 +521,11 @@ fn figment_error(err: figment::Error) -> ConfigError {
                 .map(|m| format!(" (from {})", m.name))
                 .unwrap_or_default();
             ConfigError::new(
-                if path.is_empty() { "<root>".into() } else { path },
+                if path.is_empty() {
+                    "<root>".into()
+                } else {
+                    path
+                },
                 format!("{message}{from}"),
             )
         }
@@ -543,7 +552,10 @@ mod tests {
     fn set_overrides_and_names_bad_keys() {
         let c = Config::load_from(
             None,
-            &["declarator.listen=127.0.0.1:1".into(), "bus.resend_interval_ms=5".into()],
+            &[
+                "declarator.listen=127.0.0.1:1".into(),
+                "bus.resend_interval_ms=5".into(),
+            ],
             env(),
         )
         .unwrap();
@@ -551,7 +563,8 @@ mod tests {
         assert_eq!(c.bus.resend_interval_ms, 5);
         let e = Config::load_from(None, &["declarator.lisen=1".into()], env()).unwrap_err();
         assert_eq!(e.key, "declarator.lisen");
-        let e = Config::load_from(None, &["bus.resend_interval_ms=\"x\"".into()], env()).unwrap_err();
+        let e =
+            Config::load_from(None, &["bus.resend_interval_ms=\"x\"".into()], env()).unwrap_err();
         assert_eq!(e.key, "bus.resend_interval_ms");
         let e = Config::load_from(None, &["network=moon".into()], env()).unwrap_err();
         assert_eq!(e.key, "network");
@@ -561,7 +574,10 @@ mod tests {
     fn payout_errors_name_the_key() {
         let mut c = Config::default();
         assert_eq!(
-            c.declarator.payout_scripts(Network::Regtest).unwrap_err().key,
+            c.declarator
+                .payout_scripts(Network::Regtest)
+                .unwrap_err()
+                .key,
             "declarator.payout"
         );
         c.declarator.payout.push(PayoutConfig {
@@ -569,7 +585,10 @@ mod tests {
             weight: 1,
         });
         assert_eq!(
-            c.declarator.payout_scripts(Network::Regtest).unwrap_err().key,
+            c.declarator
+                .payout_scripts(Network::Regtest)
+                .unwrap_err()
+                .key,
             "declarator.payout[0].destination"
         );
     }

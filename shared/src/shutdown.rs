@@ -9,7 +9,10 @@ pub fn on_signals() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         let first = wait_for_signal().await;
-        tracing::info!(signal = first, "shutdown requested; draining (send again to force)");
+        tracing::info!(
+            signal = first,
+            "shutdown requested; draining (send again to force)"
+        );
         t.cancel();
         let second = wait_for_signal().await;
         tracing::warn!(signal = second, "second signal: exiting now");

@@ -93,7 +93,10 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("RUST_LOG", std::env::var("JDC_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("JDC_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("JDC_NETWORK");
         for (k, v) in env {
             cmd.env(k, v);
@@ -242,7 +245,9 @@ impl Proc {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 // Give the pipe threads a moment to drain what the process wrote last.
-                let _ = self.stderr.wait(usize::MAX, Duration::from_millis(100), |_| false);
+                let _ = self
+                    .stderr
+                    .wait(usize::MAX, Duration::from_millis(100), |_| false);
                 return Ok(status);
             }
             if Instant::now() >= deadline {
@@ -439,7 +444,9 @@ listen = "127.0.0.1:{m}"
         ];
         all.extend(args.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(name, &self.bin("jdc-sim-miner"), &all, &[], &self.dir)?;
-        proc.wait_for_event(0, Duration::from_secs(30), |e| e["event"] == "channel-opened")?;
+        proc.wait_for_event(0, Duration::from_secs(30), |e| {
+            e["event"] == "channel-opened"
+        })?;
         self.procs.insert(name.to_string(), proc);
         self.get(name)
     }

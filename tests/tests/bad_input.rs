@@ -35,17 +35,26 @@ fn bad_configuration_exits_2_naming_the_key() -> anyhow::Result<()> {
     let typo = dir.join("typo.toml");
     std::fs::write(&typo, "[bus]\nwatchr = \"tcp://127.0.0.1:1\"\n")?;
     let bad_type = dir.join("type.toml");
-    std::fs::write(&bad_type, "[template_watcher]\ntip_poll_interval_ms = \"often\"\n")?;
+    std::fs::write(
+        &bad_type,
+        "[template_watcher]\ntip_poll_interval_ms = \"often\"\n",
+    )?;
     for component in COMPONENTS {
         let typo_arg = typo.display().to_string();
         let (code, err) = run_to_exit(component, &["-c", &typo_arg])?;
         assert_eq!(code, 2, "{component} with an unknown key: {err}");
-        assert!(err.contains("bus.watchr"), "{component} did not name the key: {err}");
+        assert!(
+            err.contains("bus.watchr"),
+            "{component} did not name the key: {err}"
+        );
 
         let bad_type_arg = bad_type.display().to_string();
         let (code, err) = run_to_exit(component, &["-c", &bad_type_arg])?;
         assert_eq!(code, 2, "{component} with a bad value: {err}");
-        assert!(err.contains("template_watcher.tip_poll_interval_ms"), "{component}: {err}");
+        assert!(
+            err.contains("template_watcher.tip_poll_interval_ms"),
+            "{component}: {err}"
+        );
 
         let (code, err) = run_to_exit(component, &["--set", "network=moon"])?;
         assert_eq!(code, 2, "{component} with a bad network: {err}");
@@ -60,7 +69,10 @@ fn bad_configuration_exits_2_naming_the_key() -> anyhow::Result<()> {
     assert!(err.contains("declarator.payout"), "{err}");
     let (code, err) = run_to_exit(
         "declarator",
-        &["--set", "declarator.payout=[{destination=\"bc1qnotregtest\"}]"],
+        &[
+            "--set",
+            "declarator.payout=[{destination=\"bc1qnotregtest\"}]",
+        ],
     )?;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("declarator.payout[0].destination"), "{err}");
@@ -82,7 +94,9 @@ fn miner_stack() -> anyhow::Result<(Bitcoind, Stack)> {
 fn miner_still_mining(stack: &Stack, from: usize) -> anyhow::Result<()> {
     stack
         .get("miner")?
-        .wait_for_event(from, Duration::from_secs(30), |e| e["event"] == "share-accepted")
+        .wait_for_event(from, Duration::from_secs(30), |e| {
+            e["event"] == "share-accepted"
+        })
         .map(|_| ())
 }
 
@@ -95,7 +109,12 @@ fn closed_by_server(stream: &mut TcpStream, timeout: Duration) -> bool {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue
+            }
             Err(_) => return true,
         }
     }
@@ -113,7 +132,10 @@ fn garbage_and_bad_handshakes_drop_only_that_peer() -> anyhow::Result<()> {
     let mut s = TcpStream::connect(&addr)?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
     s.write_all(&[0xffu8; 300])?;
-    assert!(closed_by_server(&mut s, Duration::from_secs(20)), "garbage peer not dropped");
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(20)),
+        "garbage peer not dropped"
+    );
     declarator.wait_for_log("device dropped", Duration::from_secs(10))?;
     miner_still_mining(&stack, from)?;
 
@@ -128,8 +150,13 @@ fn garbage_and_bad_handshakes_drop_only_that_peer() -> anyhow::Result<()> {
         let wrong = jdc_shared::sv2::AuthorityKeys::generate().public_key();
         let tcp = tokio::net::TcpStream::connect(&addr).await?;
         let r = jdc_shared::sv2::connect(tcp, Some(wrong), Duration::from_secs(5)).await;
-        let Err(e) = r else { bail!("handshake with the wrong authority key succeeded") };
-        assert!(e.to_string().to_lowercase().contains("handshake"), "unclear error: {e}");
+        let Err(e) = r else {
+            bail!("handshake with the wrong authority key succeeded")
+        };
+        assert!(
+            e.to_string().to_lowercase().contains("handshake"),
+            "unclear error: {e}"
+        );
 
         let right = jdc_shared::sv2::parse_authority_public_key(&stack.authority_key()?)?;
         let tcp = tokio::net::TcpStream::connect(&addr).await?;
@@ -152,7 +179,10 @@ fn garbage_and_bad_handshakes_drop_only_that_peer() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    assert!(closed_by_server(&mut stall, Duration::from_secs(20)), "stalled handshake not dropped");
+    assert!(
+        closed_by_server(&mut stall, Duration::from_secs(20)),
+        "stalled handshake not dropped"
+    );
     let from = stack.get("miner")?.stdout_len();
     miner_still_mining(&stack, from)?;
     Ok(())
@@ -169,7 +199,11 @@ fn malformed_bus_messages_are_counted_and_skipped() -> anyhow::Result<()> {
     let mut stack = Stack::new(&node, &addr.to_string(), "")?;
     let fake_selector = free_port();
     let fake = format!("bus.selector=\"tcp://127.0.0.1:{fake_selector}\"");
-    stack.start("declarator", &["--set", &fake], "SV2 mining server listening")?;
+    stack.start(
+        "declarator",
+        &["--set", &fake],
+        "SV2 mining server listening",
+    )?;
     stack.start("template-watcher", &[], "bus publisher bound")?;
     stack.start_miner("miner", &["--max-shares-per-sec", "4"])?;
 
@@ -222,9 +256,15 @@ fn malformed_bus_messages_are_counted_and_skipped() -> anyhow::Result<()> {
     let declarator = stack.get("declarator")?;
     declarator.wait_for_log("malformed", Duration::from_secs(5))?;
     // Still mining: a new block arrives after the garbage.
-    let before = node.rpc().map(|r| bitcoincore_rpc::RpcApi::get_block_count(&r))??;
+    let before = node
+        .rpc()
+        .map(|r| bitcoincore_rpc::RpcApi::get_block_count(&r))??;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while node.rpc().map(|r| bitcoincore_rpc::RpcApi::get_block_count(&r))?? < before + 2 {
+    while node
+        .rpc()
+        .map(|r| bitcoincore_rpc::RpcApi::get_block_count(&r))??
+        < before + 2
+    {
         if Instant::now() > deadline {
             bail!("mining stopped after malformed bus messages");
         }

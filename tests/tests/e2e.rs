@@ -104,16 +104,20 @@ fn mines_regtest_blocks_with_wallet_transactions() -> anyhow::Result<()> {
 
     let rpc = node.rpc()?;
     let wallet = node.wallet_rpc("miner")?;
-    wait_until("5 blocks and the wallet transactions mined", Duration::from_secs(120), || {
-        let h = height(&node)?;
-        let mut confirmed = 0;
-        for t in &txids {
-            if wallet.get_transaction(t, None)?.info.confirmations > 0 {
-                confirmed += 1;
+    wait_until(
+        "5 blocks and the wallet transactions mined",
+        Duration::from_secs(120),
+        || {
+            let h = height(&node)?;
+            let mut confirmed = 0;
+            for t in &txids {
+                if wallet.get_transaction(t, None)?.info.confirmations > 0 {
+                    confirmed += 1;
+                }
             }
-        }
-        Ok((h >= start + 5 && confirmed == txids.len()).then_some(()))
-    })?;
+            Ok((h >= start + 5 && confirmed == txids.len()).then_some(()))
+        },
+    )?;
 
     // Every block since the miner started is ours: its coinbase pays the configured address
     // and carries our tag.
@@ -124,7 +128,10 @@ fn mines_regtest_blocks_with_wallet_transactions() -> anyhow::Result<()> {
         let block = rpc.get_block(&hash)?;
         let coinbase = &block.txdata[0];
         assert!(
-            coinbase.output.iter().any(|o| o.script_pubkey == payout_script && o.value.to_sat() > 0),
+            coinbase
+                .output
+                .iter()
+                .any(|o| o.script_pubkey == payout_script && o.value.to_sat() > 0),
             "block {h} coinbase does not pay the configured address"
         );
         let script_sig = coinbase.input[0].script_sig.as_bytes();
@@ -141,7 +148,10 @@ fn mines_regtest_blocks_with_wallet_transactions() -> anyhow::Result<()> {
     let miner = stack.get("miner")?;
     let events = miner.events();
     let (tips, full) = check_empty_before_full(&events)?;
-    eprintln!("blocks {}..={end}: {tips} tips seen by the miner, {full} followed by a full job", start + 1);
+    eprintln!(
+        "blocks {}..={end}: {tips} tips seen by the miner, {full} followed by a full job",
+        start + 1
+    );
     assert!(tips >= 4, "only {tips} tips seen by the miner");
     assert!(full >= 1, "no full job followed a tip");
     Ok(())
@@ -162,7 +172,9 @@ fn mining_resumes_after_kill_9_of_watcher_then_selector() -> anyhow::Result<()> 
     stack.start_services()?;
     stack.start_miner("miner", &["--max-shares-per-sec", "4"])?;
     let h0 = height(&node)?;
-    wait_until("2 blocks", Duration::from_secs(60), || Ok((height(&node)? >= h0 + 2).then_some(())))?;
+    wait_until("2 blocks", Duration::from_secs(60), || {
+        Ok((height(&node)? >= h0 + 2).then_some(()))
+    })?;
 
     for component in ["template-watcher", "tx-selector"] {
         stack.get_mut(component)?.kill9();

@@ -101,7 +101,9 @@ async fn listen_hashblock(endpoint: String) -> anyhow::Result<HashblockTimes> {
     let times: HashblockTimes = Arc::new(Mutex::new(HashMap::new()));
     let mut sub = zeromq::SubSocket::new();
     sub.subscribe("hashblock").await?;
-    sub.connect(&endpoint).await.context("connecting to bitcoind ZMQ")?;
+    sub.connect(&endpoint)
+        .await
+        .context("connecting to bitcoind ZMQ")?;
     let t = times.clone();
     tokio::spawn(async move {
         while let Ok(msg) = sub.recv().await {
@@ -197,10 +199,25 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     shutdown.cancel();
     println!("new tip → SetNewPrevHash at the sim-miner (ms), {tips} tips on loopback\n");
     println!("| span | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
-    println!("{}", summary("bitcoind hashblock → SetNewPrevHash at miner", total));
-    println!("{}", summary("hashblock → watcher receives it", zmq_to_watcher));
-    println!("{}", summary("watcher receipt → Tip published (getblockheader)", watcher_to_bus));
-    println!("{}", summary("Tip published → SetNewPrevHash at miner", bus_to_miner));
+    println!(
+        "{}",
+        summary("bitcoind hashblock → SetNewPrevHash at miner", total)
+    );
+    println!(
+        "{}",
+        summary("hashblock → watcher receives it", zmq_to_watcher)
+    );
+    println!(
+        "{}",
+        summary(
+            "watcher receipt → Tip published (getblockheader)",
+            watcher_to_bus
+        )
+    );
+    println!(
+        "{}",
+        summary("Tip published → SetNewPrevHash at miner", bus_to_miner)
+    );
     Ok(())
 }
 
@@ -229,7 +246,10 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
         for _ in 0..n {
             outs.insert(node.new_address()?.to_string(), serde_json::json!(0.0003));
         }
-        let _: serde_json::Value = wallet.call("sendmany", &[serde_json::json!(""), serde_json::Value::Object(outs)])?;
+        let _: serde_json::Value = wallet.call(
+            "sendmany",
+            &[serde_json::json!(""), serde_json::Value::Object(outs)],
+        )?;
         made += n;
         node.generate_to(&funding, 1)?;
     }
@@ -245,13 +265,26 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
     let mut sent = 0;
     for i in 0..txs {
         if wallet
-            .send_to_address(&dest, bitcoincore_rpc::bitcoin::Amount::from_sat(10_000), None, None, None, None, None, None)
+            .send_to_address(
+                &dest,
+                bitcoincore_rpc::bitcoin::Amount::from_sat(10_000),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
             .is_ok()
         {
             sent += 1;
         }
         if (i + 1) % 500 == 0 {
-            eprintln!("  {} / {txs} ({:.0} s)", i + 1, start.elapsed().as_secs_f64());
+            eprintln!(
+                "  {} / {txs} ({:.0} s)",
+                i + 1,
+                start.elapsed().as_secs_f64()
+            );
         }
     }
     let mempool = node.rpc()?.get_raw_mempool()?.len();
@@ -262,8 +295,14 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
     let (mut inbox, _tasks) = bus::subscribe(
         SubscribeOptions {
             streams: vec![
-                ("watcher".into(), format!("tcp://127.0.0.1:{}", stack.ports.watcher)),
-                ("declarator".into(), format!("tcp://127.0.0.1:{}", stack.ports.declarator)),
+                (
+                    "watcher".into(),
+                    format!("tcp://127.0.0.1:{}", stack.ports.watcher),
+                ),
+                (
+                    "declarator".into(),
+                    format!("tcp://127.0.0.1:{}", stack.ports.declarator),
+                ),
             ],
             topics: vec![Topic::Template, Topic::Job],
             silence_timeout: Duration::from_secs(5),
@@ -280,7 +319,16 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
     let mut seen_templates = std::collections::HashSet::new();
     for _ in 0..rounds {
         // One more transaction changes the mempool: the watcher publishes a new template.
-        let _ = wallet.send_to_address(&dest, bitcoincore_rpc::bitcoin::Amount::from_sat(10_000), None, None, None, None, None, None);
+        let _ = wallet.send_to_address(
+            &dest,
+            bitcoincore_rpc::bitcoin::Amount::from_sat(10_000),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut published: Option<u64> = None;
         loop {
@@ -316,9 +364,18 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
         template_bytes as f64 / 1e6
     );
     println!("| span | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
-    println!("{}", summary("watcher template → declarator full job", latencies));
+    println!(
+        "{}",
+        summary("watcher template → declarator full job", latencies)
+    );
     println!("\n| process | RSS (MB) |\n|---|---|");
-    for p in ["template-watcher", "tx-selector", "declarator", "metrics", "miner"] {
+    for p in [
+        "template-watcher",
+        "tx-selector",
+        "declarator",
+        "metrics",
+        "miner",
+    ] {
         if let Some(kib) = stack.get(p).ok().and_then(|p| p.rss_kib()) {
             println!("| {p} | {:.1} |", kib as f64 / 1024.0);
         }
