@@ -8,6 +8,7 @@
 //! - [`debounce`] (pure): when a mempool refresh is due.
 //! - [`health`]: bitcoind state machine (pure) and the poll backstop task.
 //! - [`node`]: blocking RPC clients, one per role, run on the blocking pool.
+//! - [`http`]: the HTTP transport under them, fast on large answers.
 //! - [`zmq_feed`]: ZMQ `hashblock`/`sequence` subscriber.
 //! - [`tips`]: the tip path (one `getblockheader`, then publish).
 //! - [`templates`]: the template path (`getblocktemplate`, parse, publish).
@@ -22,6 +23,7 @@
 pub mod debounce;
 pub mod gbt;
 pub mod health;
+pub mod http;
 pub mod node;
 pub mod templates;
 pub mod tips;

@@ -1,6 +1,7 @@
 //! bitcoind RPC: a blocking client per role, rebuilt after transport errors.
 //!
-//! The `bitcoincore-rpc` client is blocking and keeps one HTTP connection behind a mutex, so
+//! The `bitcoincore-rpc` client runs on this crate's [`HttpTransport`] (built for large
+//! answers). It is blocking and keeps one HTTP connection behind a mutex, so
 //! each role (tip look-ups, polling, tip templates, mempool templates) gets its own [`Node`]:
 //! a slow `getblocktemplate` never holds the connection a tip look-up needs. Call it through
 //! [`Node::run`], which moves the call to tokio's blocking pool.
@@ -10,6 +11,7 @@
 //! start. Passwords are never logged; errors show the URL without credentials.
 
 use crate::gbt::{GbtResult, HeaderInfo};
+use crate::http::{HttpError, HttpTransport};
 use bitcoincore_rpc::jsonrpc;
 use bitcoincore_rpc::{Client, RpcApi};
 use jdc_shared::config::RpcAuth;
@@ -40,7 +42,7 @@ pub enum NodeError {
         url: String,
         /// Cause.
         #[source]
-        source: jsonrpc::simple_http::Error,
+        source: HttpError,
     },
     /// The call failed: transport, HTTP status, or an RPC error from bitcoind.
     #[error("{method} on {url} failed: {source}")]
@@ -93,15 +95,13 @@ impl RpcTarget {
             }
             RpcAuth::UserPass(user, password) => (user.clone(), password.0.clone()),
         };
-        let transport = jsonrpc::simple_http::SimpleHttpTransport::builder()
-            .url(&self.url)
-            .map_err(|source| NodeError::Url {
-                url: self.url.clone(),
-                source,
-            })?
-            .timeout(self.timeout)
-            .auth(user, Some(password))
-            .build();
+        let transport =
+            HttpTransport::new(&self.url, &user, &password, self.timeout).map_err(|source| {
+                NodeError::Url {
+                    url: self.url.clone(),
+                    source,
+                }
+            })?;
         Ok(Client::from_jsonrpc(jsonrpc::Client::with_transport(
             transport,
         )))
