@@ -1,8 +1,13 @@
 //! `jdc-template-watcher` binary: CLI, logging and configuration, then [`jdc_template_watcher::run`].
 
+use anyhow::Context;
 use clap::Parser;
 use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
 use jdc_template_watcher::WatcherError;
+use std::time::Duration;
+
+/// How long blocking work may linger once `run` has returned.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Watches bitcoind and publishes new tips and block templates on the jdc bus.
 ///
@@ -32,8 +37,7 @@ struct Args {
     common: CommonArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     jdc_shared::telemetry::init(args.common.log_format);
     let config = match Config::load(&args.common) {
@@ -43,8 +47,15 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_BAD_CONFIG);
         }
     };
-    let shutdown = jdc_shared::shutdown::on_signals();
-    match jdc_template_watcher::run(config, shutdown).await {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = jdc_shared::shutdown::on_signals();
+        jdc_template_watcher::run(config, shutdown).await
+    });
+    // An RPC call still running on the blocking pool (bitcoind hung) is abandoned rather
+    // than waited for up to the RPC timeout.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match result {
         Ok(()) => Ok(()),
         Err(WatcherError::Config(e)) => {
             eprintln!("jdc-template-watcher: {e}");

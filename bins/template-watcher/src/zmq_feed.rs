@@ -252,10 +252,10 @@ fn on_message(
 }
 
 fn on_event(links: &mut HashMap<String, Link>, ev: MonitorMessage) {
-    let Some(link) = links.get_mut(&ev.source_url) else {
-        return;
-    };
     let endpoint = ev.source_url.as_str();
+    let link = links
+        .entry(ev.source_url.clone())
+        .or_insert(Link::Connecting);
     let next = match ev.event {
         SocketEvent::HandshakeSucceeded => Link::Up,
         SocketEvent::Disconnected { .. } => Link::Down,
