@@ -95,7 +95,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .env(
                 "RUST_LOG",
-                std::env::var("JDC_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("JDCTEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("JDC_NETWORK");
         for (k, v) in env {
@@ -476,7 +476,7 @@ impl Drop for Stack {
         for (_, mut p) in self.procs.drain() {
             p.kill9();
         }
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("JDCTEST_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("stack logs kept in {}", self.dir.display());

@@ -176,7 +176,16 @@ async fn hub(
     while let Some(msg) = inbox.recv().await {
         let result = match msg.topic {
             Topic::Tip => match msg.decode::<Tip>() {
-                Ok(tip) => book.on_tip(&tip),
+                Ok(tip) => {
+                    let now = jdc_shared::time::now_micros();
+                    tracing::debug!(
+                        height = tip.height,
+                        since_detected_us = now.saturating_sub(tip.detected_at_us),
+                        since_sent_us = now.saturating_sub(msg.sent_at_us),
+                        "tip received"
+                    );
+                    book.on_tip(&tip)
+                }
                 Err(e) => {
                     stats.count_malformed();
                     tracing::warn!(error = %e, "skipping malformed tip");

@@ -199,11 +199,11 @@ impl WorkBook {
                 field: "tip.prev_hash",
                 source,
             })?;
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.tip.prev_hash == prev_hash)
-        {
+        // A re-sent tip is a duplicate; the same block with other height or nbits is a
+        // correction from the watcher and replaces the work.
+        if self.current.as_ref().is_some_and(|c| {
+            c.tip.prev_hash == prev_hash && c.tip.height == tip.height && c.tip.nbits == tip.nbits
+        }) {
             return Ok(None);
         }
         let header_timestamp = tip.time.max(tip.min_time);

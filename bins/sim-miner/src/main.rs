@@ -3,7 +3,7 @@ use std::sync::Arc;
 use clap::Parser;
 use jdc_sim_miner::Args;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     jdc_shared::telemetry::init(args.log_format);

@@ -134,25 +134,48 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (mut inbox, _tasks) = bus::subscribe(
         SubscribeOptions {
-            streams: vec![(
-                "watcher".into(),
-                format!("tcp://127.0.0.1:{}", stack.ports.watcher),
-            )],
-            topics: vec![Topic::Tip],
+            streams: vec![
+                (
+                    "watcher".into(),
+                    format!("tcp://127.0.0.1:{}", stack.ports.watcher),
+                ),
+                (
+                    "declarator".into(),
+                    format!("tcp://127.0.0.1:{}", stack.ports.declarator),
+                ),
+            ],
+            topics: vec![Topic::Tip, Topic::Job],
             silence_timeout: Duration::from_secs(5),
         },
         stats,
         shutdown.clone(),
     );
-    let tip_times: Arc<Mutex<HashMap<String, (u64, u64)>>> = Arc::default();
+    // Tip prev_hash -> (detected at, published at, height).
+    let tip_times: Arc<Mutex<HashMap<String, (u64, u64, u32)>>> = Arc::default();
+    // Height of the block being mined -> µs from tip detection to the declarator's write.
+    let job_times: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
     let tt = tip_times.clone();
+    let jt = job_times.clone();
     tokio::spawn(async move {
         while let Some(m) = inbox.recv().await {
+            if m.topic == Topic::Job {
+                if let Ok(env) = bus::decode_envelope::<JobSent>(&m.bytes) {
+                    if env.body.new_tip {
+                        if let Ok(mut t) = jt.lock() {
+                            t.entry(env.body.height).or_insert(env.body.tip_to_job_us);
+                        }
+                    }
+                }
+                continue;
+            }
             if let Ok(env) = bus::decode_envelope::<Tip>(&m.bytes) {
                 let env: Envelope<Tip> = env;
                 if let Ok(mut t) = tt.lock() {
-                    t.entry(env.body.prev_hash.clone())
-                        .or_insert((env.body.detected_at_us, env.sent_at_us));
+                    t.entry(env.body.prev_hash.clone()).or_insert((
+                        env.body.detected_at_us,
+                        env.sent_at_us,
+                        env.body.height,
+                    ));
                 }
             }
         }
@@ -163,6 +186,8 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     let mut zmq_to_watcher = Vec::new();
     let mut watcher_to_bus = Vec::new();
     let mut bus_to_miner = Vec::new();
+    let mut bus_to_declarator_write = Vec::new();
+    let mut declarator_write_to_miner = Vec::new();
     eprintln!("mining {tips} blocks ...");
     for i in 0..tips {
         let hash = node.generate_to(&addr, 1)?[0].to_string();
@@ -186,10 +211,18 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         total.push(at_miner.saturating_sub(zmq_at));
-        if let Some((detected, sent)) = tip_times.lock().ok().and_then(|m| m.get(&hash).copied()) {
+        if let Some((detected, sent, height)) =
+            tip_times.lock().ok().and_then(|m| m.get(&hash).copied())
+        {
             zmq_to_watcher.push(detected.saturating_sub(zmq_at));
             watcher_to_bus.push(sent.saturating_sub(detected));
             bus_to_miner.push(at_miner.saturating_sub(sent));
+            tokio::time::sleep(Duration::from_millis(20)).await; // the job event follows the job
+            if let Some(tip_to_job) = job_times.lock().ok().and_then(|m| m.get(&height).copied()) {
+                let written = detected + tip_to_job;
+                bus_to_declarator_write.push(written.saturating_sub(sent));
+                declarator_write_to_miner.push(at_miner.saturating_sub(written));
+            }
         }
         if (i + 1) % 25 == 0 {
             eprintln!("  {} / {tips}", i + 1);
@@ -217,6 +250,20 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     println!(
         "{}",
         summary("Tip published → SetNewPrevHash at miner", bus_to_miner)
+    );
+    println!(
+        "{}",
+        summary(
+            "… Tip published → declarator wrote the job",
+            bus_to_declarator_write
+        )
+    );
+    println!(
+        "{}",
+        summary(
+            "… declarator wrote → miner received",
+            declarator_write_to_miner
+        )
     );
     Ok(())
 }
