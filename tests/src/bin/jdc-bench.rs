@@ -94,6 +94,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Tip prev_hash → (detected at, published at, height).
+type TipTimes = HashMap<String, (u64, u64, u32)>;
+
 /// Receipt times of bitcoind's `hashblock` notifications, by block hash (RPC hex).
 type HashblockTimes = Arc<Mutex<HashMap<String, u64>>>;
 
@@ -151,7 +154,7 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     // Tip prev_hash -> (detected at, published at, height).
-    let tip_times: Arc<Mutex<HashMap<String, (u64, u64, u32)>>> = Arc::default();
+    let tip_times: Arc<Mutex<TipTimes>> = Arc::default();
     // Height of the block being mined -> µs from tip detection to the declarator's write.
     let job_times: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
     let tt = tip_times.clone();
