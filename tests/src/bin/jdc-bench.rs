@@ -14,7 +14,7 @@
 //! ZMQ `hashblock` itself and measures from its receipt to the sim-miner receiving the
 //! `SetNewPrevHash` for that block, plus the stages in between from the bus.
 //!
-//! `template-pipeline`: fills the mempool with `--txs` wallet transactions, then measures from
+//! `template-pipeline`: fills the mempool with `--txs` transactions (signed by the bench), then measures from
 //! the watcher publishing a template to the declarator writing the full job to the miner, and
 //! reports each process's resident memory with that template loaded.
 
@@ -272,73 +272,32 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
 }
 
 async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
+    // Knots caps templates at 300 kB by default (`blockmaxsize`); allow full blocks.
     let node = Bitcoind::start_with(jdc_tests::bitcoind::Options {
-        extra_args: vec![
-            "-maxmempool=300".into(),
-            "-limitancestorcount=1000".into(),
-            "-limitdescendantcount=1000".into(),
-            "-limitancestorsize=1010".into(),
-            "-limitdescendantsize=1010".into(),
-        ],
+        extra_args: vec!["-blockmaxsize=4000000".into(), "-blockmaxweight=4000000".into()],
         ..Default::default()
     })?;
-    node.create_wallet("bench")?;
-    let funding = node.new_address()?;
-    node.generate_to(&funding, 101)?;
-    // Spread the coins over many outputs so the transactions below are independent.
-    let wallet = node.wallet_rpc("bench")?;
-    let per_batch = 1000usize;
+    let mut funds = Funds::new(&node)?;
     eprintln!("preparing {txs} coins ...");
-    let mut made = 0;
-    while made < txs {
-        let n = per_batch.min(txs - made);
-        let mut outs = serde_json::Map::new();
-        for _ in 0..n {
-            outs.insert(node.new_address()?.to_string(), serde_json::json!(0.0003));
-        }
-        let _: serde_json::Value = wallet.call(
-            "sendmany",
-            &[serde_json::json!(""), serde_json::Value::Object(outs)],
-        )?;
-        made += n;
-        node.generate_to(&funding, 1)?;
-    }
-    node.generate_to(&funding, 1)?;
+    let mut coins = funds.fan_out(&node, txs + rounds + 1)?;
+    let mut spare = coins.split_off(txs).into_iter();
 
-    let mut stack = Stack::new(&node, &funding.to_string(), "")?;
+    let mut stack = Stack::new(&node, &funds.address.to_string(), "")?;
     stack.start_services()?;
-    stack.start_miner("miner", &["--max-shares-per-sec", "0"])?;
+    // The miner connects so jobs are written, but finds (almost) no blocks.
+    stack.start_miner("miner", &["--max-shares-per-sec", "0.0001"])?;
 
     eprintln!("creating {txs} mempool transactions ...");
-    let dest = node.new_address()?;
+    let rpc = node.rpc()?;
     let start = Instant::now();
-    let mut sent = 0;
-    for i in 0..txs {
-        if wallet
-            .send_to_address(
-                &dest,
-                bitcoincore_rpc::bitcoin::Amount::from_sat(10_000),
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-            )
-            .is_ok()
-        {
-            sent += 1;
-        }
-        if (i + 1) % 500 == 0 {
-            eprintln!(
-                "  {} / {txs} ({:.0} s)",
-                i + 1,
-                start.elapsed().as_secs_f64()
-            );
+    for (i, coin) in coins.iter().enumerate() {
+        rpc.send_raw_transaction(&funds.spend(coin, 4)?)?;
+        if (i + 1) % 1000 == 0 {
+            eprintln!("  {} / {txs} ({:.0} s)", i + 1, start.elapsed().as_secs_f64());
         }
     }
-    let mempool = node.rpc()?.get_raw_mempool()?.len();
-    eprintln!("mempool holds {mempool} transactions ({sent} sent)");
+    let mempool = rpc.get_raw_mempool()?.len();
+    eprintln!("mempool holds {mempool} transactions");
 
     let stats = Arc::new(BusStats::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -369,26 +328,23 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
     let mut seen_templates = std::collections::HashSet::new();
     for _ in 0..rounds {
         // One more transaction changes the mempool: the watcher publishes a new template.
-        let _ = wallet.send_to_address(
-            &dest,
-            bitcoincore_rpc::bitcoin::Amount::from_sat(10_000),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
+        if let Some(coin) = spare.next() {
+            rpc.send_raw_transaction(&funds.spend(&coin, 4)?)?;
+        }
+        // bitcoind serves a cached template for ~5 s after the last one when only the mempool
+        // changed, so a refresh can take that long to appear.
+        let deadline = Instant::now() + Duration::from_secs(15);
         let mut published: Option<u64> = None;
         loop {
             let Ok(Some(m)) = tokio::time::timeout_at(deadline.into(), inbox.recv()).await else {
-                bail!("no template/job within 10 s");
+                bail!("no template/job within 15 s");
             };
             match m.topic {
                 Topic::Template => {
                     let env: Envelope<Template> = bus::decode_envelope(&m.bytes)?;
-                    if env.body.txs.len() + 100 >= mempool && seen_templates.insert(env.body.id) {
+                    if env.body.txs.len() + 500 >= mempool.min(4_900)
+                        && seen_templates.insert(env.body.id)
+                    {
                         published = Some(env.sent_at_us);
                         template_bytes = env.body.txs.iter().map(|t| t.data.len()).sum();
                         template_txs = env.body.txs.len();
@@ -431,4 +387,106 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Coins of a key this bench holds, spent with locally signed P2WPKH transactions (no wallet,
+/// so thousands of transactions take seconds, not minutes).
+struct Funds {
+    secp: secp256k1::Secp256k1<secp256k1::All>,
+    key: secp256k1::SecretKey,
+    pubkey: bitcoin::CompressedPublicKey,
+    address: Address,
+    /// Next coinbase height to spend.
+    next_coinbase: u64,
+}
+
+/// A spendable output.
+struct Coin {
+    outpoint: bitcoin::OutPoint,
+    value: u64,
+}
+
+use bitcoincore_rpc::bitcoin::{self, secp256k1};
+
+impl Funds {
+    fn new(node: &Bitcoind) -> anyhow::Result<Funds> {
+        let secp = secp256k1::Secp256k1::new();
+        let key = secp256k1::SecretKey::from_slice(&[0x42; 32])?;
+        let pubkey = bitcoin::CompressedPublicKey(secp256k1::PublicKey::from_secret_key(&secp, &key));
+        let address = Address::p2wpkh(&pubkey, Network::Regtest);
+        node.generate_to(&address, 150)?;
+        Ok(Funds { secp, key, pubkey, address, next_coinbase: 1 })
+    }
+
+    /// Splits mature coinbases into `n` confirmed coins (mines one block to confirm them).
+    fn fan_out(&mut self, node: &Bitcoind, n: usize) -> anyhow::Result<Vec<Coin>> {
+        let rpc = node.rpc()?;
+        let mut coins = Vec::with_capacity(n);
+        let per_tx = 2_000usize;
+        let mut txids = Vec::new();
+        while coins.len() + txids.len() * per_tx < n {
+            let hash = rpc.get_block_hash(self.next_coinbase)?;
+            self.next_coinbase += 1;
+            let block = rpc.get_block(&hash)?;
+            let cb = &block.txdata[0];
+            let coin = Coin {
+                outpoint: bitcoin::OutPoint { txid: cb.compute_txid(), vout: 0 },
+                value: cb.output[0].value.to_sat(),
+            };
+            let outs = per_tx.min(n - coins.len() - txids.len() * per_tx);
+            let tx = self.spend(&coin, outs)?;
+            txids.push((tx.compute_txid(), outs, tx.output[0].value.to_sat()));
+            rpc.send_raw_transaction(&tx)?;
+        }
+        node.generate_to(&self.address, 1)?;
+        for (txid, outs, value) in txids {
+            for vout in 0..outs {
+                coins.push(Coin { outpoint: bitcoin::OutPoint { txid, vout: vout as u32 }, value });
+            }
+        }
+        Ok(coins)
+    }
+
+    /// A transaction spending `coin` to `outputs` equal outputs of our own address
+    /// (about 200 vB with 4 outputs), paying a fee of 10 sat/vB.
+    fn spend(&self, coin: &Coin, outputs: usize) -> anyhow::Result<bitcoin::Transaction> {
+        use bitcoin::hashes::Hash;
+        use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+        let vsize_estimate = 11 + 68 + 31 * outputs as u64;
+        let fee = vsize_estimate * 10;
+        let each = coin.value.saturating_sub(fee) / outputs as u64;
+        if each < 1_000 {
+            bail!("coin of {} sats too small for {outputs} outputs", coin.value);
+        }
+        let script = self.address.script_pubkey();
+        let mut tx = bitcoin::Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![bitcoin::TxIn {
+                previous_output: coin.outpoint,
+                script_sig: bitcoin::ScriptBuf::new(),
+                sequence: bitcoin::Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: bitcoin::Witness::new(),
+            }],
+            output: (0..outputs)
+                .map(|_| bitcoin::TxOut {
+                    value: bitcoin::Amount::from_sat(each),
+                    script_pubkey: script.clone(),
+                })
+                .collect(),
+        };
+        let sighash = SighashCache::new(&tx).p2wpkh_signature_hash(
+            0,
+            &script,
+            bitcoin::Amount::from_sat(coin.value),
+            EcdsaSighashType::All,
+        )?;
+        let msg = secp256k1::Message::from_digest(sighash.to_byte_array());
+        let signature = bitcoin::ecdsa::Signature {
+            signature: self.secp.sign_ecdsa(&msg, &self.key),
+            sighash_type: EcdsaSighashType::All,
+        };
+        tx.input[0].witness = bitcoin::Witness::p2wpkh(&signature, &self.pubkey.0);
+        Ok(tx)
+    }
 }
