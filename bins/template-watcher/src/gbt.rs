@@ -134,7 +134,7 @@ fn hex_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     d.deserialize_str(HexVisitor)
 }
 
-fn check_hash(what: &str, field: &'static str, value: &str) -> Result<(), GbtError> {
+pub(crate) fn check_hash(what: &str, field: &'static str, value: &str) -> Result<(), GbtError> {
     if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
     } else {
@@ -227,6 +227,11 @@ pub struct HeaderInfo {
     pub bits: String,
     /// Median time past of the block and its 10 predecessors.
     pub mediantime: u32,
+    /// Header time.
+    pub time: u32,
+    /// Parent hash (RPC hex); absent for the genesis block.
+    #[serde(default)]
+    pub previousblockhash: Option<String>,
 }
 
 /// Whether the next block's `nBits` can be taken from the tip without asking bitcoind.

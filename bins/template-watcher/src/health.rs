@@ -255,6 +255,7 @@ pub async fn poll_task(task: PollTask, shutdown: CancellationToken) {
                         hash,
                         detected_at_us: now_micros(),
                         by: DetectedBy::Poll,
+                        parent: None,
                     };
                     if task.candidates.try_send(cand).is_err() {
                         tracing::debug!(
@@ -276,6 +277,7 @@ pub async fn poll_task(task: PollTask, shutdown: CancellationToken) {
                             hash: info.bestblockhash.clone(),
                             detected_at_us: now_micros(),
                             by: DetectedBy::Poll,
+                            parent: None,
                         };
                         // Publish the state before the candidate so the tip task accepts it.
                         task.state_tx.send_replace(NodeState::Ok);

@@ -5,12 +5,15 @@
 //!
 //! Layout (pure cores are unit-tested without I/O):
 //! - [`gbt`] (pure): `getblocktemplate` JSON → `Template`, `getblockheader` → `Tip`.
+//! - [`chain_model`] (pure): recent blocks' facts; a connected block → the next `Tip`
+//!   without RPC.
 //! - [`debounce`] (pure): when a mempool refresh is due.
 //! - [`health`]: bitcoind state machine (pure) and the poll backstop task.
 //! - [`node`]: blocking RPC clients, one per role, run on the blocking pool.
 //! - [`http`]: the HTTP transport under them, fast on large answers.
-//! - [`zmq_feed`]: ZMQ `hashblock`/`sequence` subscriber.
-//! - [`tips`]: the tip path (one `getblockheader`, then publish).
+//! - [`zmq_feed`]: ZMQ `hashblock`/`sequence` subscriber (proves a connected block's parent).
+//! - [`tips`]: the tip path (from the chain model without RPC, or one `getblockheader`; then
+//!   publish, then grow the model).
 //! - [`templates`]: the template path (`getblocktemplate`, parse, publish).
 //!
 //! Tasks and channels:
@@ -20,6 +23,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod chain_model;
 pub mod debounce;
 pub mod gbt;
 pub mod health;

@@ -13,7 +13,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 ///
 /// Subscribes to bitcoind's ZMQ `hashblock` and `sequence` notifications and talks RPC
 /// (cookie file or user + password file). On a new block it publishes a `tip` message at once
-/// (enough for an empty-block job), then the `template` from `getblocktemplate`. Mempool
+/// (enough for an empty-block job; usually without any RPC, from recent blocks it already
+/// knows), then the `template` from `getblocktemplate`. Mempool
 /// changes refresh the template at most once per `template_watcher.mempool_refresh_min_interval_ms`
 /// (and no faster than bitcoind renews its own template cache, about every 6 s).
 /// A `getbestblockhash` poll every `template_watcher.tip_poll_interval_ms` backs ZMQ up.

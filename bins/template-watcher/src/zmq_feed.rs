@@ -8,6 +8,11 @@
 //! it is counted and logged, and makes up for what may be missing (a `hashblock` gap triggers
 //! an immediate poll, a `sequence` gap a template refresh). A counter going back means bitcoind
 //! restarted.
+//!
+//! Each block-connected event carries, when the stream proves it, the hash of the new block's
+//! parent ([`BlockStream`]): bitcoind sends `C`/`D` in chain order, so when the block event
+//! before `C(H)` was `C(P)`, with no `D`, no lost `sequence` message and no reconnection in
+//! between, `P` is `H`'s parent. The tip path uses it to publish the tip without RPC.
 
 use crate::gbt::DetectedBy;
 use crate::tips::Candidate;
@@ -67,6 +72,33 @@ impl SeqTracker {
         };
         self.last.insert(topic, seq);
         check
+    }
+}
+
+/// Continuity of the block events of the `sequence` topic (pure): proves a connected block's
+/// parent.
+#[derive(Debug, Default)]
+pub struct BlockStream {
+    /// The last block connected, if nothing was disconnected or lost since.
+    last_connected: Option<String>,
+}
+
+impl BlockStream {
+    /// Block `hash` connected: returns its parent if the stream proves it (the previous block
+    /// event was that parent's connection, and nothing was lost since).
+    pub fn connected(&mut self, hash: &str) -> Option<String> {
+        self.last_connected.replace(hash.to_string())
+    }
+
+    /// A block was disconnected: the next connected block's parent is unknown.
+    pub fn disconnected(&mut self) {
+        self.last_connected = None;
+    }
+
+    /// Messages may have been lost (sequence gap, bitcoind restarted, link down): the next
+    /// connected block's parent is unknown.
+    pub fn lost(&mut self) {
+        self.last_connected = None;
     }
 }
 
@@ -159,6 +191,7 @@ async fn run(
 ) {
     let mut seqs = SeqTracker::default();
     let mut gap_log = GapLog::default();
+    let mut blocks = BlockStream::default();
     let mut links: HashMap<String, Link> = endpoints
         .into_iter()
         .map(|e| (e, Link::Connecting))
@@ -177,9 +210,16 @@ async fn run(
         match item {
             Ok(SocketMessage::Message(msg)) => {
                 task.stats.received.fetch_add(1, Ordering::Relaxed);
-                on_message(&task, &mut seqs, &mut gap_log, msg, received_at_us);
+                on_message(
+                    &task,
+                    &mut seqs,
+                    &mut gap_log,
+                    &mut blocks,
+                    msg,
+                    received_at_us,
+                );
             }
-            Ok(SocketMessage::Event(ev)) => on_event(&mut links, ev),
+            Ok(SocketMessage::Event(ev)) => on_event(&mut links, &mut blocks, ev),
             Err(e) => {
                 task.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "skipping malformed bitcoind ZMQ message");
@@ -192,12 +232,18 @@ fn on_message(
     task: &FeedTask,
     seqs: &mut SeqTracker,
     gap_log: &mut GapLog,
+    blocks: &mut BlockStream,
     msg: Message,
     received_at_us: u64,
 ) {
     let topic = msg.topic_str();
     tracing::trace!(topic, seq = msg.sequence(), "bitcoind ZMQ message");
-    match seqs.observe(topic, msg.sequence()) {
+    let check = seqs.observe(topic, msg.sequence());
+    if check != SeqCheck::InOrder && matches!(msg, Message::Sequence(..)) {
+        // A lost message may have been a block event.
+        blocks.lost();
+    }
+    match check {
         SeqCheck::InOrder => {}
         SeqCheck::Gap { missed } => {
             task.stats
@@ -223,14 +269,22 @@ fn on_message(
             )
         }
     }
-    let tip = match msg {
-        Message::HashBlock(hash, _) => hash,
+    let (tip, parent) = match msg {
+        Message::HashBlock(hash, _) => (hash.to_string(), None),
         // `sequence` announces a connected block before `hashblock` does: bitcoind runs the
         // other block-connected handlers (the wallet's, if one is loaded) in between, which
         // was measured here to delay `hashblock` by 10-40 ms. During a reorg or a catch-up it
-        // is sent for every block, not only the final tip; the tip task skips blocks that are
-        // no longer the tip when it reads their header.
-        Message::Sequence(SequenceMessage::BlockConnect { blockhash }, _) => blockhash,
+        // is sent for every block, not only the final tip.
+        Message::Sequence(SequenceMessage::BlockConnect { blockhash }, _) => {
+            let hash = blockhash.to_string();
+            let parent = blocks.connected(&hash);
+            (hash, parent)
+        }
+        Message::Sequence(SequenceMessage::BlockDisconnect { .. }, _) => {
+            // The connected blocks (or `hashblock` of the new tip) follow.
+            blocks.disconnected();
+            return;
+        }
         Message::Sequence(
             SequenceMessage::MempoolAcceptance { .. } | SequenceMessage::MempoolRemoval { .. },
             _,
@@ -238,20 +292,20 @@ fn on_message(
             task.mempool_changed.notify_one();
             return;
         }
-        // Disconnected blocks: the connected ones follow.
         _ => return,
     };
     let cand = Candidate {
-        hash: tip.to_string(),
+        hash: tip,
         detected_at_us: received_at_us,
         by: DetectedBy::Zmq,
+        parent,
     };
     if task.candidates.try_send(cand).is_err() {
         tracing::warn!("tip queue full; block notification dropped (the poll backstop covers it)");
     }
 }
 
-fn on_event(links: &mut HashMap<String, Link>, ev: MonitorMessage) {
+fn on_event(links: &mut HashMap<String, Link>, blocks: &mut BlockStream, ev: MonitorMessage) {
     let endpoint = ev.source_url.as_str();
     let link = links
         .entry(ev.source_url.clone())
@@ -264,6 +318,10 @@ fn on_event(links: &mut HashMap<String, Link>, ev: MonitorMessage) {
     };
     if next == *link {
         return;
+    }
+    if next != Link::Up {
+        // Messages sent while the link is down are lost.
+        blocks.lost();
     }
     match next {
         Link::Up => tracing::info!(endpoint, "bitcoind ZMQ connected"),
@@ -292,6 +350,20 @@ mod tests {
         assert_eq!(g.add(2, t0 + GapLog::EVERY / 2), None);
         assert_eq!(g.add(1, t0 + GapLog::EVERY / 2), None);
         assert_eq!(g.add(4, t0 + GapLog::EVERY), Some(7));
+    }
+
+    #[test]
+    fn block_stream_proves_parents_only_without_disconnections_or_losses() {
+        let mut s = BlockStream::default();
+        assert_eq!(s.connected("a"), None, "first block event: parent unproven");
+        assert_eq!(s.connected("b"), Some("a".into()));
+        assert_eq!(s.connected("c"), Some("b".into()));
+        s.disconnected();
+        assert_eq!(s.connected("c2"), None, "after a disconnection");
+        assert_eq!(s.connected("d2"), Some("c2".into()));
+        s.lost();
+        assert_eq!(s.connected("e2"), None, "after a loss");
+        assert_eq!(s.connected("f2"), Some("e2".into()));
     }
 
     #[test]

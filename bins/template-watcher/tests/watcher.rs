@@ -103,18 +103,47 @@ impl Watcher {
         child.wait().unwrap()
     }
 
-    /// Elapsed µs from notification to published tip, as logged.
-    fn tip_latencies(&self) -> Vec<(String, u64)> {
+    /// `(by, path, elapsed µs)` from notification to published tip, as logged.
+    fn tip_latencies(&self) -> Vec<(String, String, u64)> {
         self.log()
             .lines()
             .filter(|l| l.contains("tip published"))
             .filter_map(|l| {
-                let us = l.split("elapsed_us=").nth(1)?.split_whitespace().next()?;
-                let by = l.split("by=").nth(1)?.trim_matches('"').to_string();
-                Some((by, us.parse().ok()?))
+                let us = log_field(l, "elapsed_us")?.parse().ok()?;
+                Some((log_field(l, "by")?, log_field(l, "path")?, us))
             })
             .collect()
     }
+
+    /// The `path` (`fast` or `rpc`) of the `nth` (from 1) `tip published` line of a tip on
+    /// `prev_hash`, waiting (with a deadline) for the line.
+    async fn tip_path(&self, prev_hash: &str, nth: usize) -> String {
+        let needle = format!("prev_hash={prev_hash}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if let Some(path) = log
+                .lines()
+                .filter(|l| l.contains("tip published") && l.contains(&needle))
+                .nth(nth - 1)
+                .and_then(|l| log_field(l, "path"))
+            {
+                return path;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `tip published` line for {prev_hash}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The value of ` name=value` in a text log line (quotes trimmed).
+fn log_field(line: &str, name: &str) -> Option<String> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    let value = line[at..].split_whitespace().next()?;
+    Some(value.trim_matches('"').to_string())
 }
 
 impl Drop for Watcher {
@@ -345,6 +374,119 @@ async fn tip_then_template_then_debounced_mempool_refreshes_and_late_joiner() {
     let status = watcher.terminate();
     assert!(status.success(), "exit status {status}");
     assert!(watcher.log().contains("template-watcher stopped"));
+}
+
+/// What bitcoind says the next block after `hash` must have: `(height, nbits, mediantime of
+/// hash + 1)`, and whether `hash` is the active tip.
+fn expected_after(node: &Bitcoind, hash: &str) -> (u32, u32, u32, bool) {
+    use bitcoincore_rpc::RpcApi;
+    let rpc = node.rpc().unwrap();
+    let header: serde_json::Value = rpc
+        .call("getblockheader", &[hash.into(), true.into()])
+        .unwrap();
+    let info: serde_json::Value = rpc.call("getblockchaininfo", &[]).unwrap();
+    let height = header["height"].as_u64().unwrap() as u32;
+    let bits = u32::from_str_radix(header["bits"].as_str().unwrap(), 16).unwrap();
+    let mtp = header["mediantime"].as_u64().unwrap() as u32;
+    let is_tip = info["bestblockhash"] == hash && info["blocks"] == u64::from(height);
+    (height + 1, bits, mtp + 1, is_tip)
+}
+
+impl Sub {
+    /// Waits for the `nth` (from 1) announcement of the tip on `prev_hash` and checks it
+    /// against bitcoind; returns how the watcher learnt of it (`zmq` or `poll`) and its path
+    /// (`fast` or `rpc`).
+    async fn check_tip(
+        &mut self,
+        node: &Bitcoind,
+        watcher: &Watcher,
+        prev_hash: &str,
+        nth: usize,
+    ) -> (String, String) {
+        let tip = self
+            .wait_for(&format!("the tip on {prev_hash}"), |m| match m {
+                Msg::Tip(t) if t.prev_hash == prev_hash => Some(t),
+                _ => None,
+            })
+            .await;
+        let (height, nbits, min_time, is_tip) = blocking(|| expected_after(node, prev_hash));
+        assert!(is_tip, "{prev_hash} is not bitcoind's tip any more");
+        assert_eq!(tip.height, height, "height of the tip on {prev_hash}");
+        assert_eq!(tip.nbits, nbits, "nbits of the tip on {prev_hash}");
+        assert!(
+            tip.min_time >= min_time,
+            "min_time {} of the tip on {prev_hash} is below bitcoind's mediantime + 1 = {min_time}",
+            tip.min_time
+        );
+        assert!(tip.time >= tip.min_time);
+        assert_eq!(tip.subsidy, 5_000_000_000 >> (height / 150));
+        (tip.detected_by, watcher.tip_path(prev_hash, nth).await)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tips_come_without_rpc_and_match_bitcoind_even_across_a_reorg() {
+    let node = blocking(|| {
+        let node = Bitcoind::start().unwrap();
+        node.create_wallet("miner").unwrap();
+        node.generate(101).unwrap();
+        node
+    });
+    let watcher = Watcher::start(&node, "");
+    let mut sub = watcher.subscribe(&[Topic::Tip, Topic::Template]);
+    let start_tip = best_hash(&node);
+    sub.template_on(&start_tip).await;
+
+    // 30 blocks one by one: every tip is right; after the first (whose parent the ZMQ stream
+    // cannot prove yet) they come from the chain model, without RPC.
+    let addr = blocking(|| node.new_address().unwrap());
+    let mut paths = Vec::new();
+    for _ in 0..30 {
+        let mined = blocking(|| node.generate_to(&addr, 1).unwrap())[0].to_string();
+        let (by, path) = sub.check_tip(&node, &watcher, &mined, 1).await;
+        if path == "fast" {
+            assert_eq!(by, "zmq");
+        }
+        paths.push(path);
+    }
+    let fast = paths.iter().filter(|p| *p == "fast").count();
+    eprintln!("paths of 30 tips: {paths:?}");
+    assert!(
+        fast >= 25,
+        "only {fast} of 30 tips came by the fast path: {paths:?}"
+    );
+
+    // A reorg: the tip is invalidated (bitcoind disconnects it; no `hashblock` follows, the
+    // poll finds the parent), then two blocks are mined on the parent. The disconnection sends
+    // the next tips to the rpc path; they must be right all the same.
+    let (old_tip, parent) = blocking(|| {
+        let old = best_hash(&node);
+        node.cli(&["invalidateblock", &old]).unwrap();
+        (old, best_hash(&node))
+    });
+    assert_ne!(old_tip, parent);
+    // (announced a second time: it was the tip before `old_tip`)
+    assert_eq!(sub.check_tip(&node, &watcher, &parent, 2).await.1, "rpc");
+    // Another address, so the new block differs from the invalidated one.
+    let addr = blocking(|| node.new_address().unwrap());
+    let branch = blocking(|| node.generate_to(&addr, 1).unwrap())[0].to_string();
+    assert_eq!(
+        sub.check_tip(&node, &watcher, &branch, 1).await,
+        ("zmq".to_string(), "rpc".to_string()),
+        "first block after a disconnection"
+    );
+    let branch2 = blocking(|| node.generate_to(&addr, 1).unwrap())[0].to_string();
+    let (_, path) = sub.check_tip(&node, &watcher, &branch2, 1).await;
+    eprintln!("second block of the new branch: {path}");
+    // The old tip comes back (reconsiderblock): it has less work than the new branch, so
+    // nothing changes; then the new branch keeps growing by the fast path.
+    blocking(|| node.cli(&["reconsiderblock", &old_tip]).unwrap());
+    let branch3 = blocking(|| node.generate_to(&addr, 1).unwrap())[0].to_string();
+    sub.check_tip(&node, &watcher, &branch3, 1).await;
+
+    let log = watcher.log();
+    assert!(!log.contains("was wrong"), "a fast-path tip was corrected");
+    assert!(!log.contains(" ERROR "), "errors in the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
