@@ -169,6 +169,12 @@ fn encode_envelope(source: &str, instance: u64, seq: u64, body: &[u8]) -> Vec<u8
     out
 }
 
+/// An envelope around an encoded body, as a publisher would send it (for benches and tests).
+#[doc(hidden)]
+pub fn test_support_envelope(body: &[u8]) -> Vec<u8> {
+    encode_envelope("test", 1, 1, body)
+}
+
 /// Encodes a payload as a MessagePack map with named fields.
 pub fn encode_body<T: Serialize>(topic: Topic, body: &T) -> Result<Vec<u8>, BusError> {
     rmp_serde::to_vec_named(body).map_err(|source| BusError::Encode {
@@ -578,6 +584,50 @@ async fn stream_task(
     }
 }
 
+/// The envelope fields besides the body.
+struct EnvelopeHeader {
+    version: u16,
+    source: String,
+    instance: u64,
+    seq: u64,
+    sent_at_us: u64,
+}
+
+/// Reads the envelope header without walking the body, when the body is the last field (as
+/// every jdc publisher writes it) and the header fields are the known ones; `None` otherwise.
+/// The body itself is checked when the consumer decodes it.
+fn read_header(bytes: &[u8]) -> Option<EnvelopeHeader> {
+    let mut rd = bytes;
+    let len = rmp::decode::read_map_len(&mut rd).ok()?;
+    let (mut version, mut source, mut instance, mut seq, mut sent_at_us) =
+        (None, None, None, None, None);
+    for i in 0..len {
+        let mut key_buf = [0u8; 16];
+        let key = rmp::decode::read_str(&mut rd, &mut key_buf).ok()?;
+        match key {
+            "body" if i + 1 == len => break,
+            "version" => version = rmp::decode::read_int::<u16, _>(&mut rd).ok(),
+            "instance" => instance = rmp::decode::read_int::<u64, _>(&mut rd).ok(),
+            "seq" => seq = rmp::decode::read_int::<u64, _>(&mut rd).ok(),
+            "sent_at_us" => sent_at_us = rmp::decode::read_int::<u64, _>(&mut rd).ok(),
+            "source" => {
+                let mut buf = [0u8; 255];
+                source = rmp::decode::read_str(&mut rd, &mut buf)
+                    .ok()
+                    .map(str::to_string);
+            }
+            _ => return None,
+        }
+    }
+    Some(EnvelopeHeader {
+        version: version?,
+        source: source?,
+        instance: instance?,
+        seq: seq?,
+        sent_at_us: sent_at_us?,
+    })
+}
+
 fn check_message(
     label: &str,
     msg: ZmqMessage,
@@ -601,9 +651,19 @@ fn check_message(
             String::from_utf8_lossy(&topic)
         ));
     };
-    let header: Envelope<serde::de::IgnoredAny> = match rmp_serde::from_slice(&bytes) {
-        Ok(h) => h,
-        Err(e) => return malformed(format!("{} envelope: {e}", topic_parsed.as_str())),
+    let header = match read_header(&bytes) {
+        Some(h) => h,
+        // Not in the layout our publishers write (body last): decode generically.
+        None => match rmp_serde::from_slice::<Envelope<serde::de::IgnoredAny>>(&bytes) {
+            Ok(h) => EnvelopeHeader {
+                version: h.version,
+                source: h.source,
+                instance: h.instance,
+                seq: h.seq,
+                sent_at_us: h.sent_at_us,
+            },
+            Err(e) => return malformed(format!("{} envelope: {e}", topic_parsed.as_str())),
+        },
     };
     if header.version != BUS_PROTOCOL_VERSION {
         return malformed(format!(
@@ -664,6 +724,21 @@ mod tests {
         let v: rmp_serde::decode::Error = rmp_serde::from_slice::<(u16,)>(&bytes).unwrap_err();
         let _ = v;
         assert!(bytes.windows(7).any(|w| w == b"version"));
+    }
+
+    #[test]
+    fn header_fast_path_matches_full_decode() {
+        let body = encode_body(Topic::Event, &("x", 1u8)).unwrap();
+        let bytes = encode_envelope("watcher", 11, 22, &body);
+        let h = read_header(&bytes).expect("fast path");
+        assert_eq!(
+            (h.version, h.source.as_str(), h.instance, h.seq),
+            (1, "watcher", 11, 22)
+        );
+        // Body not last: the fast path declines and the generic decoder is used.
+        let odd = rmp_serde::to_vec_named(&serde_json::json!({"body": 1, "version": 1})).unwrap();
+        assert!(read_header(&odd).is_none());
+        assert!(read_header(b"garbage").is_none());
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn work(txs: usize) -> jdc_declarator::work::WorkState {
         dropped: vec![],
         tip_detected_at_us: 0,
     };
-    book.on_selection(&sel).expect("selection").expect("new").0
+    book.on_selection(sel).expect("selection").expect("new").0
 }
 
 fn bench(txs: usize, shares: u32) {

@@ -193,7 +193,7 @@ async fn hub(
                 }
             },
             Topic::Selection => match msg.decode::<Selection>() {
-                Ok(sel) => book.on_selection(&sel),
+                Ok(sel) => book.on_selection(sel),
                 Err(e) => {
                     stats.count_malformed();
                     tracing::warn!(error = %e, "skipping malformed selection");

@@ -129,13 +129,16 @@ pub struct Catalog {
     bodies: VecDeque<Arc<BlockBody>>,
 }
 
-/// How many templates' bodies are kept for block assembly.
-const CATALOG_DEPTH: usize = 64;
+/// How many templates' bodies of the current tip are kept for block assembly (a share for an
+/// older job of the same tip can still be a block; 8 covers minutes of template refreshes).
+const CATALOG_DEPTH: usize = 8;
 
 impl Catalog {
-    /// Adds a body, evicting the oldest beyond the depth.
+    /// Adds a body. Bodies of other tips are dropped (a block on a replaced tip would be
+    /// stale), and the oldest beyond the depth.
     pub fn insert(&mut self, body: Arc<BlockBody>) {
-        if self.bodies.len() == CATALOG_DEPTH {
+        self.bodies.retain(|b| b.prev_hash == body.prev_hash);
+        if self.bodies.len() >= CATALOG_DEPTH {
             self.bodies.pop_front();
         }
         self.bodies.push_back(body);
@@ -265,7 +268,7 @@ impl WorkBook {
     /// it is a re-sent duplicate or for an older tip.
     pub fn on_selection(
         &mut self,
-        sel: &Selection,
+        sel: Selection,
     ) -> Result<Option<(WorkState, BlockBody)>, WorkError> {
         if self.last_selection_id == Some(sel.id) {
             return Ok(None);
@@ -288,7 +291,9 @@ impl WorkBook {
             // A selection for a tip we already left behind.
             return Ok(None);
         }
-        let (txids, commitment) = validate_selection(sel, self.network)?;
+        let (txids, wtxids) = validate_selection(&sel, self.network)?;
+        let (commitment, merkle_path) = commitment_and_path(&wtxids, &txids);
+        check_commitment(&sel, &commitment)?;
         self.last_selection_id = Some(sel.id);
         let tip = match (&self.current, same_tip) {
             (Some(c), true) => c.tip.clone(),
@@ -302,7 +307,6 @@ impl WorkBook {
             )),
         };
         let template_id = self.next_id();
-        let merkle_path = chain::coinbase_merkle_path(&txids);
         let job = self.job(
             template_id,
             JobKind::Full,
@@ -319,7 +323,7 @@ impl WorkBook {
             prev_hash,
             nbits: tip.nbits,
             txids,
-            txs: sel.txs.iter().map(|t| t.data.clone()).collect(),
+            txs: sel.txs.into_iter().map(|t| t.data).collect(),
         };
         let state = WorkState {
             tip,
@@ -373,12 +377,13 @@ impl WorkBook {
     }
 }
 
-/// Checks that a selection is a valid block body; returns its txids (internal order) and the
-/// recomputed witness commitment.
+/// Checks that a selection is a valid block body (order, fees, coinbase value, weight,
+/// sigops); returns its txids and wtxids (internal order). The witness commitment is checked
+/// by [`check_commitment`].
 pub fn validate_selection(
     sel: &Selection,
     network: Network,
-) -> Result<(Vec<[u8; 32]>, [u8; 32]), WorkError> {
+) -> Result<(Vec<[u8; 32]>, Vec<[u8; 32]>), WorkError> {
     let invalid = |reason: String| WorkError::InvalidSelection {
         id: sel.id,
         height: sel.height,
@@ -430,20 +435,48 @@ pub fn validate_selection(
             "{sigops} sigops exceed the block limit {MAX_BLOCK_SIGOPS}"
         )));
     }
-    let commitment = chain::witness_commitment(&wtxids);
+    Ok((txids, wtxids))
+}
+
+/// The witness commitment and the coinbase merkle path, computed side by side for large
+/// blocks (each is a few thousand double SHA-256).
+fn commitment_and_path(wtxids: &[[u8; 32]], txids: &[[u8; 32]]) -> ([u8; 32], Vec<[u8; 32]>) {
+    if txids.len() < 512 {
+        return (
+            chain::witness_commitment(wtxids),
+            chain::coinbase_merkle_path(txids),
+        );
+    }
+    std::thread::scope(|scope| {
+        let commitment = scope.spawn(|| chain::witness_commitment(wtxids));
+        let path = chain::coinbase_merkle_path(txids);
+        // A panic inside the hash helper is impossible; recompute here if the thread failed.
+        let commitment = commitment
+            .join()
+            .unwrap_or_else(|_| chain::witness_commitment(wtxids));
+        (commitment, path)
+    })
+}
+
+/// Checks the selection's declared witness commitment against the recomputed one.
+fn check_commitment(sel: &Selection, commitment: &[u8; 32]) -> Result<(), WorkError> {
+    let invalid = |reason: String| WorkError::InvalidSelection {
+        id: sel.id,
+        height: sel.height,
+        reason,
+    };
     // The field is hex of the 32 bytes as they appear in the coinbase output (internal order).
-    let declared: [u8; 32] = hex::decode(&sel.witness_commitment)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| invalid("witness_commitment is not 32 bytes of hex".into()))?;
-    if declared != commitment {
+    let mut declared = [0u8; 32];
+    hex::decode_to_slice(&sel.witness_commitment, &mut declared)
+        .map_err(|_| invalid("witness_commitment is not 32 bytes of hex".into()))?;
+    if &declared != commitment {
         return Err(invalid(format!(
             "witness commitment {} does not match the transactions ({})",
             sel.witness_commitment,
             hex::encode(commitment)
         )));
     }
-    Ok((txids, commitment))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -524,7 +557,7 @@ mod tests {
             "re-sent tip ignored"
         );
         let sel = selection(1, 200, vec![tx(1, vec![]), tx(2, vec![1])]);
-        let (s2, body) = b.on_selection(&sel).unwrap().unwrap();
+        let (s2, body) = b.on_selection(sel.clone()).unwrap().unwrap();
         assert_eq!(s2.tip.seq, s1.tip.seq, "same tip");
         assert_eq!(s2.job.kind, JobKind::Full);
         assert!(s2.job.template_id > s1.job.template_id);
@@ -534,7 +567,7 @@ mod tests {
             sel.coinbase_value
         );
         assert!(
-            b.on_selection(&sel).unwrap().is_none(),
+            b.on_selection(sel.clone()).unwrap().is_none(),
             "re-sent selection ignored"
         );
         // A selection for an older tip is ignored once a newer tip is current.
@@ -542,14 +575,14 @@ mod tests {
         assert_eq!(s3.tip.seq, s1.tip.seq + 1);
         let mut old = selection(1, 200, vec![]);
         old.id = 43;
-        assert!(b.on_selection(&old).unwrap().is_none());
+        assert!(b.on_selection(old).unwrap().is_none());
     }
 
     #[test]
     fn selection_for_unknown_newer_tip_starts_it() {
         let mut b = book();
         b.on_tip(&tip(1, 200)).unwrap();
-        let (s, _) = b.on_selection(&selection(9, 201, vec![])).unwrap().unwrap();
+        let (s, _) = b.on_selection(selection(9, 201, vec![])).unwrap().unwrap();
         assert_eq!(s.tip.height, 201);
         assert_eq!(s.tip.prev_hash, [9; 32]);
     }
@@ -558,26 +591,26 @@ mod tests {
     fn invalid_selections_are_refused_with_reason() {
         let mut b = book();
         let mut bad = selection(1, 200, vec![tx(1, vec![2]), tx(2, vec![])]);
-        let e = b.on_selection(&bad).unwrap_err();
+        let e = b.on_selection(bad.clone()).unwrap_err();
         assert!(e.to_string().contains("depends on position 2"), "{e}");
         bad = selection(1, 200, vec![tx(1, vec![])]);
         bad.coinbase_value += 1;
         assert!(b
-            .on_selection(&bad)
+            .on_selection(bad.clone())
             .unwrap_err()
             .to_string()
             .contains("coinbase value"));
         bad = selection(1, 200, vec![tx(1, vec![])]);
         bad.witness_commitment = hex::encode([0u8; 32]);
         assert!(b
-            .on_selection(&bad)
+            .on_selection(bad.clone())
             .unwrap_err()
             .to_string()
             .contains("witness commitment"));
         bad = selection(1, 200, vec![tx(1, vec![])]);
         bad.fees = 5;
         assert!(b
-            .on_selection(&bad)
+            .on_selection(bad.clone())
             .unwrap_err()
             .to_string()
             .contains("fees"));
