@@ -377,13 +377,16 @@ impl WorkBook {
     }
 }
 
+/// Hashes in internal byte order.
+type Hashes = Vec<[u8; 32]>;
+
 /// Checks that a selection is a valid block body (order, fees, coinbase value, weight,
 /// sigops); returns its txids and wtxids (internal order). The witness commitment is checked
 /// by [`check_commitment`].
 pub fn validate_selection(
     sel: &Selection,
     network: Network,
-) -> Result<(Vec<[u8; 32]>, Vec<[u8; 32]>), WorkError> {
+) -> Result<(Hashes, Hashes), WorkError> {
     let invalid = |reason: String| WorkError::InvalidSelection {
         id: sel.id,
         height: sel.height,
