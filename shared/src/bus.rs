@@ -426,6 +426,37 @@ pub struct Received {
 }
 
 impl Received {
+    /// The body's `id` without decoding the body, when the envelope has the layout jdc
+    /// publishers write (header fields first, body last) and `id` is the body's first field
+    /// (as in `template` and `selection`). Lets a consumer drop re-sent state cheaply.
+    pub fn peek_id(&self) -> Option<u64> {
+        let mut rd: &[u8] = &self.bytes;
+        let len = rmp::decode::read_map_len(&mut rd).ok()?;
+        for i in 0..len {
+            let mut key_buf = [0u8; 16];
+            let key = rmp::decode::read_str(&mut rd, &mut key_buf).ok()?;
+            match key {
+                "body" if i + 1 == len => {
+                    rmp::decode::read_map_len(&mut rd).ok()?;
+                    let mut k = [0u8; 8];
+                    if rmp::decode::read_str(&mut rd, &mut k).ok()? != "id" {
+                        return None;
+                    }
+                    return rmp::decode::read_int::<u64, _>(&mut rd).ok();
+                }
+                "source" => {
+                    let mut buf = [0u8; 255];
+                    rmp::decode::read_str(&mut rd, &mut buf).ok()?;
+                }
+                "version" | "instance" | "seq" | "sent_at_us" => {
+                    rmp::decode::read_int::<u64, _>(&mut rd).ok()?;
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
     /// Decodes the body as `T`. On failure the caller should count the message as malformed
     /// ([`BusStats::count_malformed`]) and skip it.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, BusError> {
@@ -739,6 +770,15 @@ mod tests {
         let odd = rmp_serde::to_vec_named(&serde_json::json!({"body": 1, "version": 1})).unwrap();
         assert!(read_header(&odd).is_none());
         assert!(read_header(b"garbage").is_none());
+        let sel = encode_body(Topic::Selection, &serde_json::json!({"id": 77u64})).unwrap();
+        let received = Received {
+            stream: "s".into(),
+            topic: Topic::Selection,
+            source: "s".into(),
+            sent_at_us: 0,
+            bytes: Bytes::from(encode_envelope("s", 1, 1, &sel)),
+        };
+        assert_eq!(received.peek_id(), Some(77));
     }
 
     #[test]

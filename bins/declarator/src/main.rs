@@ -28,7 +28,7 @@ enum Command {
     AuthorityKey,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
     jdc_shared::telemetry::init(cli.common.log_format);

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jdc_shared::bitcoin::Network;
 use jdc_shared::bus::{self, BusStats, Publisher, Received, Topic};
 use jdc_shared::config::{Config, ConfigError};
 use jdc_shared::messages::{BlockEvent, BlockStage, Event, Selection, Tip};
@@ -16,7 +17,7 @@ use crate::block::assemble;
 use crate::downstream::{channel::FoundBlock, Server, ServerSettings};
 use crate::node::Node;
 use crate::payout::Payout;
-use crate::work::{Catalog, WorkBook, WorkState};
+use crate::work::{Catalog, PreparedSelection, WorkBook, WorkError, WorkState};
 
 /// Why the declarator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     tasks.spawn(hub(
         inbox,
         WorkBook::new(network, payout),
+        network,
         work_tx,
         catalog.clone(),
         stats.clone(),
@@ -165,42 +167,71 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 }
 
 /// Receives tips and selections and publishes the resulting work.
+///
+/// Tips are handled here at once. Selections (megabytes for a full block) are decoded and
+/// validated on blocking threads and come back prepared, so a tip never waits behind a large
+/// selection, whatever the mempool size.
 async fn hub(
     mut inbox: mpsc::Receiver<Received>,
     mut book: WorkBook,
+    network: Network,
     work: watch::Sender<Option<WorkState>>,
     catalog: Arc<Mutex<Catalog>>,
     stats: Arc<BusStats>,
     bus: Publisher,
 ) {
-    while let Some(msg) = inbox.recv().await {
-        let result = match msg.topic {
-            Topic::Tip => match msg.decode::<Tip>() {
-                Ok(tip) => {
-                    let now = jdc_shared::time::now_micros();
-                    tracing::debug!(
-                        height = tip.height,
-                        since_detected_us = now.saturating_sub(tip.detected_at_us),
-                        since_sent_us = now.saturating_sub(msg.sent_at_us),
-                        "tip received"
-                    );
-                    book.on_tip(&tip)
+    let (prepared_tx, mut prepared_rx) =
+        mpsc::unbounded_channel::<Result<PreparedSelection, WorkError>>();
+    // Selections are prepared one at a time, newest wins: at most one waits behind the one
+    // being prepared.
+    let mut preparing = false;
+    let mut waiting: Option<Received> = None;
+    let mut last_selection_seen: Option<u64> = None;
+    loop {
+        let result = tokio::select! {
+            biased;
+            msg = inbox.recv() => {
+                let Some(msg) = msg else { break };
+                match msg.topic {
+                    Topic::Tip => match msg.decode::<Tip>() {
+                        Ok(tip) => {
+                            let now = jdc_shared::time::now_micros();
+                            tracing::debug!(
+                                height = tip.height,
+                                since_detected_us = now.saturating_sub(tip.detected_at_us),
+                                since_sent_us = now.saturating_sub(msg.sent_at_us),
+                                "tip received"
+                            );
+                            book.on_tip(&tip)
+                        }
+                        Err(e) => {
+                            stats.count_malformed();
+                            tracing::warn!(error = %e, "skipping malformed tip");
+                            continue;
+                        }
+                    },
+                    Topic::Selection => {
+                        if preparing {
+                            waiting = Some(msg);
+                        } else {
+                            preparing = prepare(msg, network, &stats, &prepared_tx, &mut last_selection_seen);
+                        }
+                        continue;
+                    }
+                    _ => continue,
                 }
-                Err(e) => {
-                    stats.count_malformed();
-                    tracing::warn!(error = %e, "skipping malformed tip");
-                    continue;
+            }
+            prepared = prepared_rx.recv() => {
+                let Some(prepared) = prepared else { break };
+                preparing = false;
+                if let Some(next) = waiting.take() {
+                    preparing = prepare(next, network, &stats, &prepared_tx, &mut last_selection_seen);
                 }
-            },
-            Topic::Selection => match msg.decode::<Selection>() {
-                Ok(sel) => book.on_selection(sel),
-                Err(e) => {
-                    stats.count_malformed();
-                    tracing::warn!(error = %e, "skipping malformed selection");
-                    continue;
+                match prepared {
+                    Err(WorkError::Malformed) => continue,
+                    other => other.and_then(|p| book.apply_selection(p)),
                 }
-            },
-            _ => continue,
+            }
         };
         match result {
             Ok(Some((state, body))) => {
@@ -229,6 +260,37 @@ async fn hub(
             }
         }
     }
+}
+
+/// Starts decoding and validating a selection on a blocking thread; returns whether one was
+/// started (re-sent duplicates and undecodable messages are not).
+fn prepare(
+    msg: Received,
+    network: Network,
+    stats: &Arc<BusStats>,
+    done: &mpsc::UnboundedSender<Result<PreparedSelection, WorkError>>,
+    last_seen: &mut Option<u64>,
+) -> bool {
+    // Re-sent state: the same selection every resend interval; dropped without decoding.
+    if let Some(id) = msg.peek_id() {
+        if *last_seen == Some(id) {
+            return false;
+        }
+        *last_seen = Some(id);
+    }
+    let done = done.clone();
+    let stats = stats.clone();
+    tokio::task::spawn_blocking(move || match msg.decode::<Selection>() {
+        Ok(sel) => {
+            let _ = done.send(PreparedSelection::prepare(sel, network));
+        }
+        Err(e) => {
+            stats.count_malformed();
+            tracing::warn!(error = %e, "skipping malformed selection");
+            let _ = done.send(Err(WorkError::Malformed));
+        }
+    });
+    true
 }
 
 /// Assembles and submits found blocks, one at a time, without blocking the runtime.

@@ -39,6 +39,9 @@ pub enum WorkError {
         /// What is wrong.
         reason: String,
     },
+    /// A bus message could not be decoded (already counted and logged).
+    #[error("malformed bus message")]
+    Malformed,
     /// A value does not fit an SV2 field.
     #[error("cannot encode {0} for SV2")]
     Encode(&'static str),
@@ -154,6 +157,59 @@ impl Catalog {
     }
 }
 
+/// A selection checked and hashed, ready to become work: the costly part of handling a
+/// selection (hex parsing, thousands of double SHA-256), done without touching the work book so
+/// it can run off the event loop.
+#[derive(Debug)]
+pub struct PreparedSelection {
+    id: u64,
+    prev_hash: [u8; 32],
+    height: u32,
+    bits: u32,
+    version: u32,
+    header_timestamp: u32,
+    coinbase_value: u64,
+    tip_detected_at_us: u64,
+    commitment: [u8; 32],
+    merkle_path: Vec<[u8; 32]>,
+    txids: Vec<[u8; 32]>,
+    txs: Vec<Vec<u8>>,
+}
+
+impl PreparedSelection {
+    /// Validates `sel` (see [`validate_selection`] and the witness commitment) and computes
+    /// its merkle path.
+    pub fn prepare(sel: Selection, network: Network) -> Result<PreparedSelection, WorkError> {
+        let prev_hash =
+            chain::hash_from_rpc_hex(&sel.prev_hash).map_err(|source| WorkError::Hash {
+                field: "selection.prev_hash",
+                source,
+            })?;
+        let (txids, wtxids) = validate_selection(&sel, network)?;
+        let (commitment, merkle_path) = commitment_and_path(&wtxids, &txids);
+        check_commitment(&sel, &commitment)?;
+        Ok(PreparedSelection {
+            id: sel.id,
+            prev_hash,
+            height: sel.height,
+            bits: sel.bits,
+            version: sel.version,
+            header_timestamp: sel.curtime.max(sel.mintime),
+            coinbase_value: sel.coinbase_value,
+            tip_detected_at_us: sel.tip_detected_at_us,
+            commitment,
+            merkle_path,
+            txids,
+            txs: sel.txs.into_iter().map(|t| t.data).collect(),
+        })
+    }
+
+    /// The selection's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 /// Limits every block must respect.
 const MAX_BLOCK_WEIGHT: u64 = 4_000_000;
 const MAX_BLOCK_SIGOPS: u64 = 80_000;
@@ -265,7 +321,8 @@ impl WorkBook {
     }
 
     /// A selection from the tx-selector: validated, then returned as the full job. `None` when
-    /// it is a re-sent duplicate or for an older tip.
+    /// it is a re-sent duplicate or for an older tip. (Validation and apply in one step; the
+    /// service prepares off its event loop with [`PreparedSelection::prepare`] instead.)
     pub fn on_selection(
         &mut self,
         sel: Selection,
@@ -273,57 +330,68 @@ impl WorkBook {
         if self.last_selection_id == Some(sel.id) {
             return Ok(None);
         }
-        let prev_hash =
-            chain::hash_from_rpc_hex(&sel.prev_hash).map_err(|source| WorkError::Hash {
-                field: "selection.prev_hash",
-                source,
-            })?;
+        let prepared = PreparedSelection::prepare(sel, self.network)?;
+        self.apply_selection(prepared)
+    }
+
+    /// Whether a selection with this id was the last one applied (re-sent state).
+    pub fn is_known_selection(&self, id: u64) -> bool {
+        self.last_selection_id == Some(id)
+    }
+
+    /// Applies a validated selection: the full job on its tip. `None` when it is a duplicate
+    /// or for a tip already left behind (a newer tip arrived while it was being prepared).
+    pub fn apply_selection(
+        &mut self,
+        p: PreparedSelection,
+    ) -> Result<Option<(WorkState, BlockBody)>, WorkError> {
+        if self.last_selection_id == Some(p.id) {
+            return Ok(None);
+        }
         let same_tip = self
             .current
             .as_ref()
-            .is_some_and(|c| c.tip.prev_hash == prev_hash);
+            .is_some_and(|c| c.tip.prev_hash == p.prev_hash);
         if !same_tip
             && self
                 .current
                 .as_ref()
-                .is_some_and(|c| sel.height <= c.tip.height)
+                .is_some_and(|c| p.height <= c.tip.height)
         {
             // A selection for a tip we already left behind.
             return Ok(None);
         }
-        let (txids, wtxids) = validate_selection(&sel, self.network)?;
-        let (commitment, merkle_path) = commitment_and_path(&wtxids, &txids);
-        check_commitment(&sel, &commitment)?;
-        self.last_selection_id = Some(sel.id);
+        self.last_selection_id = Some(p.id);
         let tip = match (&self.current, same_tip) {
             (Some(c), true) => c.tip.clone(),
             // The selection reveals a tip we did not hear of (e.g. a lost Tip message).
             _ => Arc::new(self.new_tip(
-                prev_hash,
-                sel.height,
-                sel.bits,
-                sel.curtime.max(sel.mintime),
-                sel.tip_detected_at_us,
+                p.prev_hash,
+                p.height,
+                p.bits,
+                p.header_timestamp,
+                p.tip_detected_at_us,
             )),
         };
         let template_id = self.next_id();
+        let tx_count = p.txs.len() as u32;
         let job = self.job(
             template_id,
             JobKind::Full,
-            sel.height,
-            sel.version,
-            sel.coinbase_value,
-            &commitment,
-            merkle_path,
-            sel.txs.len() as u32,
+            p.height,
+            p.version,
+            p.coinbase_value,
+            &p.commitment,
+            p.merkle_path,
+            tx_count,
         )?;
         let body = BlockBody {
             template_id,
-            height: sel.height,
-            prev_hash,
+            height: p.height,
+            prev_hash: p.prev_hash,
             nbits: tip.nbits,
-            txids,
-            txs: sel.txs.into_iter().map(|t| t.data).collect(),
+            txids: p.txids,
+            txs: p.txs,
         };
         let state = WorkState {
             tip,
