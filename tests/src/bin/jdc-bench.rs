@@ -59,6 +59,9 @@ enum Command {
         /// Templates to measure once the mempool is full.
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+        /// New tips to measure with the mempool full (empty blocks).
+        #[arg(long, default_value_t = 50)]
+        tips: usize,
     },
 }
 
@@ -90,7 +93,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::TipLatency { tips, interval_ms } => rt.block_on(tip_latency(tips, interval_ms)),
-        Command::TemplatePipeline { txs, rounds } => rt.block_on(template_pipeline(txs, rounds)),
+        Command::TemplatePipeline { txs, rounds, tips } => {
+            rt.block_on(template_pipeline(txs, rounds, tips))
+        }
     }
 }
 
@@ -271,10 +276,13 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
+async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyhow::Result<()> {
     // Knots caps templates at 300 kB by default (`blockmaxsize`); allow full blocks.
     let node = Bitcoind::start_with(jdc_tests::bitcoind::Options {
-        extra_args: vec!["-blockmaxsize=4000000".into(), "-blockmaxweight=4000000".into()],
+        extra_args: vec![
+            "-blockmaxsize=4000000".into(),
+            "-blockmaxweight=4000000".into(),
+        ],
         ..Default::default()
     })?;
     let mut funds = Funds::new(&node)?;
@@ -293,7 +301,11 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
     for (i, coin) in coins.iter().enumerate() {
         rpc.send_raw_transaction(&funds.spend(coin, 4)?)?;
         if (i + 1) % 1000 == 0 {
-            eprintln!("  {} / {txs} ({:.0} s)", i + 1, start.elapsed().as_secs_f64());
+            eprintln!(
+                "  {} / {txs} ({:.0} s)",
+                i + 1,
+                start.elapsed().as_secs_f64()
+            );
         }
     }
     let mempool = rpc.get_raw_mempool()?.len();
@@ -386,6 +398,48 @@ async fn template_pipeline(txs: usize, rounds: usize) -> anyhow::Result<()> {
             println!("| {p} | {:.1} |", kib as f64 / 1024.0);
         }
     }
+
+    // New tips while the mempool stays full: empty blocks (`generateblock` with no
+    // transactions) leave the 5,000 transactions in place, so every tip is followed by a
+    // 4 MB getblocktemplate, selection and full job.
+    let hashblock = listen_hashblock(node.zmq_hashblock()).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let addr = funds.address.to_string();
+    let mut tip_latencies = Vec::new();
+    for _ in 0..tip_rounds {
+        let answer: serde_json::Value = rpc.call(
+            "generateblock",
+            &[serde_json::json!(addr), serde_json::json!([])],
+        )?;
+        let hash = answer["hash"]
+            .as_str()
+            .context("generateblock hash")?
+            .to_string();
+        let miner = stack.get("miner")?;
+        let h = hash.clone();
+        let (_, event) = tokio::task::block_in_place(|| {
+            miner.wait_for_event(0, Duration::from_secs(10), |e| {
+                e["event"] == "set-new-prev-hash" && e["prev_hash"] == h.as_str()
+            })
+        })?;
+        let at_miner = event["t_us"].as_u64().context("t_us")?;
+        if let Some(t) = hashblock.lock().ok().and_then(|m| m.get(&hash).copied()) {
+            tip_latencies.push(at_miner.saturating_sub(t));
+        }
+        // Let the full template of this tip go through before the next block.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    println!(
+        "\nnew tip → SetNewPrevHash at the sim-miner with {mempool} transactions in the mempool (ms)\n"
+    );
+    println!("| span | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
+    println!(
+        "{}",
+        summary(
+            "bitcoind hashblock → SetNewPrevHash at miner",
+            tip_latencies
+        )
+    );
     Ok(())
 }
 
@@ -412,10 +466,17 @@ impl Funds {
     fn new(node: &Bitcoind) -> anyhow::Result<Funds> {
         let secp = secp256k1::Secp256k1::new();
         let key = secp256k1::SecretKey::from_slice(&[0x42; 32])?;
-        let pubkey = bitcoin::CompressedPublicKey(secp256k1::PublicKey::from_secret_key(&secp, &key));
+        let pubkey =
+            bitcoin::CompressedPublicKey(secp256k1::PublicKey::from_secret_key(&secp, &key));
         let address = Address::p2wpkh(&pubkey, Network::Regtest);
         node.generate_to(&address, 150)?;
-        Ok(Funds { secp, key, pubkey, address, next_coinbase: 1 })
+        Ok(Funds {
+            secp,
+            key,
+            pubkey,
+            address,
+            next_coinbase: 1,
+        })
     }
 
     /// Splits mature coinbases into `n` confirmed coins (mines one block to confirm them).
@@ -430,7 +491,10 @@ impl Funds {
             let block = rpc.get_block(&hash)?;
             let cb = &block.txdata[0];
             let coin = Coin {
-                outpoint: bitcoin::OutPoint { txid: cb.compute_txid(), vout: 0 },
+                outpoint: bitcoin::OutPoint {
+                    txid: cb.compute_txid(),
+                    vout: 0,
+                },
                 value: cb.output[0].value.to_sat(),
             };
             let outs = per_tx.min(n - coins.len() - txids.len() * per_tx);
@@ -441,7 +505,13 @@ impl Funds {
         node.generate_to(&self.address, 1)?;
         for (txid, outs, value) in txids {
             for vout in 0..outs {
-                coins.push(Coin { outpoint: bitcoin::OutPoint { txid, vout: vout as u32 }, value });
+                coins.push(Coin {
+                    outpoint: bitcoin::OutPoint {
+                        txid,
+                        vout: vout as u32,
+                    },
+                    value,
+                });
             }
         }
         Ok(coins)
@@ -456,7 +526,10 @@ impl Funds {
         let fee = vsize_estimate * 10;
         let each = coin.value.saturating_sub(fee) / outputs as u64;
         if each < 1_000 {
-            bail!("coin of {} sats too small for {outputs} outputs", coin.value);
+            bail!(
+                "coin of {} sats too small for {outputs} outputs",
+                coin.value
+            );
         }
         let script = self.address.script_pubkey();
         let mut tx = bitcoin::Transaction {
