@@ -39,6 +39,12 @@ impl ConfigError {
     }
 }
 
+/// Prints a configuration error as `program: error` and exits with [`EXIT_BAD_CONFIG`].
+pub fn exit_bad_config(program: &str, error: &ConfigError) -> ! {
+    eprintln!("{program}: {error}");
+    std::process::exit(EXIT_BAD_CONFIG)
+}
+
 /// Command-line options every binary has.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
@@ -435,6 +441,15 @@ impl Config {
             &args.set,
             Env::prefixed("JDC_").split("__"),
         )
+    }
+
+    /// [`Config::load`], or print the error (naming the key) as `program: ...` and exit with
+    /// [`EXIT_BAD_CONFIG`].
+    pub fn load_or_exit(program: &str, args: &CommonArgs) -> Config {
+        match Self::load(args) {
+            Ok(c) => c,
+            Err(e) => exit_bad_config(program, &e),
+        }
     }
 
     fn load_from(file: Option<&Path>, sets: &[String], env: Env) -> Result<Config, ConfigError> {

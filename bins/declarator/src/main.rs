@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use jdc_declarator::RunError;
-use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
+use jdc_shared::config::{CommonArgs, Config};
 
 /// The SV2 side of jdc: builds the coinbase paying your address(es), serves the SV2 Mining
 /// protocol (Noise-encrypted) to your devices on `declarator.listen` (default 0.0.0.0:34255),
@@ -32,13 +32,7 @@ enum Command {
 async fn main() {
     let cli = Cli::parse();
     jdc_shared::telemetry::init(cli.common.log_format);
-    let config = match Config::load(&cli.common) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
-    };
+    let config = Config::load_or_exit("jdc-declarator", &cli.common);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::AuthorityKey => jdc_declarator::service::load_keys(&config).map(|k| {
             println!("{}", k.public_key_string());
@@ -47,10 +41,7 @@ async fn main() {
     };
     match result {
         Ok(()) => {}
-        Err(RunError::Config(e)) => {
-            eprintln!("error: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
+        Err(RunError::Config(e)) => jdc_shared::config::exit_bad_config("jdc-declarator", &e),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);

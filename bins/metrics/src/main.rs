@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use jdc_metrics::RunError;
-use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
+use jdc_shared::config::{CommonArgs, Config};
 
 /// Prometheus metrics and health checks for the jdc stack.
 ///
@@ -29,19 +29,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     jdc_shared::telemetry::init(args.common.log_format);
-    let config = match Config::load(&args.common) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("jdc-metrics: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
-    };
+    let config = Config::load_or_exit("jdc-metrics", &args.common);
     let shutdown = jdc_shared::shutdown::on_signals();
     match jdc_metrics::run(config, shutdown).await {
-        Err(RunError::Config(e)) => {
-            eprintln!("jdc-metrics: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
+        Err(RunError::Config(e)) => jdc_shared::config::exit_bad_config("jdc-metrics", &e),
         other => Ok(other?),
     }
 }

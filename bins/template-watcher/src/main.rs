@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
+use jdc_shared::config::{CommonArgs, Config};
 use jdc_template_watcher::WatcherError;
 use std::time::Duration;
 
@@ -41,13 +41,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     jdc_shared::telemetry::init(args.common.log_format);
-    let config = match Config::load(&args.common) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("jdc-template-watcher: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
-    };
+    let config = Config::load_or_exit("jdc-template-watcher", &args.common);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     let result = runtime.block_on(async {
         let shutdown = jdc_shared::shutdown::on_signals();
@@ -59,8 +53,7 @@ fn main() -> anyhow::Result<()> {
     match result {
         Ok(()) => Ok(()),
         Err(WatcherError::Config(e)) => {
-            eprintln!("jdc-template-watcher: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
+            jdc_shared::config::exit_bad_config("jdc-template-watcher", &e)
         }
         Err(e) => Err(anyhow::Error::new(e).context("jdc-template-watcher failed")),
     }

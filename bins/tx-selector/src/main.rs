@@ -1,7 +1,7 @@
 //! `jdc-tx-selector` binary: argument parsing and process set-up; the work is in the library.
 
 use clap::Parser;
-use jdc_shared::config::{CommonArgs, Config, EXIT_BAD_CONFIG};
+use jdc_shared::config::{CommonArgs, Config};
 use jdc_tx_selector::RunError;
 
 /// Chooses the transactions of the next block.
@@ -27,19 +27,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     jdc_shared::telemetry::init(args.common.log_format);
-    let config = match Config::load(&args.common) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("jdc-tx-selector: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
-    };
+    let config = Config::load_or_exit("jdc-tx-selector", &args.common);
     let shutdown = jdc_shared::shutdown::on_signals();
     match jdc_tx_selector::run(config, shutdown).await {
-        Err(RunError::Config(e)) => {
-            eprintln!("jdc-tx-selector: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
+        Err(RunError::Config(e)) => jdc_shared::config::exit_bad_config("jdc-tx-selector", &e),
         other => Ok(other?),
     }
 }
