@@ -45,6 +45,10 @@ pub enum RunError {
     Node(#[from] crate::node::NodeError),
 }
 
+/// Found blocks waiting for `submitblock`. Real blocks are minutes apart; this bound only
+/// matters on regtest, where a device can make every hash a block.
+const BLOCK_QUEUE: usize = 256;
+
 /// Bytes of extranonce that identify a channel (65,536 concurrent channels).
 const CHANNEL_INDEX_CHANNELS: u32 = 65_536;
 
@@ -112,7 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         })?;
 
     let (work_tx, work_rx) = watch::channel::<Option<WorkState>>(None);
-    let (block_tx, block_rx) = mpsc::unbounded_channel();
+    let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
     let catalog = Arc::new(Mutex::new(Catalog::default()));
 
     let server = Server::new(
@@ -295,7 +299,7 @@ fn prepare(
 
 /// Assembles and submits found blocks, one at a time, without blocking the runtime.
 async fn submitter(
-    mut blocks: mpsc::UnboundedReceiver<FoundBlock>,
+    mut blocks: mpsc::Receiver<FoundBlock>,
     catalog: Arc<Mutex<Catalog>>,
     node: Arc<Node>,
     bus: Publisher,

@@ -74,7 +74,7 @@ pub struct Server {
     allocator: Mutex<ExtranonceAllocator>,
     next_channel_id: AtomicU32,
     connections: AtomicUsize,
-    blocks: mpsc::UnboundedSender<FoundBlock>,
+    blocks: mpsc::Sender<FoundBlock>,
     bus: Publisher,
 }
 
@@ -102,7 +102,7 @@ impl Server {
         keys: AuthorityKeys,
         work: watch::Receiver<Option<WorkState>>,
         allocator: ExtranonceAllocator,
-        blocks: mpsc::UnboundedSender<FoundBlock>,
+        blocks: mpsc::Sender<FoundBlock>,
         bus: Publisher,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -592,8 +592,15 @@ impl Connection {
         }
         if let Some(block) = outcome.block {
             tracing::info!(peer = %self.peer, channel_id, hash = %block.hash, "share meets the network target: block found");
-            if self.server.blocks.send(block).is_err() {
-                tracing::error!("block submitter has stopped; block lost");
+            match self.server.blocks.try_send(block) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(block)) => tracing::error!(
+                    hash = %block.hash,
+                    "block submission queue full (a flood of blocks: regtest?); block dropped"
+                ),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!("block submitter has stopped; block lost")
+                }
             }
         }
         if outcome.close {
