@@ -10,9 +10,25 @@ use jdc_shared::config::{CommonArgs, Config};
 /// and submits found blocks to bitcoind. Templates come from jdc-template-watcher and
 /// jdc-tx-selector over the bus.
 ///
-/// Devices need the authority public key: print it with `jdc-declarator authority-key`.
+/// Devices need the authority public key: print it with `jdc-declarator authority-key`
+/// (the key is created in `declarator.key_dir` on first start).
+///
+/// Required: at least one payout, e.g. in the TOML file
+///   [[declarator.payout]]
+///   destination = "bc1q..."   # an address of `network`, or a hex output script
+/// Keys used: `network`, `bitcoind.*` (RPC for submitblock), `bus.*`, `declarator.*`
+/// (see docs/configuration.md). Example:
+///   jdc-declarator -c jdc.toml --set declarator.listen=0.0.0.0:34255
+///
+/// Exit codes: 0 after SIGINT/SIGTERM, 1 on a runtime failure, 2 on a configuration error.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(
+    name = "jdc-declarator",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,

@@ -160,42 +160,73 @@ impl Channel {
 
     /// Validates an extended share.
     pub fn on_extended_share(&mut self, share: SubmitSharesExtendedOwned) -> ShareOutcome {
-        let channel_id = share.channel_id;
-        let seq = share.sequence_number;
-        let solution = Solution {
-            version: share.version,
-            ntime: share.ntime,
-            nonce: share.nonce,
-        };
+        let header = ShareHeader::new(
+            share.channel_id,
+            share.sequence_number,
+            share.version,
+            share.ntime,
+            share.nonce,
+        );
         match self {
             Channel::Extended(c) => {
                 let result = c.validate_share(share);
-                let accounting = c.get_share_accounting();
-                let ack = ack_message(channel_id, seq, accounting);
-                outcome(result, ack, channel_id, seq, solution)
+                header.settle(result, c.get_share_accounting())
             }
-            Channel::Standard(_) => reject(channel_id, seq, ERROR_INVALID_CHANNEL_ID),
+            Channel::Standard(_) => header.reject(ERROR_INVALID_CHANNEL_ID),
         }
     }
 
     /// Validates a standard share.
     pub fn on_standard_share(&mut self, share: SubmitSharesStandardOwned) -> ShareOutcome {
-        let channel_id = share.channel_id;
-        let seq = share.sequence_number;
-        let solution = Solution {
-            version: share.version,
-            ntime: share.ntime,
-            nonce: share.nonce,
-        };
+        let header = ShareHeader::new(
+            share.channel_id,
+            share.sequence_number,
+            share.version,
+            share.ntime,
+            share.nonce,
+        );
         match self {
             Channel::Standard(c) => {
                 let result = c.validate_share(share);
-                let accounting = c.get_share_accounting();
-                let ack = ack_message(channel_id, seq, accounting);
-                outcome(result, ack, channel_id, seq, solution)
+                header.settle(result, c.get_share_accounting())
             }
-            Channel::Extended(_) => reject(channel_id, seq, ERROR_INVALID_CHANNEL_ID),
+            Channel::Extended(_) => header.reject(ERROR_INVALID_CHANNEL_ID),
         }
+    }
+}
+
+/// What every share carries besides its channel-specific fields.
+struct ShareHeader {
+    channel_id: u32,
+    seq: u32,
+    solution: Solution,
+}
+
+impl ShareHeader {
+    fn new(channel_id: u32, seq: u32, version: u32, ntime: u32, nonce: u32) -> Self {
+        Self {
+            channel_id,
+            seq,
+            solution: Solution {
+                version,
+                ntime,
+                nonce,
+            },
+        }
+    }
+
+    /// The outcome of a validation, with the acknowledgement the accounting calls for.
+    fn settle(
+        &self,
+        result: Result<ShareValidationResult, ShareValidationError>,
+        accounting: &stratum_core::channels_sv2::server::share_accounting::ShareAccounting,
+    ) -> ShareOutcome {
+        let ack = ack_message(self.channel_id, self.seq, accounting);
+        outcome(result, ack, self.channel_id, self.seq, self.solution)
+    }
+
+    fn reject(&self, code: &'static str) -> ShareOutcome {
+        reject(self.channel_id, self.seq, code)
     }
 }
 
