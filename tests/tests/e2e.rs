@@ -145,6 +145,15 @@ fn mines_regtest_blocks_with_wallet_transactions() -> anyhow::Result<()> {
         assert!(info.confirmations > 0, "{t} not mined");
     }
 
+    // A standard-channel device on the same declarator gets jobs and accepted shares too.
+    let std_miner = stack.start_miner(
+        "std-miner",
+        &["--channel", "standard", "--max-shares-per-sec", "2"],
+    )?;
+    std_miner.wait_for_event(0, Duration::from_secs(30), |e| {
+        e["event"] == "share-accepted"
+    })?;
+
     let miner = stack.get("miner")?;
     let events = miner.events();
     let (tips, full) = check_empty_before_full(&events)?;

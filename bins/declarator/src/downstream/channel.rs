@@ -9,8 +9,8 @@ use stratum_core::channels_sv2::server::{
     standard::StandardChannel,
 };
 use stratum_core::mining_sv2::{
-    NewExtendedMiningJobOwned, NewMiningJobOwned, SetNewPrevHashOwned, SubmitSharesErrorOwned,
-    SubmitSharesExtendedOwned, SubmitSharesStandardOwned, SubmitSharesSuccessOwned,
+    SetNewPrevHashOwned, SubmitSharesErrorOwned, SubmitSharesExtendedOwned,
+    SubmitSharesStandardOwned, SubmitSharesSuccessOwned,
 };
 use stratum_core::parsers_sv2::{AnyMessageOwned, MiningOwned};
 
@@ -86,35 +86,27 @@ impl Channel {
         let template_id = state.job.template_id;
         let snph = state.set_new_prev_hash();
         let channel_id = self.id();
+        // SRI's standard and extended channels have the same API but no common trait.
+        macro_rules! future_job {
+            ($c:expr, $variant:ident) => {{
+                $c.on_new_template(state.future_template(), state.job.outputs.clone())
+                    .map_err(|e| format!("{e:?}"))?;
+                let job_id = $c
+                    .get_future_job_id_from_template_id(template_id)
+                    .ok_or("future job missing after on_new_template")?;
+                let job = $c
+                    .get_future_job(job_id)
+                    .ok_or("future job missing")?
+                    .get_job_message()
+                    .clone();
+                $c.on_set_new_prev_hash(snph)
+                    .map_err(|e| format!("{e:?}"))?;
+                (MiningOwned::$variant(job), job_id)
+            }};
+        }
         let (job_msg, job_id) = match self {
-            Channel::Standard(c) => {
-                c.on_new_template(state.future_template(), state.job.outputs.clone())
-                    .map_err(|e| format!("{e:?}"))?;
-                let job_id = c
-                    .get_future_job_id_from_template_id(template_id)
-                    .ok_or("future job missing after on_new_template")?;
-                let job: NewMiningJobOwned = c
-                    .get_future_job(job_id)
-                    .ok_or("future job missing")?
-                    .get_job_message()
-                    .clone();
-                c.on_set_new_prev_hash(snph).map_err(|e| format!("{e:?}"))?;
-                (MiningOwned::NewMiningJob(job), job_id)
-            }
-            Channel::Extended(c) => {
-                c.on_new_template(state.future_template(), state.job.outputs.clone())
-                    .map_err(|e| format!("{e:?}"))?;
-                let job_id = c
-                    .get_future_job_id_from_template_id(template_id)
-                    .ok_or("future job missing after on_new_template")?;
-                let job: NewExtendedMiningJobOwned = c
-                    .get_future_job(job_id)
-                    .ok_or("future job missing")?
-                    .get_job_message()
-                    .clone();
-                c.on_set_new_prev_hash(snph).map_err(|e| format!("{e:?}"))?;
-                (MiningOwned::NewExtendedMiningJob(job), job_id)
-            }
+            Channel::Standard(c) => future_job!(c, NewMiningJob),
+            Channel::Extended(c) => future_job!(c, NewExtendedMiningJob),
         };
         let prev = SetNewPrevHashOwned {
             channel_id,
@@ -133,27 +125,21 @@ impl Channel {
     pub fn on_new_job(&mut self, state: &WorkState) -> Result<AnyMessageOwned, String> {
         let template = state.job.template.clone();
         let outputs = state.job.outputs.clone();
+        macro_rules! active_job {
+            ($c:expr, $variant:ident) => {{
+                $c.on_new_template(template, outputs)
+                    .map_err(|e| format!("{e:?}"))?;
+                MiningOwned::$variant(
+                    $c.get_active_job()
+                        .ok_or("active job missing after on_new_template")?
+                        .get_job_message()
+                        .clone(),
+                )
+            }};
+        }
         let msg = match self {
-            Channel::Standard(c) => {
-                c.on_new_template(template, outputs)
-                    .map_err(|e| format!("{e:?}"))?;
-                MiningOwned::NewMiningJob(
-                    c.get_active_job()
-                        .ok_or("active job missing after on_new_template")?
-                        .get_job_message()
-                        .clone(),
-                )
-            }
-            Channel::Extended(c) => {
-                c.on_new_template(template, outputs)
-                    .map_err(|e| format!("{e:?}"))?;
-                MiningOwned::NewExtendedMiningJob(
-                    c.get_active_job()
-                        .ok_or("active job missing after on_new_template")?
-                        .get_job_message()
-                        .clone(),
-                )
-            }
+            Channel::Standard(c) => active_job!(c, NewMiningJob),
+            Channel::Extended(c) => active_job!(c, NewExtendedMiningJob),
         };
         Ok(AnyMessageOwned::Mining(msg))
     }

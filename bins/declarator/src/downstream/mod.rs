@@ -361,8 +361,14 @@ impl Connection {
             )));
         };
         match msg {
-            MiningOwned::OpenStandardMiningChannel(m) => Ok(self.open_standard(m, work)),
-            MiningOwned::OpenExtendedMiningChannel(m) => Ok(self.open_extended(m, work)),
+            MiningOwned::OpenStandardMiningChannel(m) => {
+                let opened = self.open_standard(&m);
+                Ok(self.open(m.request_id, opened, work))
+            }
+            MiningOwned::OpenExtendedMiningChannel(m) => {
+                let opened = self.open_extended(&m);
+                Ok(self.open(m.request_id, opened, work))
+            }
             MiningOwned::SubmitSharesStandard(s) => {
                 let channel_id = s.channel_id;
                 let seq = s.sequence_number;
@@ -390,29 +396,35 @@ impl Connection {
         self.server.next_channel_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn open_standard(
+    /// Opens a channel (or answers `OpenMiningChannel.Error`) and gives it the current work.
+    fn open(
         &mut self,
-        m: OpenStandardMiningChannelOwned,
+        request_id: u32,
+        opened: Result<(Channel, AnyMessageOwned), &'static str>,
         work: &watch::Receiver<Option<WorkState>>,
     ) -> Vec<AnyMessageOwned> {
-        let request_id = m.request_id;
-        let prefix = match self
-            .server
-            .allocator
-            .lock()
-            .map(|mut a| a.allocate_standard())
-        {
-            Ok(Ok(p)) => p,
-            _ => {
-                return open_error(request_id, "no-more-channels")
-                    .into_iter()
-                    .collect()
+        match opened {
+            Ok((channel, success)) => {
+                tracing::info!(peer = %self.peer, channel_id = channel.id(), kind = channel.kind(), "channel opened");
+                self.add_channel(channel, success, work)
             }
+            Err(code) => open_error(request_id, code).into_iter().collect(),
+        }
+    }
+
+    fn open_standard(
+        &mut self,
+        m: &OpenStandardMiningChannelOwned,
+    ) -> Result<(Channel, AnyMessageOwned), &'static str> {
+        let prefix = match self.server.allocator.lock() {
+            Ok(mut a) => a.allocate_standard().map_err(|_| "no-more-channels")?,
+            Err(_) => return Err("internal-error"),
         };
         let s = &self.server.settings;
         let channel_id = self.next_channel_id();
-        let prefix_bytes = prefix.as_bytes().to_vec();
-        let channel = match StandardChannel::new_for_job_declaration_client(
+        let extranonce_prefix = B032Owned::new(prefix.as_bytes().to_vec())
+            .map_err(|_| "extranonce-prefix-too-large")?;
+        let channel = StandardChannel::new_for_job_declaration_client(
             channel_id,
             String::from_utf8_lossy(m.user_identity.as_bytes()).into_owned(),
             prefix,
@@ -423,73 +435,49 @@ impl Connection {
             None,
             s.coinbase_tag.clone(),
             None,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(peer = %self.peer, error = ?e, "standard channel refused");
-                return open_error(request_id, open_error_code(&format!("{e:?}")))
-                    .into_iter()
-                    .collect();
-            }
-        };
-        let target = *channel.get_target();
+        )
+        .map_err(|e| {
+            tracing::warn!(peer = %self.peer, error = ?e, "standard channel refused");
+            open_error_code(&format!("{e:?}"))
+        })?;
         let success = OpenStandardMiningChannelSuccessOwned {
             request_id: m.request_id,
             channel_id,
-            target: U256Owned::from(target.to_le_bytes()),
-            extranonce_prefix: match B032Owned::new(prefix_bytes) {
-                Ok(p) => p,
-                Err(_) => {
-                    return open_error(request_id, "extranonce-prefix-too-large")
-                        .into_iter()
-                        .collect()
-                }
-            },
+            target: U256Owned::from(channel.get_target().to_le_bytes()),
+            extranonce_prefix,
             group_channel_id: 0,
         };
-        tracing::info!(peer = %self.peer, channel_id, kind = "standard", "channel opened");
-        self.add_channel(
+        Ok((
             Channel::Standard(Box::new(channel)),
             AnyMessageOwned::Mining(MiningOwned::OpenStandardMiningChannelSuccess(success)),
-            work,
-        )
+        ))
     }
 
     fn open_extended(
         &mut self,
-        m: OpenExtendedMiningChannelOwned,
-        work: &watch::Receiver<Option<WorkState>>,
-    ) -> Vec<AnyMessageOwned> {
-        let request_id = m.request_id;
+        m: &OpenExtendedMiningChannelOwned,
+    ) -> Result<(Channel, AnyMessageOwned), &'static str> {
         if self.standard_only {
-            return open_error(request_id, "standard-jobs-only-connection")
-                .into_iter()
-                .collect();
+            return Err("standard-jobs-only-connection");
         }
-        let (prefix, rollable) = match self.server.allocator.lock().map(|mut a| {
-            let rollable = a.rollable_extranonce_size();
-            (
-                a.allocate_extended(m.min_extranonce_size as usize),
-                rollable,
-            )
-        }) {
-            Ok((Ok(p), r)) => (p, r),
-            Ok((Err(e), _)) => {
-                tracing::warn!(peer = %self.peer, error = ?e, min = m.min_extranonce_size, "extended channel refused");
-                return open_error(request_id, "min-extranonce-size-too-large")
-                    .into_iter()
-                    .collect();
+        let (prefix, rollable) = match self.server.allocator.lock() {
+            Ok(mut a) => {
+                let rollable = a.rollable_extranonce_size();
+                let prefix = a
+                    .allocate_extended(m.min_extranonce_size as usize)
+                    .map_err(|e| {
+                        tracing::warn!(peer = %self.peer, error = ?e, min = m.min_extranonce_size, "extended channel refused");
+                        "min-extranonce-size-too-large"
+                    })?;
+                (prefix, rollable)
             }
-            Err(_) => {
-                return open_error(request_id, "internal-error")
-                    .into_iter()
-                    .collect()
-            }
+            Err(_) => return Err("internal-error"),
         };
         let s = &self.server.settings;
         let channel_id = self.next_channel_id();
-        let prefix_bytes = prefix.as_bytes().to_vec();
-        let channel = match ExtendedChannel::new_for_job_declaration_client(
+        let extranonce_prefix = B032Owned::new(prefix.as_bytes().to_vec())
+            .map_err(|_| "extranonce-prefix-too-large")?;
+        let channel = ExtendedChannel::new_for_job_declaration_client(
             channel_id,
             String::from_utf8_lossy(m.user_identity.as_bytes()).into_owned(),
             prefix,
@@ -502,37 +490,23 @@ impl Connection {
             None,
             s.coinbase_tag.clone(),
             None,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(peer = %self.peer, error = ?e, "extended channel refused");
-                return open_error(request_id, open_error_code(&format!("{e:?}")))
-                    .into_iter()
-                    .collect();
-            }
-        };
-        let target = *channel.get_target();
+        )
+        .map_err(|e| {
+            tracing::warn!(peer = %self.peer, error = ?e, "extended channel refused");
+            open_error_code(&format!("{e:?}"))
+        })?;
         let success = OpenExtendedMiningChannelSuccessOwned {
-            request_id,
+            request_id: m.request_id,
             channel_id,
-            target: U256Owned::from(target.to_le_bytes()),
+            target: U256Owned::from(channel.get_target().to_le_bytes()),
             extranonce_size: u16::from(rollable),
-            extranonce_prefix: match B032Owned::new(prefix_bytes) {
-                Ok(p) => p,
-                Err(_) => {
-                    return open_error(request_id, "extranonce-prefix-too-large")
-                        .into_iter()
-                        .collect()
-                }
-            },
+            extranonce_prefix,
             group_channel_id: 0,
         };
-        tracing::info!(peer = %self.peer, channel_id, kind = "extended", "channel opened");
-        self.add_channel(
+        Ok((
             Channel::Extended(Box::new(channel)),
             AnyMessageOwned::Mining(MiningOwned::OpenExtendedMiningChannelSuccess(success)),
-            work,
-        )
+        ))
     }
 
     /// Registers a channel and gives it the current work: a future job, then the
