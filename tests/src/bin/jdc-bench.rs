@@ -126,6 +126,62 @@ async fn listen_hashblock(endpoint: String) -> anyhow::Result<HashblockTimes> {
     Ok(times)
 }
 
+/// Subscribes to the watcher and declarator streams of `stack` for `topics`.
+fn subscribe_to_stack(
+    stack: &Stack,
+    topics: Vec<Topic>,
+) -> (
+    tokio::sync::mpsc::Receiver<bus::Received>,
+    tokio_util::sync::CancellationToken,
+) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (inbox, _tasks) = bus::subscribe(
+        SubscribeOptions {
+            streams: vec![
+                (
+                    "watcher".into(),
+                    format!("tcp://127.0.0.1:{}", stack.ports.watcher),
+                ),
+                (
+                    "declarator".into(),
+                    format!("tcp://127.0.0.1:{}", stack.ports.declarator),
+                ),
+            ],
+            topics,
+            silence_timeout: Duration::from_secs(5),
+        },
+        Arc::new(BusStats::default()),
+        shutdown.clone(),
+    );
+    (inbox, shutdown)
+}
+
+/// Waits for the sim-miner's `SetNewPrevHash` for block `hash` and bitcoind's `hashblock` for
+/// it; returns (miner receipt, hashblock receipt) in unix µs.
+async fn tip_at_miner(
+    stack: &Stack,
+    hashblock: &HashblockTimes,
+    hash: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let miner = stack.get("miner")?;
+    let (_, event) = tokio::task::block_in_place(|| {
+        miner.wait_for_event(0, Duration::from_secs(10), |e| {
+            e["event"] == "set-new-prev-hash" && e["prev_hash"] == hash
+        })
+    })?;
+    let at_miner = event["t_us"].as_u64().context("t_us")?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(t) = hashblock.lock().ok().and_then(|m| m.get(hash).copied()) {
+            return Ok((at_miner, t));
+        }
+        if Instant::now() > deadline {
+            bail!("bench never saw hashblock for {hash}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     let node = Bitcoind::start()?;
     let addr: Address = FOREIGN_ADDRESS
@@ -138,26 +194,7 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     stack.start_miner("miner", &["--max-shares-per-sec", "0.2"])?;
     let hashblock = listen_hashblock(node.zmq_hashblock()).await?;
 
-    let stats = Arc::new(BusStats::default());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (mut inbox, _tasks) = bus::subscribe(
-        SubscribeOptions {
-            streams: vec![
-                (
-                    "watcher".into(),
-                    format!("tcp://127.0.0.1:{}", stack.ports.watcher),
-                ),
-                (
-                    "declarator".into(),
-                    format!("tcp://127.0.0.1:{}", stack.ports.declarator),
-                ),
-            ],
-            topics: vec![Topic::Tip, Topic::Job],
-            silence_timeout: Duration::from_secs(5),
-        },
-        stats,
-        shutdown.clone(),
-    );
+    let (mut inbox, shutdown) = subscribe_to_stack(&stack, vec![Topic::Tip, Topic::Job]);
     // Tip prev_hash -> (detected at, published at, height).
     let tip_times: Arc<Mutex<TipTimes>> = Arc::default();
     // Height of the block being mined -> µs from tip detection to the declarator's write.
@@ -199,25 +236,7 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     eprintln!("mining {tips} blocks ...");
     for i in 0..tips {
         let hash = node.generate_to(&addr, 1)?[0].to_string();
-        let miner = stack.get("miner")?;
-        let from = 0;
-        let h = hash.clone();
-        let (_, event) = tokio::task::block_in_place(|| {
-            miner.wait_for_event(from, Duration::from_secs(10), |e| {
-                e["event"] == "set-new-prev-hash" && e["prev_hash"] == h.as_str()
-            })
-        })?;
-        let at_miner = event["t_us"].as_u64().context("t_us")?;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let zmq_at = loop {
-            if let Some(t) = hashblock.lock().ok().and_then(|m| m.get(&hash).copied()) {
-                break t;
-            }
-            if Instant::now() > deadline {
-                bail!("bench never saw hashblock for {hash}");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let (at_miner, zmq_at) = tip_at_miner(&stack, &hashblock, &hash).await?;
         total.push(at_miner.saturating_sub(zmq_at));
         if let Some((detected, sent, height)) =
             tip_times.lock().ok().and_then(|m| m.get(&hash).copied())
@@ -311,26 +330,7 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
     let mempool = rpc.get_raw_mempool()?.len();
     eprintln!("mempool holds {mempool} transactions");
 
-    let stats = Arc::new(BusStats::default());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (mut inbox, _tasks) = bus::subscribe(
-        SubscribeOptions {
-            streams: vec![
-                (
-                    "watcher".into(),
-                    format!("tcp://127.0.0.1:{}", stack.ports.watcher),
-                ),
-                (
-                    "declarator".into(),
-                    format!("tcp://127.0.0.1:{}", stack.ports.declarator),
-                ),
-            ],
-            topics: vec![Topic::Template, Topic::Job],
-            silence_timeout: Duration::from_secs(5),
-        },
-        stats,
-        shutdown.clone(),
-    );
+    let (mut inbox, shutdown) = subscribe_to_stack(&stack, vec![Topic::Template, Topic::Job]);
     tokio::time::sleep(Duration::from_secs(3)).await; // past the refresh debounce
     while inbox.try_recv().is_ok() {}
 
@@ -415,17 +415,8 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
             .as_str()
             .context("generateblock hash")?
             .to_string();
-        let miner = stack.get("miner")?;
-        let h = hash.clone();
-        let (_, event) = tokio::task::block_in_place(|| {
-            miner.wait_for_event(0, Duration::from_secs(10), |e| {
-                e["event"] == "set-new-prev-hash" && e["prev_hash"] == h.as_str()
-            })
-        })?;
-        let at_miner = event["t_us"].as_u64().context("t_us")?;
-        if let Some(t) = hashblock.lock().ok().and_then(|m| m.get(&hash).copied()) {
-            tip_latencies.push(at_miner.saturating_sub(t));
-        }
+        let (at_miner, zmq_at) = tip_at_miner(&stack, &hashblock, &hash).await?;
+        tip_latencies.push(at_miner.saturating_sub(zmq_at));
         // Let the full template of this tip go through before the next block.
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
