@@ -37,7 +37,7 @@ fn main() {
         None,
     )
     .expect("channel");
-    let mut channel = Channel::Extended(Box::new(channel));
+    let mut channel = Channel::extended(channel, 1);
     let n = 2_000u32;
     let (mut t_book, mut t_channel) = (0u128, 0u128);
     for i in 0..n {

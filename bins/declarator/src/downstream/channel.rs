@@ -1,10 +1,12 @@
-//! One downstream channel (standard or extended) on top of SRI's `channels_sv2` server
-//! channels: jobs from our work, share validation, accounting.
+//! One downstream channel (standard or extended): SRI's `channels_sv2` server channel builds
+//! the jobs from our work; our [`ShareBook`] validates and accounts the shares.
 
 use jdc_shared::bitcoin::{BlockHash, Target};
 use stratum_core::binary_sv2::{Str0255Owned, U256Owned};
+use stratum_core::channels_sv2::seen_shares_budget;
 use stratum_core::channels_sv2::server::{
     extended::ExtendedChannel,
+    jobs::{extended::ExtendedJob, standard::StandardJob},
     share_accounting::{ShareValidationError, ShareValidationResult},
     standard::StandardChannel,
 };
@@ -14,19 +16,30 @@ use stratum_core::mining_sv2::{
 };
 use stratum_core::parsers_sv2::{AnyMessageOwned, MiningOwned};
 
+use super::shares::{
+    prefix_engine, Ack, JobCheck, RootSource, ShareBook, ShareFields, Verdict,
+    ERROR_TOO_MANY_SHARES,
+};
 use crate::block::Solution;
 use crate::work::WorkState;
 
 /// Error codes we send that the SV2 crates do not name.
 pub const ERROR_INVALID_CHANNEL_ID: &str = "invalid-channel-id";
 
-/// A standard or extended channel.
+/// SRI's channel object: it owns the channel's jobs, extranonce and target.
 #[derive(Debug)]
-pub enum Channel {
+pub enum SriChannel {
     /// Header-only mining, one merkle root per job.
     Standard(Box<StandardChannel>),
     /// Extended channel: the device rolls its part of the extranonce.
     Extended(Box<ExtendedChannel>),
+}
+
+/// A standard or extended channel: SRI's channel for jobs, our [`ShareBook`] for shares.
+#[derive(Debug)]
+pub struct Channel {
+    sri: SriChannel,
+    shares: ShareBook,
 }
 
 /// A share that solved a block: what the block submitter needs.
@@ -49,6 +62,8 @@ pub struct ShareOutcome {
     pub reply: Option<AnyMessageOwned>,
     /// `None` when accepted, else the SV2 error code.
     pub rejected: Option<&'static str>,
+    /// Difficulty the share was credited with (0 when rejected).
+    pub difficulty: f64,
     /// Set when the share is a block.
     pub block: Option<FoundBlock>,
     /// The channel must be closed (its share budget is exhausted).
@@ -56,28 +71,65 @@ pub struct ShareOutcome {
 }
 
 impl Channel {
+    /// A standard channel acknowledging shares in batches of `batch_size`.
+    pub fn standard(c: StandardChannel, batch_size: usize) -> Self {
+        let budget = seen_shares_budget(f64::from(c.get_shares_per_minute()));
+        Self {
+            sri: SriChannel::Standard(Box::new(c)),
+            shares: ShareBook::new(batch_size, budget),
+        }
+    }
+
+    /// An extended channel acknowledging shares in batches of `batch_size`.
+    pub fn extended(c: ExtendedChannel, batch_size: usize) -> Self {
+        let budget = seen_shares_budget(f64::from(c.get_shares_per_minute()));
+        Self {
+            sri: SriChannel::Extended(Box::new(c)),
+            shares: ShareBook::new(batch_size, budget),
+        }
+    }
+
     /// The channel id.
     pub fn id(&self) -> u32 {
-        match self {
-            Channel::Standard(c) => c.get_channel_id(),
-            Channel::Extended(c) => c.get_channel_id(),
+        match &self.sri {
+            SriChannel::Standard(c) => c.get_channel_id(),
+            SriChannel::Extended(c) => c.get_channel_id(),
         }
     }
 
     /// `standard` or `extended`.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Channel::Standard(_) => "standard",
-            Channel::Extended(_) => "extended",
+        match self.sri {
+            SriChannel::Standard(_) => "standard",
+            SriChannel::Extended(_) => "extended",
         }
     }
 
     /// Current target.
     pub fn target(&self) -> Target {
-        match self {
-            Channel::Standard(c) => *c.get_target(),
-            Channel::Extended(c) => *c.get_target(),
+        match &self.sri {
+            SriChannel::Standard(c) => *c.get_target(),
+            SriChannel::Extended(c) => *c.get_target(),
         }
+    }
+
+    /// Accepted shares since the channel opened.
+    pub fn accepted_shares(&self) -> u64 {
+        self.shares.accepted_total()
+    }
+
+    /// `UpdateChannel` from the device: new nominal hashrate and maximum target. Returns the
+    /// resulting target, or SRI's refusal (debug text).
+    pub fn update(&mut self, nominal_hash_rate: f32, max_target: Target) -> Result<Target, String> {
+        match &mut self.sri {
+            SriChannel::Standard(c) => c
+                .update_channel(nominal_hash_rate, Some(max_target))
+                .map_err(|e| format!("{e:?}"))?,
+            SriChannel::Extended(c) => c
+                .update_channel(nominal_hash_rate, Some(max_target))
+                .map_err(|e| format!("{e:?}"))?,
+        }
+        Ok(self.target())
     }
 
     /// Moves the channel to a new tip: the state's job as a future job, then the
@@ -86,6 +138,8 @@ impl Channel {
         let template_id = state.job.template_id;
         let snph = state.set_new_prev_hash();
         let channel_id = self.id();
+        let target = self.target();
+        let extranonce_len = self.sri.rollable_extranonce_len();
         // SRI's standard and extended channels have the same API but no common trait.
         macro_rules! future_job {
             ($c:expr, $variant:ident) => {{
@@ -101,13 +155,22 @@ impl Channel {
                     .clone();
                 $c.on_set_new_prev_hash(snph)
                     .map_err(|e| format!("{e:?}"))?;
-                (MiningOwned::$variant(job), job_id)
+                let active = $c
+                    .get_active_job()
+                    .ok_or("job not active after SetNewPrevHash")?;
+                (
+                    MiningOwned::$variant(job),
+                    job_id,
+                    check_of(active, target, extranonce_len)?,
+                )
             }};
         }
-        let (job_msg, job_id) = match self {
-            Channel::Standard(c) => future_job!(c, NewMiningJob),
-            Channel::Extended(c) => future_job!(c, NewExtendedMiningJob),
+        let (job_msg, job_id, check) = match &mut self.sri {
+            SriChannel::Standard(c) => future_job!(c, NewMiningJob),
+            SriChannel::Extended(c) => future_job!(c, NewExtendedMiningJob),
         };
+        self.shares.on_new_tip(state.tip.prev_hash, state.tip.nbits);
+        self.shares.add_job(check);
         let prev = SetNewPrevHashOwned {
             channel_id,
             job_id,
@@ -125,22 +188,26 @@ impl Channel {
     pub fn on_new_job(&mut self, state: &WorkState) -> Result<AnyMessageOwned, String> {
         let template = state.job.template.clone();
         let outputs = state.job.outputs.clone();
+        let target = self.target();
+        let extranonce_len = self.sri.rollable_extranonce_len();
         macro_rules! active_job {
             ($c:expr, $variant:ident) => {{
                 $c.on_new_template(template, outputs)
                     .map_err(|e| format!("{e:?}"))?;
-                MiningOwned::$variant(
-                    $c.get_active_job()
-                        .ok_or("active job missing after on_new_template")?
-                        .get_job_message()
-                        .clone(),
+                let active = $c
+                    .get_active_job()
+                    .ok_or("active job missing after on_new_template")?;
+                (
+                    MiningOwned::$variant(active.get_job_message().clone()),
+                    check_of(active, target, extranonce_len)?,
                 )
             }};
         }
-        let msg = match self {
-            Channel::Standard(c) => active_job!(c, NewMiningJob),
-            Channel::Extended(c) => active_job!(c, NewExtendedMiningJob),
+        let (msg, check) = match &mut self.sri {
+            SriChannel::Standard(c) => active_job!(c, NewMiningJob),
+            SriChannel::Extended(c) => active_job!(c, NewExtendedMiningJob),
         };
+        self.shares.add_job(check);
         Ok(AnyMessageOwned::Mining(msg))
     }
 
@@ -153,13 +220,21 @@ impl Channel {
             share.ntime,
             share.nonce,
         );
-        match self {
-            Channel::Extended(c) => {
-                let result = c.validate_share(share);
-                header.settle(result, c.get_share_accounting())
-            }
-            Channel::Standard(_) => header.reject(ERROR_INVALID_CHANNEL_ID),
+        if !matches!(self.sri, SriChannel::Extended(_)) {
+            return header.reject(ERROR_INVALID_CHANNEL_ID);
         }
+        let fields = ShareFields {
+            job_id: share.job_id,
+            version: share.version,
+            ntime: share.ntime,
+            nonce: share.nonce,
+            extranonce: share.extranonce.as_ref(),
+        };
+        let verdict = self.shares.check(&fields);
+        self.settle(&header, verdict, |sri| match sri {
+            SriChannel::Extended(c) => Some(c.validate_share(share)),
+            SriChannel::Standard(_) => None,
+        })
     }
 
     /// Validates a standard share.
@@ -171,12 +246,158 @@ impl Channel {
             share.ntime,
             share.nonce,
         );
-        match self {
-            Channel::Standard(c) => {
-                let result = c.validate_share(share);
-                header.settle(result, c.get_share_accounting())
+        if !matches!(self.sri, SriChannel::Standard(_)) {
+            return header.reject(ERROR_INVALID_CHANNEL_ID);
+        }
+        let fields = ShareFields {
+            job_id: share.job_id,
+            version: share.version,
+            ntime: share.ntime,
+            nonce: share.nonce,
+            extranonce: &[],
+        };
+        let verdict = self.shares.check(&fields);
+        self.settle(&header, verdict, |sri| match sri {
+            SriChannel::Standard(c) => Some(c.validate_share(share)),
+            SriChannel::Extended(_) => None,
+        })
+    }
+
+    /// Our verdict and SRI's on the same extended share, for the differential test.
+    #[cfg(test)]
+    pub(crate) fn both_verdicts(
+        &mut self,
+        share: SubmitSharesExtendedOwned,
+    ) -> (
+        Verdict,
+        Option<Result<ShareValidationResult, ShareValidationError>>,
+    ) {
+        let fields = ShareFields {
+            job_id: share.job_id,
+            version: share.version,
+            ntime: share.ntime,
+            nonce: share.nonce,
+            extranonce: share.extranonce.as_ref(),
+        };
+        let ours = self.shares.check(&fields);
+        let sri = match &mut self.sri {
+            SriChannel::Extended(c) => Some(c.validate_share(share)),
+            SriChannel::Standard(_) => None,
+        };
+        (ours, sri)
+    }
+
+    /// Turns a verdict into the outcome. A block is confirmed by SRI's validation, which also
+    /// gives the full coinbase.
+    fn settle(
+        &mut self,
+        header: &ShareHeader,
+        verdict: Verdict,
+        sri_validate: impl FnOnce(
+            &mut SriChannel,
+        )
+            -> Option<Result<ShareValidationResult, ShareValidationError>>,
+    ) -> ShareOutcome {
+        match verdict {
+            Verdict::Rejected(code) => ShareOutcome {
+                close: code == ERROR_TOO_MANY_SHARES,
+                ..header.reject(code)
+            },
+            Verdict::Accepted { difficulty } => ShareOutcome {
+                reply: self.shares.take_ack(false).map(|a| header.ack(a)),
+                rejected: None,
+                difficulty,
+                block: None,
+                close: false,
+            },
+            Verdict::Block { difficulty } => {
+                let reply = self.shares.take_ack(true).map(|a| header.ack(a));
+                let block = match sri_validate(&mut self.sri) {
+                    Some(Ok(ShareValidationResult::BlockFound(
+                        hash,
+                        Some(template_id),
+                        coinbase,
+                    ))) => Some(FoundBlock {
+                        template_id,
+                        coinbase,
+                        solution: header.solution,
+                        hash: BlockHash::from_raw_hash(hash),
+                    }),
+                    other => {
+                        tracing::error!(
+                            channel_id = header.channel_id,
+                            sri = ?other,
+                            "share meets the network target but SRI's validation does not confirm a block; not submitted"
+                        );
+                        None
+                    }
+                };
+                ShareOutcome {
+                    reply,
+                    rejected: None,
+                    difficulty,
+                    block,
+                    close: false,
+                }
             }
-            Channel::Extended(_) => header.reject(ERROR_INVALID_CHANNEL_ID),
+        }
+    }
+}
+
+/// The share-check data of a job SRI just made, with the channel's current target.
+trait JobSource {
+    fn check(&self, target: Target, extranonce_len: usize) -> Result<JobCheck, String>;
+}
+
+impl JobSource for ExtendedJob {
+    fn check(&self, target: Target, extranonce_len: usize) -> Result<JobCheck, String> {
+        let msg = self.get_job_message();
+        let prefix = self.get_coinbase_tx_prefix_without_bip141();
+        Ok(JobCheck {
+            job_id: self.get_job_id(),
+            version: self.get_version(),
+            version_rolling_allowed: self.version_rolling_allowed(),
+            min_ntime: self.get_min_ntime().ok_or("active job without min_ntime")?,
+            target,
+            difficulty: target.difficulty_float(),
+            root: RootSource::Rolled {
+                prefix: prefix_engine(&[&prefix, self.get_extranonce_prefix()]),
+                suffix: self.get_coinbase_tx_suffix_without_bip141(),
+                path: msg.merkle_path.iter().map(|h| h.to_array()).collect(),
+                extranonce_len,
+            },
+        })
+    }
+}
+
+impl JobSource for StandardJob {
+    fn check(&self, target: Target, _extranonce_len: usize) -> Result<JobCheck, String> {
+        Ok(JobCheck {
+            job_id: self.get_job_id(),
+            version: self.get_version(),
+            version_rolling_allowed: true,
+            min_ntime: self.get_min_ntime().ok_or("active job without min_ntime")?,
+            target,
+            difficulty: target.difficulty_float(),
+            root: RootSource::Fixed(self.get_merkle_root().to_array()),
+        })
+    }
+}
+
+fn check_of(
+    job: &impl JobSource,
+    target: Target,
+    extranonce_len: usize,
+) -> Result<JobCheck, String> {
+    job.check(target, extranonce_len)
+}
+
+impl SriChannel {
+    /// Bytes of extranonce a device sends with each share (0 on standard channels).
+    fn rollable_extranonce_len(&self) -> usize {
+        match self {
+            SriChannel::Standard(_) => 0,
+            SriChannel::Extended(c) => usize::from(c.get_rollable_extranonce_size()),
         }
     }
 }
@@ -201,14 +422,14 @@ impl ShareHeader {
         }
     }
 
-    /// The outcome of a validation, with the acknowledgement the accounting calls for.
-    fn settle(
-        &self,
-        result: Result<ShareValidationResult, ShareValidationError>,
-        accounting: &stratum_core::channels_sv2::server::share_accounting::ShareAccounting,
-    ) -> ShareOutcome {
-        let ack = ack_message(self.channel_id, self.seq, accounting);
-        outcome(result, ack, self.channel_id, self.seq, self.solution)
+    /// `SubmitShares.Success` for a batch ending with this share.
+    fn ack(&self, ack: Ack) -> AnyMessageOwned {
+        AnyMessageOwned::Mining(MiningOwned::SubmitSharesSuccess(SubmitSharesSuccessOwned {
+            channel_id: self.channel_id,
+            last_sequence_number: self.seq,
+            new_submits_accepted_count: ack.accepted,
+            new_shares_sum: ack.work,
+        }))
     }
 
     fn reject(&self, code: &'static str) -> ShareOutcome {
@@ -216,26 +437,12 @@ impl ShareHeader {
     }
 }
 
-fn ack_message(
-    channel_id: u32,
-    seq: u32,
-    accounting: &stratum_core::channels_sv2::server::share_accounting::ShareAccounting,
-) -> Option<AnyMessageOwned> {
-    accounting.should_acknowledge().then(|| {
-        AnyMessageOwned::Mining(MiningOwned::SubmitSharesSuccess(SubmitSharesSuccessOwned {
-            channel_id,
-            last_sequence_number: seq,
-            new_submits_accepted_count: accounting.get_last_batch_accepted(),
-            new_shares_sum: accounting.get_last_batch_work_sum(),
-        }))
-    })
-}
-
 /// A rejection reply for `code`.
 pub fn reject(channel_id: u32, seq: u32, code: &'static str) -> ShareOutcome {
     ShareOutcome {
         reply: error_reply(channel_id, seq, code),
         rejected: Some(code),
+        difficulty: 0.0,
         block: None,
         close: false,
     }
@@ -250,62 +457,6 @@ fn error_reply(channel_id: u32, seq: u32, code: &'static str) -> Option<AnyMessa
             error_code,
         },
     )))
-}
-
-fn outcome(
-    result: Result<ShareValidationResult, ShareValidationError>,
-    ack: Option<AnyMessageOwned>,
-    channel_id: u32,
-    seq: u32,
-    solution: Solution,
-) -> ShareOutcome {
-    match result {
-        Ok(ShareValidationResult::Valid(_)) => ShareOutcome {
-            reply: ack,
-            rejected: None,
-            block: None,
-            close: false,
-        },
-        Ok(ShareValidationResult::BlockFound(hash, template_id, coinbase)) => ShareOutcome {
-            // A block is always acknowledged at once.
-            reply: ack.or(Some(AnyMessageOwned::Mining(
-                MiningOwned::SubmitSharesSuccess(SubmitSharesSuccessOwned {
-                    channel_id,
-                    last_sequence_number: seq,
-                    new_submits_accepted_count: 1,
-                    new_shares_sum: 1,
-                }),
-            ))),
-            rejected: None,
-            block: template_id.map(|template_id| FoundBlock {
-                template_id,
-                coinbase,
-                solution,
-                hash: BlockHash::from_raw_hash(hash),
-            }),
-            close: false,
-        },
-        Err(e) => {
-            let (code, close) = match e {
-                ShareValidationError::Invalid(c)
-                | ShareValidationError::Stale(c)
-                | ShareValidationError::InvalidJobId(c)
-                | ShareValidationError::DoesNotMeetTarget(c)
-                | ShareValidationError::VersionRollingNotAllowed(c)
-                | ShareValidationError::DuplicateShare(c)
-                | ShareValidationError::BadExtranonceSize(c) => (c, false),
-                ShareValidationError::InvalidCoinbase => ("invalid-share", false),
-                ShareValidationError::NoChainTip => ("stale-share", false),
-                ShareValidationError::SeenSharesBudgetExhausted => ("too-many-shares", true),
-            };
-            ShareOutcome {
-                reply: error_reply(channel_id, seq, code),
-                rejected: Some(code),
-                block: None,
-                close,
-            }
-        }
-    }
 }
 
 /// An SV2 `STR0_255` from text (cut to 255 bytes).

@@ -6,6 +6,7 @@
 //! the latest work.
 
 pub mod channel;
+pub mod shares;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -448,7 +449,7 @@ impl Connection {
             group_channel_id: 0,
         };
         Ok((
-            Channel::Standard(Box::new(channel)),
+            Channel::standard(channel, s.share_batch_size),
             AnyMessageOwned::Mining(MiningOwned::OpenStandardMiningChannelSuccess(success)),
         ))
     }
@@ -504,7 +505,7 @@ impl Connection {
             group_channel_id: 0,
         };
         Ok((
-            Channel::Extended(Box::new(channel)),
+            Channel::extended(channel, s.share_batch_size),
             AnyMessageOwned::Mining(MiningOwned::OpenExtendedMiningChannelSuccess(success)),
         ))
     }
@@ -539,16 +540,14 @@ impl Connection {
         seq: u32,
         validate: impl FnOnce(&mut Channel) -> channel::ShareOutcome,
     ) -> Vec<AnyMessageOwned> {
-        let (outcome, kind, difficulty) = match self.channels.get_mut(&channel_id) {
+        let (outcome, kind) = match self.channels.get_mut(&channel_id) {
             Some(ch) => {
                 let kind = ch.kind();
-                let difficulty = ch.target().difficulty_float();
-                (validate(ch), kind, difficulty)
+                (validate(ch), kind)
             }
             None => (
                 channel::reject(channel_id, seq, channel::ERROR_INVALID_CHANNEL_ID),
                 "unknown",
-                0.0,
             ),
         };
         let _ = self.server.bus.publish(
@@ -558,7 +557,7 @@ impl Connection {
                 channel_kind: kind.to_string(),
                 accepted: outcome.rejected.is_none(),
                 reason: outcome.rejected.unwrap_or_default().to_string(),
-                difficulty,
+                difficulty: outcome.difficulty,
             },
         );
         if let Some(code) = outcome.rejected {
@@ -591,20 +590,13 @@ impl Connection {
                 .into_iter()
                 .collect();
         };
-        let max_target = Some(Target::from_le_bytes(u.maximum_target.to_array()));
-        let result = match ch {
-            Channel::Standard(c) => c
-                .update_channel(u.nominal_hash_rate, max_target)
-                .map_err(|e| format!("{e:?}")),
-            Channel::Extended(c) => c
-                .update_channel(u.nominal_hash_rate, max_target)
-                .map_err(|e| format!("{e:?}")),
-        };
+        let max_target = Target::from_le_bytes(u.maximum_target.to_array());
+        let result = ch.update(u.nominal_hash_rate, max_target);
         match result {
-            Ok(()) => vec![AnyMessageOwned::Mining(MiningOwned::SetTarget(
+            Ok(target) => vec![AnyMessageOwned::Mining(MiningOwned::SetTarget(
                 SetTargetOwned {
                     channel_id,
-                    maximum_target: U256Owned::from(ch.target().to_le_bytes()),
+                    maximum_target: U256Owned::from(target.to_le_bytes()),
                 },
             ))],
             Err(e) => {
