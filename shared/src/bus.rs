@@ -13,14 +13,17 @@
 //! | `sent_at_us` | uint | send time (unix µs) |
 //! | `body` | map | the topic's payload (see [`crate::messages`]) |
 //!
-//! State-carrying topics ([`Topic::is_state`]) are re-sent at a steady interval with the same
-//! body (same `id`), so a consumer that starts late or reconnects catches up; consumers drop
-//! duplicates by id. Gaps in `seq` are counted and logged. Unknown fields are ignored; an
+//! State-carrying topics ([`Topic::is_state`]) are re-sent at a steady interval, the same
+//! envelope byte for byte, under the topic frame `resend:<topic>`; the heartbeat announces the
+//! latest `seq` of each state topic. A subscriber takes the re-sends only while it lacks the
+//! current state (at start, after a publisher restart, or when a heartbeat announces a `seq` it
+//! has not seen), so a 2 MB template is not pushed to every consumer every second; consumers
+//! drop duplicates by id. Gaps in `seq` are counted and logged. Unknown fields are ignored; an
 //! envelope of another major version is refused and counted as malformed.
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,11 +85,36 @@ impl Topic {
         }
     }
 
+    /// The topic frame of re-sent state (`resend:<topic>`): consumers that already hold the
+    /// current state leave it unsubscribed, so the publisher sends them nothing.
+    pub fn resend_str(self) -> &'static str {
+        match self {
+            Topic::Tip => "resend:tip",
+            Topic::Template => "resend:template",
+            Topic::Selection => "resend:selection",
+            Topic::Job => "resend:job",
+            Topic::Share => "resend:share",
+            Topic::Block => "resend:block",
+            Topic::Heartbeat => "resend:heartbeat",
+            Topic::Event => "resend:event",
+        }
+    }
+
     /// Parses a topic frame.
     pub fn from_wire(bytes: &[u8]) -> Option<Topic> {
         Topic::ALL
             .into_iter()
             .find(|t| t.as_str().as_bytes() == bytes)
+    }
+
+    /// Parses a topic frame, live or re-sent: `(topic, resent)`.
+    pub fn from_wire_any(bytes: &[u8]) -> Option<(Topic, bool)> {
+        Topic::from_wire(bytes).map(|t| (t, false)).or_else(|| {
+            Topic::ALL
+                .into_iter()
+                .find(|t| t.resend_str().as_bytes() == bytes)
+                .map(|t| (t, true))
+        })
     }
 
     /// Topics whose latest message is the current state, re-sent periodically.
@@ -318,24 +346,24 @@ async fn publisher_task(
 ) {
     let instance = now_micros();
     let mut seqs: HashMap<Topic, u64> = HashMap::new();
-    let mut latest_state: HashMap<Topic, Bytes> = HashMap::new();
+    // Latest envelope of each state topic with its sequence number, re-sent as is.
+    let mut latest_state: BTreeMap<Topic, (u64, Bytes)> = BTreeMap::new();
     let mut tick = tokio::time::interval(options.resend_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut frame = |topic: Topic, body: &[u8]| -> Option<ZmqMessage> {
+    let mut envelope = |topic: Topic, body: &[u8]| -> (u64, Bytes) {
         let seq = seqs.entry(topic).or_insert(0);
         *seq += 1;
-        let env = encode_envelope(&options.source, instance, *seq, body);
-        ZmqMessage::try_from(vec![
-            Bytes::from_static(topic.as_str().as_bytes()),
-            Bytes::from(env),
-        ])
-        .ok()
+        (
+            *seq,
+            Bytes::from(encode_envelope(&options.source, instance, *seq, body)),
+        )
     };
-    async fn send(socket: &mut zeromq::PubSocket, msg: Option<ZmqMessage>) {
-        if let Some(msg) = msg {
-            if let Err(e) = socket.send(msg).await {
-                tracing::warn!(error = %e, "bus send failed");
-            }
+    async fn send(socket: &mut zeromq::PubSocket, frame: &'static str, env: Bytes) {
+        let Ok(msg) = ZmqMessage::try_from(vec![Bytes::from_static(frame.as_bytes()), env]) else {
+            return;
+        };
+        if let Err(e) = socket.send(msg).await {
+            tracing::warn!(error = %e, "bus send failed");
         }
     }
     loop {
@@ -343,10 +371,11 @@ async fn publisher_task(
             biased;
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
+                let (seq, env) = envelope(msg.topic, &msg.body);
                 if msg.topic.is_state() {
-                    latest_state.insert(msg.topic, msg.body.clone());
+                    latest_state.insert(msg.topic, (seq, env.clone()));
                 }
-                send(&mut socket, frame(msg.topic, &msg.body)).await;
+                send(&mut socket, msg.topic.as_str(), env).await;
             }
             _ = tick.tick() => {
                 let (received, malformed, gaps, _) = stats.snapshot();
@@ -357,17 +386,17 @@ async fn publisher_task(
                     bus_received: received,
                     bus_malformed: malformed,
                     bus_gaps: gaps,
+                    state_seqs: latest_state
+                        .iter()
+                        .map(|(topic, (seq, _))| (topic.as_str(), *seq))
+                        .collect(),
                 };
                 if let Ok(body) = rmp_serde::to_vec_named(&hb) {
-                    send(&mut socket, frame(Topic::Heartbeat, &body)).await;
+                    let (_, env) = envelope(Topic::Heartbeat, &body);
+                    send(&mut socket, Topic::Heartbeat.as_str(), env).await;
                 }
-                let mut topics: Vec<_> = latest_state.keys().copied().collect();
-                topics.sort();
-                for topic in topics {
-                    if let Some(body) = latest_state.get(&topic) {
-                        let body = body.clone();
-                        send(&mut socket, frame(topic, &body)).await;
-                    }
+                for (topic, (_, env)) in &latest_state {
+                    send(&mut socket, topic.resend_str(), env.clone()).await;
                 }
             }
             _ = shutdown.cancelled() => break,
@@ -375,7 +404,8 @@ async fn publisher_task(
     }
     // Flush what is queued so the last events reach their consumers.
     while let Ok(msg) = rx.try_recv() {
-        send(&mut socket, frame(msg.topic, &msg.body)).await;
+        let (_, env) = envelope(msg.topic, &msg.body);
+        send(&mut socket, msg.topic.as_str(), env).await;
     }
     let _ = socket.close().await;
 }
@@ -389,6 +419,16 @@ struct HeartbeatWire {
     bus_received: u64,
     bus_malformed: u64,
     bus_gaps: u64,
+    /// Sequence number of the latest message of each state topic, so a subscriber can tell
+    /// whether it missed one and must take the re-sends.
+    state_seqs: BTreeMap<&'static str, u64>,
+}
+
+/// The part of a heartbeat the subscriber's state tracking reads.
+#[derive(Debug, Default, Deserialize)]
+struct HeartbeatStateSeqs {
+    #[serde(default)]
+    state_seqs: HashMap<String, u64>,
 }
 
 /// Decoded heartbeat including the publisher's bus counters.
@@ -421,6 +461,8 @@ pub struct Received {
     pub source: String,
     /// Send time from the envelope (unix µs).
     pub sent_at_us: u64,
+    /// Whether it came as a re-send of the current state (`resend:<topic>`).
+    pub resent: bool,
     /// The whole envelope, to decode with [`Received::decode`].
     pub bytes: Bytes,
 }
@@ -511,21 +553,37 @@ pub fn subscribe(
     (rx, tasks)
 }
 
-/// Sequence tracking per (publisher instance, topic).
+/// Sequence tracking per (publisher instance, topic), and which state topics this
+/// subscriber still needs re-sent.
 #[derive(Default)]
 struct SeqTracker {
     instance: u64,
+    /// Last live `seq` per topic (gap detection).
     last: HashMap<Topic, u64>,
+    /// Newest `seq` held per state topic, live or re-sent.
+    held: HashMap<Topic, u64>,
+    /// Latest `seq` per state topic announced by the publisher's heartbeat.
+    announced: HashMap<Topic, u64>,
 }
 
 impl SeqTracker {
     /// Returns (missed messages, publisher restarted).
-    fn observe(&mut self, instance: u64, topic: Topic, seq: u64) -> (u64, bool) {
+    fn observe(&mut self, instance: u64, topic: Topic, seq: u64, resent: bool) -> (u64, bool) {
         let mut restarted = false;
         if instance != self.instance {
             restarted = self.instance != 0;
             self.instance = instance;
             self.last.clear();
+            self.held.clear();
+            self.announced.clear();
+        }
+        if topic.is_state() {
+            let held = self.held.entry(topic).or_insert(seq);
+            *held = (*held).max(seq);
+        }
+        if resent {
+            // Re-sends repeat an earlier `seq`; they say nothing about gaps.
+            return (0, restarted);
         }
         let missed = match self.last.get(&topic) {
             // The first message seen from an instance tells nothing about gaps.
@@ -535,6 +593,51 @@ impl SeqTracker {
         };
         self.last.insert(topic, seq);
         (missed, restarted)
+    }
+
+    /// Records the state `seq`s a heartbeat of the current instance announces.
+    fn announce(&mut self, seqs: &HashMap<String, u64>) {
+        for (name, seq) in seqs {
+            if let Some(topic) = Topic::from_wire(name.as_bytes()) {
+                self.announced.insert(topic, *seq);
+            }
+        }
+    }
+
+    /// Whether re-sends of `topic` are needed: nothing held yet, or older than announced.
+    fn wants_resend(&self, topic: Topic) -> bool {
+        match (self.held.get(&topic), self.announced.get(&topic)) {
+            (None, _) => true,
+            (Some(held), Some(announced)) => held < announced,
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Subscribes to or leaves the re-send topics so that exactly the state topics this
+/// subscriber lacks are re-sent to it.
+async fn sync_resend_subscriptions(
+    socket: &mut zeromq::SubSocket,
+    label: &str,
+    state_topics: &[Topic],
+    tracker: &SeqTracker,
+    subscribed: &mut Vec<Topic>,
+) {
+    for &topic in state_topics {
+        let want = tracker.wants_resend(topic);
+        let has = subscribed.contains(&topic);
+        let result = if want && !has {
+            subscribed.push(topic);
+            socket.subscribe(topic.resend_str()).await
+        } else if !want && has {
+            subscribed.retain(|t| *t != topic);
+            socket.unsubscribe(topic.resend_str()).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(stream = %label, topic = topic.as_str(), error = %e, "bus re-send subscription change failed");
+        }
     }
 }
 
@@ -548,6 +651,7 @@ async fn stream_task(
     shutdown: CancellationToken,
 ) {
     let mut tracker = SeqTracker::default();
+    let state_topics: Vec<Topic> = topics.iter().copied().filter(|t| t.is_state()).collect();
     let mut connected_once = false;
     let mut warned_down = false;
     while !shutdown.is_cancelled() {
@@ -561,6 +665,18 @@ async fn stream_task(
                 ok = false;
             }
         }
+        // After a reconnect anything may have been missed: take the re-sends until a
+        // heartbeat shows the state is current.
+        tracker.held.clear();
+        let mut resend_subscribed = Vec::new();
+        sync_resend_subscriptions(
+            &mut socket,
+            &label,
+            &state_topics,
+            &tracker,
+            &mut resend_subscribed,
+        )
+        .await;
         let connected = tokio::select! {
             r = socket.connect(&endpoint) => r,
             _ = shutdown.cancelled() => return,
@@ -605,6 +721,21 @@ async fn stream_task(
             let Some(received) = check_message(&label, msg, &mut tracker, &stats) else {
                 continue;
             };
+            if received.topic == Topic::Heartbeat {
+                if let Ok(hb) = received.decode::<HeartbeatStateSeqs>() {
+                    tracker.announce(&hb.state_seqs);
+                }
+            }
+            if received.topic == Topic::Heartbeat || received.topic.is_state() {
+                sync_resend_subscriptions(
+                    &mut socket,
+                    &label,
+                    &state_topics,
+                    &tracker,
+                    &mut resend_subscribed,
+                )
+                .await;
+            }
             if received.topic == Topic::Heartbeat && !topics.contains(&Topic::Heartbeat) {
                 continue;
             }
@@ -676,7 +807,7 @@ fn check_message(
         tracing::warn!(stream = %label, "skipping malformed bus message: expected 2 frames");
         None
     })?;
-    let Some(topic_parsed) = Topic::from_wire(&topic) else {
+    let Some((topic_parsed, resent)) = Topic::from_wire_any(&topic) else {
         return malformed(format!(
             "unknown topic {:?}",
             String::from_utf8_lossy(&topic)
@@ -703,7 +834,7 @@ fn check_message(
             header.version
         ));
     }
-    let (missed, restarted) = tracker.observe(header.instance, topic_parsed, header.seq);
+    let (missed, restarted) = tracker.observe(header.instance, topic_parsed, header.seq, resent);
     if restarted {
         stats.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = %label, source = %header.source, "publisher restarted");
@@ -717,6 +848,7 @@ fn check_message(
         topic: topic_parsed,
         source: header.source,
         sent_at_us: header.sent_at_us,
+        resent,
         bytes,
     })
 }

@@ -285,6 +285,10 @@ pub struct WatcherConfig {
     pub mempool_refresh_min_interval_ms: u64,
     /// Backstop poll of `getbestblockhash`, milliseconds.
     pub tip_poll_interval_ms: u64,
+    /// Wait after publishing a tip before asking bitcoind for its template, milliseconds:
+    /// bitcoind builds a large template on every core (script checks), which would compete
+    /// with the empty-block job on its way to the devices. 0 asks at once.
+    pub template_after_tip_delay_ms: u64,
 }
 
 impl Default for WatcherConfig {
@@ -292,6 +296,7 @@ impl Default for WatcherConfig {
         Self {
             mempool_refresh_min_interval_ms: 1000,
             tip_poll_interval_ms: 1000,
+            template_after_tip_delay_ms: 3,
         }
     }
 }

@@ -266,7 +266,7 @@ async fn hub(
     }
 }
 
-/// Starts decoding and validating a selection on a blocking thread; returns whether one was
+/// Starts decoding and validating a selection on a bulk thread; returns whether one was
 /// started (re-sent duplicates and undecodable messages are not).
 fn prepare(
     msg: Received,
@@ -284,16 +284,24 @@ fn prepare(
     }
     let done = done.clone();
     let stats = stats.clone();
-    tokio::task::spawn_blocking(move || match msg.decode::<Selection>() {
-        Ok(sel) => {
-            let _ = done.send(PreparedSelection::prepare(sel, network));
-        }
-        Err(e) => {
-            stats.count_malformed();
-            tracing::warn!(error = %e, "skipping malformed selection");
-            let _ = done.send(Err(WorkError::Malformed));
+    // Decoding and hashing a large selection is bulk work: a lower-priority thread, so the
+    // next tip is handled first.
+    let spawned = jdc_shared::priority::spawn_bulk("selection-prep", move || {
+        match msg.decode::<Selection>() {
+            Ok(sel) => {
+                let _ = done.send(PreparedSelection::prepare(sel, network));
+            }
+            Err(e) => {
+                stats.count_malformed();
+                tracing::warn!(error = %e, "skipping malformed selection");
+                let _ = done.send(Err(WorkError::Malformed));
+            }
         }
     });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a thread to prepare the selection");
+        return false;
+    }
     true
 }
 

@@ -96,6 +96,9 @@ impl Shared {
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    // All of this process is bulk work (serving metrics): the tip path of the other processes
+    // runs first when the CPU is short.
+    jdc_shared::priority::lower_process(jdc_shared::priority::BULK_NICE);
     let addr: SocketAddr = config.metrics.listen.parse().map_err(|e| {
         ConfigError::new(
             "metrics.listen",

@@ -157,6 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         announced,
         mempool_changed,
         min_interval,
+        template_after_tip_delay: Duration::from_millis(watcher.template_after_tip_delay_ms),
     };
     let s = stop.clone();
     tasks.spawn(async move {

@@ -66,6 +66,8 @@ pub struct TemplateTask {
     pub mempool_changed: Arc<Notify>,
     /// Minimum interval between mempool refreshes.
     pub min_interval: Duration,
+    /// Wait after a tip before asking for its template (the tip path goes first).
+    pub template_after_tip_delay: Duration,
 }
 
 /// Which request produced a template.
@@ -130,7 +132,7 @@ impl IdClock {
 struct Loop {
     task: TemplateTask,
     debounce: Debounce,
-    running: JoinSet<Outcome>,
+    running: JoinSet<Result<Outcome, tokio::sync::oneshot::error::RecvError>>,
     generation: u64,
     /// Generation of the last tip request: older mempool results are dropped.
     tip_generation: u64,
@@ -190,7 +192,11 @@ pub async fn template_task(
                 None => break,
             },
             Some(joined) = l.running.join_next(), if !l.running.is_empty() => match joined {
-                Ok(outcome) => l.on_outcome(outcome),
+                Ok(Ok(outcome)) => l.on_outcome(outcome),
+                Ok(Err(_)) => {
+                    tracing::error!("template request thread ended without a result");
+                    l.debounce.failed();
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "template request task failed");
                     l.debounce.failed();
@@ -201,8 +207,8 @@ pub async fn template_task(
             _ = sleep_until(wake), if wake.is_some() => l.start(Kind::Mempool),
         }
     }
-    // Requests in flight finish on the blocking pool (bounded by the RPC timeout); their
-    // results are not wanted any more.
+    // Requests in flight finish on their threads (bounded by the RPC timeout); their results
+    // are not wanted any more.
     l.running.detach_all();
 }
 
@@ -255,7 +261,16 @@ impl Loop {
         let network = self.task.network;
         let ids = self.ids.clone();
         let generation = self.generation;
-        self.running.spawn_blocking(move || {
+        let delay = match kind {
+            Kind::Tip => self.task.template_after_tip_delay,
+            Kind::Mempool => Duration::ZERO,
+        };
+        // Parsing and encoding a large template is bulk work: a lower-priority thread, so a
+        // new tip arriving meanwhile is handled first.
+        let built = jdc_shared::priority::spawn_bulk("template-build", move || {
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
             let started = std::time::Instant::now();
             let result = build(&node, network, &ids, tip_detected_at_us);
             Outcome {
@@ -266,6 +281,15 @@ impl Loop {
                 result,
             }
         });
+        match built {
+            Ok(rx) => {
+                self.running.spawn(rx);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a thread for getblocktemplate");
+                self.debounce.failed();
+            }
+        }
     }
 
     fn on_outcome(&mut self, outcome: Outcome) {

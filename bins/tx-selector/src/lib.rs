@@ -115,6 +115,9 @@ impl Selector {
 
 /// Runs the selector until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    // All of this process is bulk work (choosing transactions): the tip path of the other processes
+    // runs first when the CPU is short.
+    jdc_shared::priority::lower_process(jdc_shared::priority::BULK_NICE);
     let policy = Policy::from_config(&config.tx_selector)?;
     let endpoint = config.bus.bind_endpoint(STREAM, &config.bus.selector)?;
     let stats = Arc::new(BusStats::default());

@@ -182,6 +182,112 @@ async fn tip_at_miner(
     }
 }
 
+/// Per-stage timings of new tips, from the bus timestamps of the stack's `Tip` and `Job`
+/// messages and the miner's receipt.
+#[derive(Default)]
+struct TipStages {
+    total: Vec<u64>,
+    zmq_to_watcher: Vec<u64>,
+    watcher_to_bus: Vec<u64>,
+    bus_to_miner: Vec<u64>,
+    bus_to_declarator_write: Vec<u64>,
+    declarator_write_to_miner: Vec<u64>,
+    tip_times: Arc<Mutex<TipTimes>>,
+    /// Height of the block being mined -> µs from tip detection to the declarator's write.
+    job_times: Arc<Mutex<HashMap<u32, u64>>>,
+}
+
+impl TipStages {
+    /// Starts collecting the stack's `Tip` and new-tip `Job` messages.
+    fn collect(stack: &Stack) -> (TipStages, tokio_util::sync::CancellationToken) {
+        let (mut inbox, shutdown) = subscribe_to_stack(stack, vec![Topic::Tip, Topic::Job]);
+        let stages = TipStages::default();
+        let tt = stages.tip_times.clone();
+        let jt = stages.job_times.clone();
+        tokio::spawn(async move {
+            while let Some(m) = inbox.recv().await {
+                if m.topic == Topic::Job {
+                    if let Ok(env) = bus::decode_envelope::<JobSent>(&m.bytes) {
+                        if env.body.new_tip {
+                            if let Ok(mut t) = jt.lock() {
+                                t.entry(env.body.height).or_insert(env.body.tip_to_job_us);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if let Ok(env) = bus::decode_envelope::<Tip>(&m.bytes) {
+                    let env: Envelope<Tip> = env;
+                    if let Ok(mut t) = tt.lock() {
+                        t.entry(env.body.prev_hash.clone()).or_insert((
+                            env.body.detected_at_us,
+                            env.sent_at_us,
+                            env.body.height,
+                        ));
+                    }
+                }
+            }
+        });
+        (stages, shutdown)
+    }
+
+    /// Waits for block `hash` at the miner and records its stages.
+    async fn record(
+        &mut self,
+        stack: &Stack,
+        hashblock: &HashblockTimes,
+        hash: &str,
+    ) -> anyhow::Result<()> {
+        let (at_miner, zmq_at) = tip_at_miner(stack, hashblock, hash).await?;
+        self.total.push(at_miner.saturating_sub(zmq_at));
+        let Some((detected, sent, height)) = self
+            .tip_times
+            .lock()
+            .ok()
+            .and_then(|m| m.get(hash).copied())
+        else {
+            return Ok(());
+        };
+        self.zmq_to_watcher.push(detected.saturating_sub(zmq_at));
+        self.watcher_to_bus.push(sent.saturating_sub(detected));
+        self.bus_to_miner.push(at_miner.saturating_sub(sent));
+        tokio::time::sleep(Duration::from_millis(20)).await; // the job event follows the job
+        if let Some(tip_to_job) = self
+            .job_times
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&height).copied())
+        {
+            let written = detected + tip_to_job;
+            self.bus_to_declarator_write
+                .push(written.saturating_sub(sent));
+            self.declarator_write_to_miner
+                .push(at_miner.saturating_sub(written));
+        }
+        Ok(())
+    }
+
+    fn print(self) {
+        println!("| span | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
+        for (name, values) in [
+            ("bitcoind hashblock → SetNewPrevHash at miner", self.total),
+            ("hashblock → watcher receives it", self.zmq_to_watcher),
+            ("watcher receipt → Tip published", self.watcher_to_bus),
+            ("Tip published → SetNewPrevHash at miner", self.bus_to_miner),
+            (
+                "… Tip published → declarator wrote the job",
+                self.bus_to_declarator_write,
+            ),
+            (
+                "… declarator wrote → miner received",
+                self.declarator_write_to_miner,
+            ),
+        ] {
+            println!("{}", summary(name, values));
+        }
+    }
+}
+
 async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     let node = Bitcoind::start()?;
     let addr: Address = FOREIGN_ADDRESS
@@ -193,64 +299,13 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     // A miner that hashes but finds (almost) no blocks of its own: only our tips count.
     stack.start_miner("miner", &["--max-shares-per-sec", "0.2"])?;
     let hashblock = listen_hashblock(node.zmq_hashblock()).await?;
-
-    let (mut inbox, shutdown) = subscribe_to_stack(&stack, vec![Topic::Tip, Topic::Job]);
-    // Tip prev_hash -> (detected at, published at, height).
-    let tip_times: Arc<Mutex<TipTimes>> = Arc::default();
-    // Height of the block being mined -> µs from tip detection to the declarator's write.
-    let job_times: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
-    let tt = tip_times.clone();
-    let jt = job_times.clone();
-    tokio::spawn(async move {
-        while let Some(m) = inbox.recv().await {
-            if m.topic == Topic::Job {
-                if let Ok(env) = bus::decode_envelope::<JobSent>(&m.bytes) {
-                    if env.body.new_tip {
-                        if let Ok(mut t) = jt.lock() {
-                            t.entry(env.body.height).or_insert(env.body.tip_to_job_us);
-                        }
-                    }
-                }
-                continue;
-            }
-            if let Ok(env) = bus::decode_envelope::<Tip>(&m.bytes) {
-                let env: Envelope<Tip> = env;
-                if let Ok(mut t) = tt.lock() {
-                    t.entry(env.body.prev_hash.clone()).or_insert((
-                        env.body.detected_at_us,
-                        env.sent_at_us,
-                        env.body.height,
-                    ));
-                }
-            }
-        }
-    });
+    let (mut stages, shutdown) = TipStages::collect(&stack);
     tokio::time::sleep(Duration::from_secs(2)).await; // let the subscriptions settle
 
-    let mut total = Vec::new();
-    let mut zmq_to_watcher = Vec::new();
-    let mut watcher_to_bus = Vec::new();
-    let mut bus_to_miner = Vec::new();
-    let mut bus_to_declarator_write = Vec::new();
-    let mut declarator_write_to_miner = Vec::new();
     eprintln!("mining {tips} blocks ...");
     for i in 0..tips {
         let hash = node.generate_to(&addr, 1)?[0].to_string();
-        let (at_miner, zmq_at) = tip_at_miner(&stack, &hashblock, &hash).await?;
-        total.push(at_miner.saturating_sub(zmq_at));
-        if let Some((detected, sent, height)) =
-            tip_times.lock().ok().and_then(|m| m.get(&hash).copied())
-        {
-            zmq_to_watcher.push(detected.saturating_sub(zmq_at));
-            watcher_to_bus.push(sent.saturating_sub(detected));
-            bus_to_miner.push(at_miner.saturating_sub(sent));
-            tokio::time::sleep(Duration::from_millis(20)).await; // the job event follows the job
-            if let Some(tip_to_job) = job_times.lock().ok().and_then(|m| m.get(&height).copied()) {
-                let written = detected + tip_to_job;
-                bus_to_declarator_write.push(written.saturating_sub(sent));
-                declarator_write_to_miner.push(at_miner.saturating_sub(written));
-            }
-        }
+        stages.record(&stack, &hashblock, &hash).await?;
         if (i + 1) % 25 == 0 {
             eprintln!("  {} / {tips}", i + 1);
         }
@@ -258,40 +313,7 @@ async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     println!("new tip → SetNewPrevHash at the sim-miner (ms), {tips} tips on loopback\n");
-    println!("| span | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
-    println!(
-        "{}",
-        summary("bitcoind hashblock → SetNewPrevHash at miner", total)
-    );
-    println!(
-        "{}",
-        summary("hashblock → watcher receives it", zmq_to_watcher)
-    );
-    println!(
-        "{}",
-        summary(
-            "watcher receipt → Tip published (getblockheader)",
-            watcher_to_bus
-        )
-    );
-    println!(
-        "{}",
-        summary("Tip published → SetNewPrevHash at miner", bus_to_miner)
-    );
-    println!(
-        "{}",
-        summary(
-            "… Tip published → declarator wrote the job",
-            bus_to_declarator_write
-        )
-    );
-    println!(
-        "{}",
-        summary(
-            "… declarator wrote → miner received",
-            declarator_write_to_miner
-        )
-    );
+    stages.print();
     Ok(())
 }
 
@@ -318,7 +340,7 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
     let rpc = node.rpc()?;
     let start = Instant::now();
     for (i, coin) in coins.iter().enumerate() {
-        rpc.send_raw_transaction(&funds.spend(coin, 4)?)?;
+        rpc.send_raw_transaction(&funds.spend(coin, 4, 10)?)?;
         if (i + 1) % 1000 == 0 {
             eprintln!(
                 "  {} / {txs} ({:.0} s)",
@@ -339,9 +361,10 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
     let mut template_txs = 0usize;
     let mut seen_templates = std::collections::HashSet::new();
     for _ in 0..rounds {
-        // One more transaction changes the mempool: the watcher publishes a new template.
+        // One more transaction, paying more than any other so that it enters the (full)
+        // template: the watcher publishes a new template (an unchanged one is not re-published).
         if let Some(coin) = spare.next() {
-            rpc.send_raw_transaction(&funds.spend(&coin, 4)?)?;
+            rpc.send_raw_transaction(&funds.spend(&coin, 4, 50)?)?;
         }
         // bitcoind serves a cached template for ~5 s after the last one when only the mempool
         // changed, so a refresh can take that long to appear.
@@ -403,9 +426,9 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
     // transactions) leave the 5,000 transactions in place, so every tip is followed by a
     // 4 MB getblocktemplate, selection and full job.
     let hashblock = listen_hashblock(node.zmq_hashblock()).await?;
+    let (mut stages, shutdown) = TipStages::collect(&stack);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let addr = funds.address.to_string();
-    let mut tip_latencies = Vec::new();
     for _ in 0..tip_rounds {
         let answer: serde_json::Value = rpc.call(
             "generateblock",
@@ -415,22 +438,15 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
             .as_str()
             .context("generateblock hash")?
             .to_string();
-        let (at_miner, zmq_at) = tip_at_miner(&stack, &hashblock, &hash).await?;
-        tip_latencies.push(at_miner.saturating_sub(zmq_at));
+        stages.record(&stack, &hashblock, &hash).await?;
         // Let the full template of this tip go through before the next block.
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
+    shutdown.cancel();
     println!(
         "\nnew tip → SetNewPrevHash at the sim-miner with {mempool} transactions in the mempool (ms)\n"
     );
-    println!("| span | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
-    println!(
-        "{}",
-        summary(
-            "bitcoind hashblock → SetNewPrevHash at miner",
-            tip_latencies
-        )
-    );
+    stages.print();
     Ok(())
 }
 
@@ -489,7 +505,7 @@ impl Funds {
                 value: cb.output[0].value.to_sat(),
             };
             let outs = per_tx.min(n - coins.len() - txids.len() * per_tx);
-            let tx = self.spend(&coin, outs)?;
+            let tx = self.spend(&coin, outs, 10)?;
             txids.push((tx.compute_txid(), outs, tx.output[0].value.to_sat()));
             rpc.send_raw_transaction(&tx)?;
         }
@@ -510,11 +526,17 @@ impl Funds {
 
     /// A transaction spending `coin` to `outputs` equal outputs of our own address
     /// (about 200 vB with 4 outputs), paying a fee of 10 sat/vB.
-    fn spend(&self, coin: &Coin, outputs: usize) -> anyhow::Result<bitcoin::Transaction> {
+    /// A transaction spending `coin` to `outputs` outputs at `fee_rate` sat/vB.
+    fn spend(
+        &self,
+        coin: &Coin,
+        outputs: usize,
+        fee_rate: u64,
+    ) -> anyhow::Result<bitcoin::Transaction> {
         use bitcoin::hashes::Hash;
         use bitcoin::sighash::{EcdsaSighashType, SighashCache};
         let vsize_estimate = 11 + 68 + 31 * outputs as u64;
-        let fee = vsize_estimate * 10;
+        let fee = vsize_estimate * fee_rate;
         let each = coin.value.saturating_sub(fee) / outputs as u64;
         if each < 1_000 {
             bail!(

@@ -31,6 +31,7 @@ fn received<T: serde::Serialize>(stream: &str, topic: Topic, body: &T) -> Receiv
         topic,
         source: stream.to_string(),
         sent_at_us: 1,
+        resent: false,
         bytes: Bytes::from(rmp_serde::to_vec_named(&env).unwrap()),
     }
 }
