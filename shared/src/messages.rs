@@ -101,7 +101,10 @@ pub struct Dropped {
 }
 
 /// The transactions we will mine, chosen from a template by the tx-selector (or by a
-/// third-party selector implementing the same contract).
+/// third-party selector implementing the same contract). It names transactions of the template
+/// by txid rather than carrying them: the declarator takes their bytes, fees, weights and
+/// dependencies from the template it received from the watcher, and checks the selection
+/// against it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Selection {
     /// Unique id of this selection.
@@ -122,8 +125,10 @@ pub struct Selection {
     pub mintime: u32,
     /// Name of the policy that produced it.
     pub policy: String,
-    /// Chosen transactions in block order: a parent always comes before its children.
-    pub txs: Vec<TemplateTx>,
+    /// The chosen transactions of template `template_id`, by txid (RPC hex order), in block
+    /// order: a parent always comes before its children. The transactions themselves are
+    /// the template's; the declarator holds it too.
+    pub txids: Vec<String>,
     /// Sum of the chosen transactions' fees, in satoshis.
     pub fees: u64,
     /// Coinbase value: subsidy + `fees`, in satoshis.

@@ -12,10 +12,12 @@ use std::time::Instant;
 
 use jdc_declarator::downstream::channel::Channel;
 use jdc_declarator::payout::Payout;
+use jdc_declarator::templates::{select_all, TemplateTxs};
 use jdc_declarator::work::WorkBook;
 use jdc_shared::bitcoin::{Network, ScriptBuf, Target};
 use jdc_shared::chain;
-use jdc_shared::messages::{Selection, TemplateTx, Tip};
+use jdc_shared::messages::{Template, TemplateTx, Tip};
+use std::sync::Arc;
 use stratum_core::binary_sv2::B032Owned;
 use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
 use stratum_core::channels_sv2::server::extended::ExtendedChannel;
@@ -63,31 +65,28 @@ fn work(txs: usize) -> jdc_declarator::work::WorkState {
             }
         })
         .collect();
-    let wtxids: Vec<[u8; 32]> = list
-        .iter()
-        .map(|t| chain::hash_from_rpc_hex(&t.wtxid).expect("hex"))
-        .collect();
-    let fees: u64 = list.iter().map(|t| t.fee).sum();
-    let sel = Selection {
+    let template = Template {
         id: 1,
-        template_id: 1,
         height,
         prev_hash: prev,
         version: 0x2000_0000,
         bits: NBITS,
+        target: hex::encode([0xff; 32]),
         curtime: 1_700_000_000,
         mintime: 1_700_000_000,
-        policy: "bench".into(),
-        weight: list.iter().map(|t| t.weight).sum(),
-        sigops: list.len() as u64,
-        fees,
-        coinbase_value: chain::subsidy(height, Network::Regtest) + fees,
-        witness_commitment: hex::encode(chain::witness_commitment(&wtxids)),
+        coinbase_value: 0,
+        subsidy: chain::subsidy(height, Network::Regtest),
+        weight_limit: 4_000_000,
+        sigop_limit: 80_000,
         txs: list,
-        dropped: vec![],
         tip_detected_at_us: 0,
     };
-    book.on_selection(sel).expect("selection").expect("new").0
+    let sel = select_all(&template, 1, Network::Regtest);
+    let txs = Arc::new(TemplateTxs::from_template(template).expect("template"));
+    book.on_selection(sel, txs)
+        .expect("selection")
+        .expect("new")
+        .0
 }
 
 fn bench(txs: usize, shares: u32) {

@@ -80,13 +80,13 @@ pub fn assemble(
             });
         }
     }
-    let tx_count = body.txs.len() + 1;
-    let size: usize = 80 + 9 + coinbase.len() + body.txs.iter().map(Vec::len).sum::<usize>();
+    let tx_count = body.order.len() + 1;
+    let size: usize = 80 + 9 + coinbase.len() + body.txs().map(<[u8]>::len).sum::<usize>();
     let mut bytes = Vec::with_capacity(size);
     bytes.extend_from_slice(&serialize(&header));
     bytes.extend_from_slice(&serialize(&VarInt(tx_count as u64)));
     bytes.extend_from_slice(coinbase);
-    for tx in &body.txs {
+    for tx in body.txs() {
         bytes.extend_from_slice(tx);
     }
     Ok(AssembledBlock {

@@ -3,6 +3,7 @@
 //! submits found blocks to bitcoind.
 //!
 //! - [`work`]: tips and selections → templates for the channel logic (pure).
+//! - [`templates`]: the watcher's templates that selections refer to (pure).
 //! - [`payout`]: coinbase payout outputs (pure).
 //! - [`block`]: block assembly from a solving share (pure).
 //! - [`downstream`]: the SV2 mining server for devices.
@@ -15,6 +16,7 @@ pub mod downstream;
 pub mod node;
 pub mod payout;
 pub mod service;
+pub mod templates;
 pub mod work;
 
 pub use service::{run, RunError};

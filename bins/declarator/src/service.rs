@@ -6,7 +6,7 @@ use std::time::Duration;
 use jdc_shared::bitcoin::Network;
 use jdc_shared::bus::{self, BusStats, Publisher, Received, Topic};
 use jdc_shared::config::{Config, ConfigError};
-use jdc_shared::messages::{BlockEvent, BlockStage, Event, Selection, Tip};
+use jdc_shared::messages::{BlockEvent, BlockStage, Event, Selection, Template, Tip};
 use jdc_shared::sv2::AuthorityKeys;
 use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
 use tokio::net::TcpListener;
@@ -17,6 +17,7 @@ use crate::block::assemble;
 use crate::downstream::{channel::FoundBlock, Server, ServerSettings};
 use crate::node::Node;
 use crate::payout::Payout;
+use crate::templates::{TemplateStore, TemplateTxs};
 use crate::work::{Catalog, PreparedSelection, WorkBook, WorkError, WorkState};
 
 /// Why the declarator stopped.
@@ -91,9 +92,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     )
     .await?;
     let (inbox, sub_tasks) = bus::subscribe(
-        config
-            .bus
-            .subscribe_options(&["watcher", "selector"], &[Topic::Tip, Topic::Selection]),
+        config.bus.subscribe_options(
+            &["watcher", "selector"],
+            &[Topic::Tip, Topic::Template, Topic::Selection],
+        ),
         stats.clone(),
         shutdown.clone(),
     );
@@ -170,11 +172,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     Ok(())
 }
 
-/// Receives tips and selections and publishes the resulting work.
+/// Receives tips, templates and selections and publishes the resulting work.
 ///
-/// Tips are handled here at once. Selections (megabytes for a full block) are decoded and
-/// validated on blocking threads and come back prepared, so a tip never waits behind a large
-/// selection, whatever the mempool size.
+/// Tips are handled here at once. Templates (megabytes with a full mempool) are decoded on
+/// bulk threads as they arrive, while the selector is still choosing; selections are decoded
+/// and checked against their template on bulk threads too and come back prepared, so a tip
+/// never waits behind either, whatever the mempool size.
 async fn hub(
     mut inbox: mpsc::Receiver<Received>,
     mut book: WorkBook,
@@ -184,13 +187,19 @@ async fn hub(
     stats: Arc<BusStats>,
     bus: Publisher,
 ) {
-    let (prepared_tx, mut prepared_rx) =
-        mpsc::unbounded_channel::<Result<PreparedSelection, WorkError>>();
-    // Selections are prepared one at a time, newest wins: at most one waits behind the one
-    // being prepared.
-    let mut preparing = false;
-    let mut waiting: Option<Received> = None;
-    let mut last_selection_seen: Option<u64> = None;
+    let (prepared_tx, mut prepared_rx) = mpsc::unbounded_channel::<Prepared>();
+    let (template_tx, mut template_rx) =
+        mpsc::unbounded_channel::<Result<TemplateTxs, WorkError>>();
+    let mut templates = TemplateStore::default();
+    let mut last_template_seen: Option<u64> = None;
+    let mut selections = Selections {
+        network,
+        stats: stats.clone(),
+        done: prepared_tx,
+        preparing: false,
+        waiting: None,
+        last_seen: None,
+    };
     loop {
         let result = tokio::select! {
             biased;
@@ -214,27 +223,43 @@ async fn hub(
                             continue;
                         }
                     },
+                    Topic::Template => {
+                        decode_template(msg, &stats, &template_tx, &mut last_template_seen);
+                        continue;
+                    }
                     Topic::Selection => {
-                        if preparing {
-                            waiting = Some(msg);
-                        } else {
-                            preparing = prepare(msg, network, &stats, &prepared_tx, &mut last_selection_seen);
-                        }
+                        selections.offer(Pending::Encoded(msg), &templates);
                         continue;
                     }
                     _ => continue,
                 }
             }
+            decoded = template_rx.recv() => {
+                let Some(decoded) = decoded else { break };
+                match decoded {
+                    Ok(t) => {
+                        templates.insert(Arc::new(t));
+                        selections.start_next(&templates);
+                        continue;
+                    }
+                    Err(WorkError::Malformed) => continue,
+                    Err(e) => Err(e),
+                }
+            }
             prepared = prepared_rx.recv() => {
                 let Some(prepared) = prepared else { break };
-                preparing = false;
-                if let Some(next) = waiting.take() {
-                    preparing = prepare(next, network, &stats, &prepared_tx, &mut last_selection_seen);
-                }
-                match prepared {
-                    Err(WorkError::Malformed) => continue,
-                    other => other.and_then(|p| book.apply_selection(p)),
-                }
+                selections.preparing = false;
+                let result = match prepared {
+                    Prepared::NeedsTemplate(sel) => {
+                        tracing::debug!(selection = sel.id, template = sel.template_id, "selection waits for its template");
+                        selections.park(sel);
+                        Ok(None)
+                    }
+                    Prepared::Done(Err(WorkError::Malformed)) => Ok(None),
+                    Prepared::Done(other) => other.and_then(|p| book.apply_selection(p)),
+                };
+                selections.start_next(&templates);
+                result
             }
         };
         match result {
@@ -252,12 +277,16 @@ async fn hub(
             }
             Ok(None) => {}
             Err(e) => {
+                let kind = match e {
+                    WorkError::InvalidTemplate { .. } => "template-refused",
+                    _ => "selection-refused",
+                };
                 tracing::warn!(error = %e, "refused work; devices keep the last valid job");
                 let _ = bus.publish(
                     Topic::Event,
                     &Event {
                         level: "warn".into(),
-                        kind: "selection-refused".into(),
+                        kind: kind.into(),
                         message: e.to_string(),
                     },
                 );
@@ -266,43 +295,136 @@ async fn hub(
     }
 }
 
-/// Starts decoding and validating a selection on a bulk thread; returns whether one was
-/// started (re-sent duplicates and undecodable messages are not).
-fn prepare(
+/// Starts decoding a template on a bulk thread (re-sent duplicates are dropped unread).
+fn decode_template(
     msg: Received,
-    network: Network,
     stats: &Arc<BusStats>,
-    done: &mpsc::UnboundedSender<Result<PreparedSelection, WorkError>>,
+    done: &mpsc::UnboundedSender<Result<TemplateTxs, WorkError>>,
     last_seen: &mut Option<u64>,
-) -> bool {
-    // Re-sent state: the same selection every resend interval; dropped without decoding.
+) {
     if let Some(id) = msg.peek_id() {
         if *last_seen == Some(id) {
-            return false;
+            return;
         }
         *last_seen = Some(id);
     }
     let done = done.clone();
     let stats = stats.clone();
-    // Decoding and hashing a large selection is bulk work: a lower-priority thread, so the
-    // next tip is handled first.
-    let spawned = jdc_shared::priority::spawn_bulk("selection-prep", move || {
-        match msg.decode::<Selection>() {
-            Ok(sel) => {
-                let _ = done.send(PreparedSelection::prepare(sel, network));
-            }
+    let spawned = jdc_shared::priority::spawn_bulk("template-decode", move || {
+        let decoded = match msg.decode::<Template>() {
+            Ok(t) => TemplateTxs::from_template(t),
             Err(e) => {
                 stats.count_malformed();
-                tracing::warn!(error = %e, "skipping malformed selection");
-                let _ = done.send(Err(WorkError::Malformed));
+                tracing::warn!(error = %e, "skipping malformed template");
+                Err(WorkError::Malformed)
             }
-        }
+        };
+        let _ = done.send(decoded);
     });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start a thread to prepare the selection");
-        return false;
+        tracing::error!(error = %e, "cannot start a thread to decode the template");
     }
-    true
+}
+
+/// A selection not yet prepared.
+enum Pending {
+    /// As received from the bus.
+    Encoded(Received),
+    /// Decoded, waiting for its template.
+    Decoded(Selection),
+}
+
+/// What a bulk thread makes of a selection.
+enum Prepared {
+    /// Checked and hashed, or refused.
+    Done(Result<PreparedSelection, WorkError>),
+    /// Its template has not arrived (yet).
+    NeedsTemplate(Selection),
+}
+
+/// Selections are prepared one at a time, newest wins: at most one waits behind the one
+/// being prepared, and at most one waits for its template.
+struct Selections {
+    network: Network,
+    stats: Arc<BusStats>,
+    done: mpsc::UnboundedSender<Prepared>,
+    preparing: bool,
+    waiting: Option<Pending>,
+    last_seen: Option<u64>,
+}
+
+impl Selections {
+    /// A selection from the bus (re-sent duplicates are dropped unread).
+    fn offer(&mut self, pending: Pending, templates: &TemplateStore) {
+        if let Pending::Encoded(msg) = &pending {
+            if let Some(id) = msg.peek_id() {
+                if self.last_seen == Some(id) {
+                    return;
+                }
+                self.last_seen = Some(id);
+            }
+        }
+        self.waiting = Some(pending);
+        self.start_next(templates);
+    }
+
+    /// Keeps a decoded selection until its template arrives (a newer selection replaces it).
+    fn park(&mut self, sel: Selection) {
+        if self.waiting.is_none() {
+            self.waiting = Some(Pending::Decoded(sel));
+        }
+    }
+
+    /// Starts preparing the waiting selection if none is being prepared and, for a decoded
+    /// one, its template is here.
+    fn start_next(&mut self, templates: &TemplateStore) {
+        if self.preparing {
+            return;
+        }
+        if let Some(Pending::Decoded(sel)) = &self.waiting {
+            if !templates.contains(sel.template_id) {
+                return;
+            }
+        }
+        let Some(pending) = self.waiting.take() else {
+            return;
+        };
+        let network = self.network;
+        let stats = self.stats.clone();
+        let done = self.done.clone();
+        let template_of = {
+            // The few kept templates, for the thread to look the selection's up.
+            let kept: Vec<Arc<TemplateTxs>> = templates.all();
+            move |id: u64| kept.iter().find(|t| t.id == id).cloned()
+        };
+        // Decoding and hashing a large selection is bulk work: a lower-priority thread, so
+        // the next tip is handled first.
+        let spawned = jdc_shared::priority::spawn_bulk("selection-prep", move || {
+            let sel = match pending {
+                Pending::Decoded(sel) => sel,
+                Pending::Encoded(msg) => match msg.decode::<Selection>() {
+                    Ok(sel) => sel,
+                    Err(e) => {
+                        stats.count_malformed();
+                        tracing::warn!(error = %e, "skipping malformed selection");
+                        let _ = done.send(Prepared::Done(Err(WorkError::Malformed)));
+                        return;
+                    }
+                },
+            };
+            let prepared = match template_of(sel.template_id) {
+                Some(template) => {
+                    Prepared::Done(PreparedSelection::prepare(sel, template, network))
+                }
+                None => Prepared::NeedsTemplate(sel),
+            };
+            let _ = done.send(prepared);
+        });
+        match spawned {
+            Ok(_) => self.preparing = true,
+            Err(e) => tracing::error!(error = %e, "cannot start a thread to prepare the selection"),
+        }
+    }
 }
 
 /// Assembles and submits found blocks, one at a time, without blocking the runtime.

@@ -16,6 +16,7 @@ use stratum_core::binary_sv2::{B0255Owned, B064KOwned, Seq0255Owned, U256Owned};
 use stratum_core::template_distribution_sv2::{NewTemplateOwned, SetNewPrevHashOwned};
 
 use crate::payout::Payout;
+use crate::templates::TemplateTxs;
 
 /// Why a tip or selection was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -36,6 +37,14 @@ pub enum WorkError {
         id: u64,
         /// Its height.
         height: u32,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A template from the watcher breaks a rule; the text says which.
+    #[error("invalid template {id}: {reason}")]
+    InvalidTemplate {
+        /// Template id.
+        id: u64,
         /// What is wrong.
         reason: String,
     },
@@ -122,8 +131,20 @@ pub struct BlockBody {
     pub nbits: u32,
     /// Transaction ids in block order (internal order), coinbase excluded.
     pub txids: Vec<[u8; 32]>,
-    /// Raw transactions in block order, coinbase excluded.
-    pub txs: Vec<Vec<u8>>,
+    /// The template the transactions come from (none for an empty block).
+    pub template: Option<Arc<TemplateTxs>>,
+    /// Positions in `template` of the block's transactions, in block order.
+    pub order: Vec<u32>,
+}
+
+impl BlockBody {
+    /// The raw transactions in block order, coinbase excluded.
+    pub fn txs(&self) -> impl Iterator<Item = &[u8]> {
+        let txs = self.template.as_ref().map_or(&[][..], |t| &t.txs[..]);
+        self.order
+            .iter()
+            .filter_map(move |&i| txs.get(i as usize).map(|tx| tx.data.as_slice()))
+    }
 }
 
 /// The last templates' block bodies, by template id.
@@ -157,9 +178,9 @@ impl Catalog {
     }
 }
 
-/// A selection checked and hashed, ready to become work: the costly part of handling a
-/// selection (hex parsing, thousands of double SHA-256), done without touching the work book so
-/// it can run off the event loop.
+/// A selection checked against its template and hashed, ready to become work: the costly
+/// part of handling a selection (thousands of double SHA-256), done without touching the work
+/// book so it can run off the event loop.
 #[derive(Debug)]
 pub struct PreparedSelection {
     id: u64,
@@ -173,20 +194,25 @@ pub struct PreparedSelection {
     commitment: [u8; 32],
     merkle_path: Vec<[u8; 32]>,
     txids: Vec<[u8; 32]>,
-    txs: Vec<Vec<u8>>,
+    template: Arc<TemplateTxs>,
+    order: Vec<u32>,
 }
 
 impl PreparedSelection {
-    /// Validates `sel` (see [`validate_selection`] and the witness commitment) and computes
-    /// its merkle path.
-    pub fn prepare(sel: Selection, network: Network) -> Result<PreparedSelection, WorkError> {
+    /// Checks `sel` against the template it names (see [`validate_selection`] and the witness
+    /// commitment) and computes its merkle path.
+    pub fn prepare(
+        sel: Selection,
+        template: Arc<TemplateTxs>,
+        network: Network,
+    ) -> Result<PreparedSelection, WorkError> {
         let prev_hash =
             chain::hash_from_rpc_hex(&sel.prev_hash).map_err(|source| WorkError::Hash {
                 field: "selection.prev_hash",
                 source,
             })?;
-        let (txids, wtxids) = validate_selection(&sel, network)?;
-        let (commitment, merkle_path) = commitment_and_path(&wtxids, &txids);
+        let checked = validate_selection(&sel, &template, network)?;
+        let (commitment, merkle_path) = commitment_and_path(&checked.wtxids, &checked.txids);
         check_commitment(&sel, &commitment)?;
         Ok(PreparedSelection {
             id: sel.id,
@@ -199,8 +225,9 @@ impl PreparedSelection {
             tip_detected_at_us: sel.tip_detected_at_us,
             commitment,
             merkle_path,
-            txids,
-            txs: sel.txs.into_iter().map(|t| t.data).collect(),
+            txids: checked.txids,
+            template,
+            order: checked.order,
         })
     }
 
@@ -291,7 +318,8 @@ impl WorkBook {
             prev_hash,
             nbits: tip.nbits,
             txids: Vec::new(),
-            txs: Vec::new(),
+            template: None,
+            order: Vec::new(),
         };
         let state = WorkState {
             tip: Arc::new(tip_work),
@@ -320,17 +348,19 @@ impl WorkBook {
         }
     }
 
-    /// A selection from the tx-selector: validated, then returned as the full job. `None` when
-    /// it is a re-sent duplicate or for an older tip. (Validation and apply in one step; the
-    /// service prepares off its event loop with [`PreparedSelection::prepare`] instead.)
+    /// A selection from the tx-selector, for `template`: validated, then returned as the full
+    /// job. `None` when it is a re-sent duplicate or for an older tip. (Validation and apply in
+    /// one step; the service prepares off its event loop with [`PreparedSelection::prepare`]
+    /// instead.)
     pub fn on_selection(
         &mut self,
         sel: Selection,
+        template: Arc<TemplateTxs>,
     ) -> Result<Option<(WorkState, BlockBody)>, WorkError> {
         if self.last_selection_id == Some(sel.id) {
             return Ok(None);
         }
-        let prepared = PreparedSelection::prepare(sel, self.network)?;
+        let prepared = PreparedSelection::prepare(sel, template, self.network)?;
         self.apply_selection(prepared)
     }
 
@@ -374,7 +404,7 @@ impl WorkBook {
             )),
         };
         let template_id = self.next_id();
-        let tx_count = p.txs.len() as u32;
+        let tx_count = p.order.len() as u32;
         let job = self.job(
             template_id,
             JobKind::Full,
@@ -391,7 +421,8 @@ impl WorkBook {
             prev_hash: p.prev_hash,
             nbits: tip.nbits,
             txids: p.txids,
-            txs: p.txs,
+            template: Some(p.template),
+            order: p.order,
         };
         let state = WorkState {
             tip,
@@ -445,40 +476,72 @@ impl WorkBook {
     }
 }
 
-/// Hashes in internal byte order.
-type Hashes = Vec<[u8; 32]>;
+/// A selection resolved against its template.
+#[derive(Debug)]
+pub struct CheckedSelection {
+    /// Transaction ids in block order (internal order).
+    pub txids: Vec<[u8; 32]>,
+    /// Witness transaction ids in block order.
+    pub wtxids: Vec<[u8; 32]>,
+    /// Positions in the template, in block order.
+    pub order: Vec<u32>,
+}
 
-/// Checks that a selection is a valid block body (order, fees, coinbase value, weight,
-/// sigops); returns its txids and wtxids (internal order). The witness commitment is checked
-/// by [`check_commitment`].
+/// Checks that a selection is a valid block body made of `template`'s transactions: every
+/// txid is one of the template's, none twice, every parent chosen and earlier; the fees,
+/// coinbase value, weight and sigops (from the template, not from the selector) match its
+/// claims and the block limits. The witness commitment is checked by [`check_commitment`].
 pub fn validate_selection(
     sel: &Selection,
+    template: &TemplateTxs,
     network: Network,
-) -> Result<(Hashes, Hashes), WorkError> {
+) -> Result<CheckedSelection, WorkError> {
     let invalid = |reason: String| WorkError::InvalidSelection {
         id: sel.id,
         height: sel.height,
         reason,
     };
-    let mut txids = Vec::with_capacity(sel.txs.len());
-    let mut wtxids = Vec::with_capacity(sel.txs.len());
+    if sel.template_id != template.id || sel.height != template.height {
+        return Err(invalid(format!(
+            "names template {} at height {}, but was checked against template {} at height {}",
+            sel.template_id, sel.height, template.id, template.height
+        )));
+    }
+    // 1-based position in the block of each template transaction (0: not chosen).
+    let mut placed = vec![0u32; template.txs.len()];
+    let mut checked = CheckedSelection {
+        txids: Vec::with_capacity(sel.txids.len()),
+        wtxids: Vec::with_capacity(sel.txids.len()),
+        order: Vec::with_capacity(sel.txids.len()),
+    };
     let (mut fees, mut weight, mut sigops) = (0u64, 0u64, 0u64);
-    for (i, tx) in sel.txs.iter().enumerate() {
+    for (i, hex_txid) in sel.txids.iter().enumerate() {
         let position = i as u32 + 1;
-        if let Some(dep) = tx.depends.iter().find(|d| **d == 0 || **d >= position) {
+        let txid = chain::hash_from_rpc_hex(hex_txid)
+            .map_err(|e| invalid(format!("transaction {position}: {e}")))?;
+        let Some(at) = template.position(&txid) else {
             return Err(invalid(format!(
-                "transaction {} ({}) depends on position {dep}, which is not before it",
-                position, tx.txid
+                "transaction {position} ({hex_txid}) is not in template {}",
+                template.id
+            )));
+        };
+        let slot = &mut placed[at as usize];
+        if *slot != 0 {
+            return Err(invalid(format!(
+                "transaction {position} ({hex_txid}) is chosen twice"
             )));
         }
-        txids.push(
-            chain::hash_from_rpc_hex(&tx.txid)
-                .map_err(|e| invalid(format!("transaction {position}: {e}")))?,
-        );
-        wtxids.push(
-            chain::hash_from_rpc_hex(&tx.wtxid)
-                .map_err(|e| invalid(format!("transaction {position}: {e}")))?,
-        );
+        *slot = position;
+        let tx = &template.txs[at as usize];
+        if let Some(parent) = tx.parents.iter().find(|&&p| placed[p as usize] == 0) {
+            return Err(invalid(format!(
+                "transaction {position} ({hex_txid}) comes without or before its parent, template transaction {}",
+                parent + 1
+            )));
+        }
+        checked.txids.push(txid);
+        checked.wtxids.push(tx.wtxid);
+        checked.order.push(at);
         fees = fees.saturating_add(tx.fee);
         weight = weight.saturating_add(tx.weight);
         sigops = sigops.saturating_add(tx.sigops);
@@ -506,7 +569,7 @@ pub fn validate_selection(
             "{sigops} sigops exceed the block limit {MAX_BLOCK_SIGOPS}"
         )));
     }
-    Ok((txids, wtxids))
+    Ok(checked)
 }
 
 /// The witness commitment and the coinbase merkle path, computed side by side for large

@@ -59,7 +59,7 @@ pub struct SelectionSummary {
     /// Chosen fees.
     pub fees: u64,
     /// Chosen transactions (only counted).
-    pub txs: Vec<IgnoredAny>,
+    pub txids: Vec<IgnoredAny>,
     /// What the policy left out.
     #[serde(default)]
     pub dropped: Vec<Dropped>,
@@ -415,7 +415,7 @@ impl Metrics {
             Message::Selection(s) => {
                 if self.dedup.is_new(Topic::Selection, s.id) {
                     self.selections.inc();
-                    self.selection_transactions.set(gauge_value(s.txs.len()));
+                    self.selection_transactions.set(gauge_value(s.txids.len()));
                     self.selection_fees.set(gauge_value(s.fees));
                     for d in &s.dropped {
                         let reason = self.label("dropped_reason", &d.reason);

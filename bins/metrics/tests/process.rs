@@ -523,7 +523,7 @@ async fn serves_metrics_and_health_from_the_bus() {
         curtime: 1_700_000_000,
         mintime: 1_699_999_000,
         policy: "fee-rate".into(),
-        txs: (0..2).map(tx).collect(),
+        txids: (0..2).map(|i| tx(i).txid).collect(),
         fees: 2_000,
         coinbase_value: 5_000_002_000,
         weight: 800,

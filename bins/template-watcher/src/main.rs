@@ -42,7 +42,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     jdc_shared::telemetry::init(args.common.log_format);
     let config = Config::load_or_exit("jdc-template-watcher", &args.common);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    // One thread: the tip path never hops between threads; bulk work has its own threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
     let result = runtime.block_on(async {
         let shutdown = jdc_shared::shutdown::on_signals();
         jdc_template_watcher::run(config, shutdown).await

@@ -20,7 +20,7 @@ use jdc_shared::messages::{Event, Selection, Template};
 use jdc_shared::time::now_micros;
 use tokio_util::sync::CancellationToken;
 
-pub use select::{select, select_owned, Policy, PolicyKind, SelectError};
+pub use select::{select, Policy, PolicyKind, SelectError};
 
 /// Name of this process on the bus (its stream).
 pub const STREAM: &str = "selector";
@@ -93,7 +93,7 @@ impl Selector {
         if !self.dedup.is_new(Topic::Template, template.id) {
             return Handled::Duplicate;
         }
-        match select::select_owned(template, &self.policy) {
+        match select::select(&template, &self.policy) {
             Ok(mut selection) => {
                 selection.id = self.next_id();
                 Handled::Selected(Box::new(selection))
@@ -202,7 +202,7 @@ fn log_selection(s: &Selection, took: Duration) {
         template_id = s.template_id,
         height = s.height,
         policy = %s.policy,
-        txs = s.txs.len(),
+        txs = s.txids.len(),
         fees = s.fees,
         weight = s.weight,
         sigops = s.sigops,

@@ -26,7 +26,7 @@ use std::collections::BinaryHeap;
 
 use jdc_shared::chain;
 use jdc_shared::config::{ConfigError, SelectorConfig};
-use jdc_shared::messages::{Dropped, Selection, Template, TemplateTx};
+use jdc_shared::messages::{Dropped, Selection, Template};
 
 /// Name of the policy that keeps bitcoind's choice.
 pub const PASS_THROUGH: &str = "pass-through";
@@ -208,31 +208,14 @@ pub enum SelectError {
 /// Chooses the transactions of the next block from `template` under `policy`.
 ///
 /// The returned selection's `id` is the template's id; the process shell gives each published
-/// selection a fresh unique id. The chosen transactions are cloned; [`select_owned`] moves them
-/// instead.
+/// selection a fresh unique id.
 pub fn select(template: &Template, policy: &Policy) -> Result<Selection, SelectError> {
     let plan = plan(template, policy)?;
-    Ok(assemble(template, policy, plan, |i| {
-        template.txs.get(i).cloned()
-    }))
+    Ok(assemble(template, policy, plan))
 }
 
-/// [`select`] for a template the caller no longer needs: the chosen transactions are moved
-/// into the selection rather than copied.
-pub fn select_owned(mut template: Template, policy: &Policy) -> Result<Selection, SelectError> {
-    let plan = plan(&template, policy)?;
-    let mut txs: Vec<Option<TemplateTx>> = std::mem::take(&mut template.txs)
-        .into_iter()
-        .map(Some)
-        .collect();
-    Ok(assemble(&template, policy, plan, |i| {
-        txs.get_mut(i).and_then(Option::take)
-    }))
-}
-
-/// What to take from the template, before any transaction is copied.
+/// What to take from the template.
 struct Plan {
-    graph: Graph,
     wtxids: Vec<[u8; 32]>,
     outcome: Outcome,
 }
@@ -257,11 +240,7 @@ fn plan(template: &Template, policy: &Policy) -> Result<Plan, SelectError> {
         PolicyKind::PassThrough => pass_through(template, &graph, limits),
         PolicyKind::FeeRate => by_package_fee_rate(template, &graph, policy, limits),
     };
-    Ok(Plan {
-        graph,
-        wtxids,
-        outcome,
-    })
+    Ok(Plan { wtxids, outcome })
 }
 
 /// vsize of a transaction: weight / 4 rounded up, at least 1 (so a rate is always defined).
@@ -332,44 +311,22 @@ impl Outcome {
     }
 }
 
-/// Builds the selection; `take(i)` yields template transaction `i` (each asked for once).
-fn assemble(
-    template: &Template,
-    policy: &Policy,
-    plan: Plan,
-    mut take: impl FnMut(usize) -> Option<TemplateTx>,
-) -> Selection {
-    let Plan {
-        graph,
-        wtxids,
-        outcome,
-    } = plan;
-    // 1-based position in the selection of each chosen template transaction (0: not chosen).
-    let mut position = vec![0u32; graph.len()];
-    for (pos, &i) in outcome.chosen.iter().enumerate() {
-        position[i] = pos as u32 + 1;
-    }
+/// Builds the selection from the plan.
+fn assemble(template: &Template, policy: &Policy, plan: Plan) -> Selection {
+    let Plan { wtxids, outcome } = plan;
     let (mut fees, mut weight, mut sigops) = (0u64, 0u64, 0u64);
     let mut chosen_wtxids = Vec::with_capacity(outcome.chosen.len());
-    let txs = outcome
-        .chosen
-        .iter()
-        .filter_map(|&i| {
-            let mut tx = take(i)?;
-            fees = fees.saturating_add(tx.fee);
-            weight = weight.saturating_add(tx.weight);
-            sigops = sigops.saturating_add(tx.sigops);
-            chosen_wtxids.push(wtxids[i]);
-            tx.depends.clear();
-            tx.depends.extend(
-                graph.parents[i]
-                    .iter()
-                    .map(|&p| position[p])
-                    .filter(|&p| p != 0),
-            );
-            Some(tx)
-        })
-        .collect();
+    let mut txids = Vec::with_capacity(outcome.chosen.len());
+    for &i in &outcome.chosen {
+        let Some(tx) = template.txs.get(i) else {
+            continue;
+        };
+        fees = fees.saturating_add(tx.fee);
+        weight = weight.saturating_add(tx.weight);
+        sigops = sigops.saturating_add(tx.sigops);
+        chosen_wtxids.push(wtxids[i]);
+        txids.push(tx.txid.clone());
+    }
     let dropped = DropReason::ALL
         .iter()
         .zip(outcome.dropped)
@@ -390,7 +347,7 @@ fn assemble(
         curtime: template.curtime,
         mintime: template.mintime,
         policy: policy.kind.as_str().to_string(),
-        txs,
+        txids,
         fees,
         coinbase_value: template.subsidy.saturating_add(fees),
         weight,

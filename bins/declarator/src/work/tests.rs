@@ -1,6 +1,7 @@
 use super::*;
+use crate::templates::{select_all, TemplateTxs};
 use jdc_shared::bitcoin::ScriptBuf;
-use jdc_shared::messages::TemplateTx;
+use jdc_shared::messages::{Template, TemplateTx};
 
 fn book() -> WorkBook {
     WorkBook::new(
@@ -23,31 +24,30 @@ fn tip(hash_byte: u8, height: u32) -> Tip {
     }
 }
 
-fn selection(prev: u8, height: u32, txs: Vec<TemplateTx>) -> Selection {
-    let wtxids: Vec<[u8; 32]> = txs
-        .iter()
-        .map(|t| chain::hash_from_rpc_hex(&t.wtxid).unwrap())
-        .collect();
-    let fees = txs.iter().map(|t| t.fee).sum();
-    Selection {
-        id: 42,
-        template_id: 7,
+fn template(prev: u8, height: u32, txs: Vec<TemplateTx>) -> Template {
+    Template {
+        id: 7,
         height,
         prev_hash: hex::encode([prev; 32]),
         version: 0x2000_0000,
         bits: 0x207fffff,
+        target: hex::encode([0xff; 32]),
         curtime: 1_700_000_100,
         mintime: 1_700_000_000,
-        policy: "test".into(),
-        weight: txs.iter().map(|t| t.weight).sum(),
-        sigops: 0,
-        fees,
-        coinbase_value: chain::subsidy(height, Network::Regtest) + fees,
-        witness_commitment: hex::encode(chain::witness_commitment(&wtxids)),
+        coinbase_value: 0,
+        subsidy: chain::subsidy(height, Network::Regtest),
+        weight_limit: 4_000_000,
+        sigop_limit: 80_000,
         txs,
-        dropped: vec![],
         tip_detected_at_us: 0,
     }
+}
+
+/// A selection of every transaction of a template of `txs`, and that template.
+fn selection(prev: u8, height: u32, txs: Vec<TemplateTx>) -> (Selection, Arc<TemplateTxs>) {
+    let t = template(prev, height, txs);
+    let sel = select_all(&t, 42, Network::Regtest);
+    (sel, Arc::new(TemplateTxs::from_template(t).unwrap()))
 }
 
 fn tx(n: u8, depends: Vec<u32>) -> TemplateTx {
@@ -68,67 +68,110 @@ fn tip_then_selection_then_duplicates() {
     let (s1, body) = b.on_tip(&tip(1, 200)).unwrap().unwrap();
     assert_eq!(s1.job.kind, JobKind::Empty);
     assert_eq!(s1.job.template.coinbase_tx_value_remaining, 2_500_000_000);
-    assert!(body.txs.is_empty());
+    assert_eq!(body.txs().count(), 0);
     assert!(
         b.on_tip(&tip(1, 200)).unwrap().is_none(),
         "re-sent tip ignored"
     );
-    let sel = selection(1, 200, vec![tx(1, vec![]), tx(2, vec![1])]);
-    let (s2, body) = b.on_selection(sel.clone()).unwrap().unwrap();
+    let (sel, t) = selection(1, 200, vec![tx(1, vec![]), tx(2, vec![1])]);
+    let (s2, body) = b.on_selection(sel.clone(), t.clone()).unwrap().unwrap();
     assert_eq!(s2.tip.seq, s1.tip.seq, "same tip");
     assert_eq!(s2.job.kind, JobKind::Full);
     assert!(s2.job.template_id > s1.job.template_id);
-    assert_eq!(body.txs.len(), 2);
+    assert_eq!(body.txs().collect::<Vec<_>>(), vec![&[1u8][..], &[2u8][..]]);
     assert_eq!(
         s2.job.outputs.iter().map(|o| o.value.to_sat()).sum::<u64>(),
         sel.coinbase_value
     );
     assert!(
-        b.on_selection(sel.clone()).unwrap().is_none(),
+        b.on_selection(sel.clone(), t).unwrap().is_none(),
         "re-sent selection ignored"
     );
     // A selection for an older tip is ignored once a newer tip is current.
     let (s3, _) = b.on_tip(&tip(2, 201)).unwrap().unwrap();
     assert_eq!(s3.tip.seq, s1.tip.seq + 1);
-    let mut old = selection(1, 200, vec![]);
+    let (mut old, t) = selection(1, 200, vec![]);
     old.id = 43;
-    assert!(b.on_selection(old).unwrap().is_none());
+    assert!(b.on_selection(old, t).unwrap().is_none());
 }
 
 #[test]
 fn selection_for_unknown_newer_tip_starts_it() {
     let mut b = book();
     b.on_tip(&tip(1, 200)).unwrap();
-    let (s, _) = b.on_selection(selection(9, 201, vec![])).unwrap().unwrap();
+    let (sel, t) = selection(9, 201, vec![]);
+    let (s, _) = b.on_selection(sel, t).unwrap().unwrap();
     assert_eq!(s.tip.height, 201);
     assert_eq!(s.tip.prev_hash, [9; 32]);
 }
 
 #[test]
-fn invalid_selections_are_refused_with_reason() {
+fn selection_in_another_order_keeps_parents_first() {
     let mut b = book();
-    let mut bad = selection(1, 200, vec![tx(1, vec![2]), tx(2, vec![])]);
-    let e = b.on_selection(bad.clone()).unwrap_err();
-    assert!(e.to_string().contains("depends on position 2"), "{e}");
-    bad = selection(1, 200, vec![tx(1, vec![])]);
+    b.on_tip(&tip(1, 200)).unwrap();
+    // Template: 1, 2 (spends 1), 3. Selection: 3, 1, 2.
+    let (mut sel, t) = selection(1, 200, vec![tx(1, vec![]), tx(2, vec![1]), tx(3, vec![])]);
+    sel.txids.rotate_right(1);
+    sel.witness_commitment = hex::encode(chain::witness_commitment(&[
+        [103; 32], [101; 32], [102; 32],
+    ]));
+    let (_, body) = b.on_selection(sel, t).unwrap().unwrap();
+    assert_eq!(body.order, vec![2, 0, 1]);
+    assert_eq!(body.txids, vec![[3; 32], [1; 32], [2; 32]]);
+}
+
+fn refusal(sel: Selection, t: Arc<TemplateTxs>) -> String {
+    book().on_selection(sel, t).unwrap_err().to_string()
+}
+
+#[test]
+fn invalid_selections_are_refused_with_reason() {
+    let two = || selection(1, 200, vec![tx(1, vec![]), tx(2, vec![1])]);
+    let (mut bad, t) = two();
+    bad.txids.swap(0, 1);
+    let e = refusal(bad, t);
+    assert!(e.contains("without or before its parent"), "{e}");
+    let (mut bad, t) = two();
+    bad.txids.truncate(0);
+    bad.txids.push(hex::encode([2u8; 32]));
+    let e = refusal(bad, t);
+    assert!(e.contains("without or before its parent"), "{e}");
+    let (mut bad, t) = two();
+    bad.txids.push(hex::encode([9u8; 32]));
+    let e = refusal(bad, t);
+    assert!(e.contains("is not in template 7"), "{e}");
+    let (mut bad, t) = two();
+    bad.txids.push(bad.txids[0].clone());
+    let e = refusal(bad, t);
+    assert!(e.contains("chosen twice"), "{e}");
+    let (mut bad, t) = two();
+    bad.txids[0] = "zz".into();
+    let e = refusal(bad, t);
+    assert!(e.contains("transaction 1"), "{e}");
+    let (mut bad, t) = two();
     bad.coinbase_value += 1;
-    assert!(b
-        .on_selection(bad.clone())
-        .unwrap_err()
-        .to_string()
-        .contains("coinbase value"));
-    bad = selection(1, 200, vec![tx(1, vec![])]);
+    assert!(refusal(bad, t).contains("coinbase value"));
+    let (mut bad, t) = two();
     bad.witness_commitment = hex::encode([0u8; 32]);
-    assert!(b
-        .on_selection(bad.clone())
-        .unwrap_err()
-        .to_string()
-        .contains("witness commitment"));
-    bad = selection(1, 200, vec![tx(1, vec![])]);
+    assert!(refusal(bad, t).contains("witness commitment"));
+    let (mut bad, t) = two();
     bad.fees = 5;
-    assert!(b
-        .on_selection(bad.clone())
-        .unwrap_err()
-        .to_string()
-        .contains("fees"));
+    assert!(refusal(bad, t).contains("fees"));
+    let (mut bad, t) = two();
+    bad.template_id = 8;
+    assert!(refusal(bad, t).contains("names template 8"));
+}
+
+#[test]
+fn templates_that_break_rules_are_refused() {
+    let bad = template(1, 200, vec![tx(1, vec![2]), tx(2, vec![])]);
+    let e = TemplateTxs::from_template(bad).unwrap_err().to_string();
+    assert!(e.contains("depends on position 2"), "{e}");
+    let bad = template(1, 200, vec![tx(1, vec![]), tx(1, vec![])]);
+    let e = TemplateTxs::from_template(bad).unwrap_err().to_string();
+    assert!(e.contains("appears twice"), "{e}");
+    let mut bad = template(1, 200, vec![tx(1, vec![])]);
+    bad.txs[0].wtxid = "00".into();
+    let e = TemplateTxs::from_template(bad).unwrap_err().to_string();
+    assert!(e.contains("transaction 1"), "{e}");
 }

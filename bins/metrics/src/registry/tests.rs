@@ -91,7 +91,7 @@ fn selection(id: u64, template_id: u64, fees: u64, dropped: Vec<Dropped>) -> Sel
         curtime: 1,
         mintime: 1,
         policy: "fee-rate".into(),
-        txs: t.txs,
+        txids: t.txs.into_iter().map(|x| x.txid).collect(),
         fees,
         coinbase_value: 5_000_000_000 + fees,
         weight: 800,

@@ -1,11 +1,13 @@
 use super::*;
 use crate::downstream::channel::Channel;
 use crate::payout::Payout;
+use crate::templates::{select_all, TemplateTxs};
 use crate::work::{WorkBook, WorkState};
 use jdc_shared::bitcoin::{Network, ScriptBuf};
 use jdc_shared::chain;
-use jdc_shared::messages::{Selection, TemplateTx, Tip};
+use jdc_shared::messages::{Template, TemplateTx, Tip};
 use proptest::prelude::*;
+use std::sync::Arc;
 use stratum_core::binary_sv2::B032Owned;
 use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
 use stratum_core::channels_sv2::server::extended::ExtendedChannel;
@@ -51,31 +53,25 @@ fn full_job(book: &mut WorkBook, byte: u8, height: u32, txs: usize, id: u64) -> 
             }
         })
         .collect();
-    let wtxids: Vec<[u8; 32]> = list
-        .iter()
-        .map(|t| chain::hash_from_rpc_hex(&t.wtxid).unwrap())
-        .collect();
-    let fees: u64 = list.iter().map(|t| t.fee).sum();
-    let sel = Selection {
+    let template = Template {
         id,
-        template_id: id,
         height,
         prev_hash: hex::encode([byte; 32]),
         version: 0x2000_0000,
         bits: NBITS,
+        target: hex::encode([0xff; 32]),
         curtime: MIN_NTIME,
         mintime: MIN_NTIME,
-        policy: "test".into(),
-        weight: list.iter().map(|t| t.weight).sum(),
-        sigops: list.len() as u64,
-        fees,
-        coinbase_value: chain::subsidy(height, Network::Regtest) + fees,
-        witness_commitment: hex::encode(chain::witness_commitment(&wtxids)),
+        coinbase_value: 0,
+        subsidy: chain::subsidy(height, Network::Regtest),
+        weight_limit: 4_000_000,
+        sigop_limit: 80_000,
         txs: list,
-        dropped: vec![],
         tip_detected_at_us: 0,
     };
-    book.on_selection(sel).unwrap().unwrap().0
+    let sel = select_all(&template, id, Network::Regtest);
+    let txs = Arc::new(TemplateTxs::from_template(template).unwrap());
+    book.on_selection(sel, txs).unwrap().unwrap().0
 }
 
 fn extended_channel(target: Target) -> Channel {
