@@ -44,6 +44,8 @@ pub enum Topic {
     Tip,
     /// [`crate::messages::Template`] (watcher).
     Template,
+    /// [`crate::messages::TemplateSummary`] (watcher): a few bytes per template, for monitors.
+    Summary,
     /// [`crate::messages::Selection`] (selector).
     Selection,
     /// [`crate::messages::JobSent`] (declarator).
@@ -60,9 +62,10 @@ pub enum Topic {
 
 impl Topic {
     /// All topics.
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::Tip,
         Topic::Template,
+        Topic::Summary,
         Topic::Selection,
         Topic::Job,
         Topic::Share,
@@ -76,6 +79,7 @@ impl Topic {
         match self {
             Topic::Tip => "tip",
             Topic::Template => "template",
+            Topic::Summary => "summary",
             Topic::Selection => "selection",
             Topic::Job => "job",
             Topic::Share => "share",
@@ -91,6 +95,7 @@ impl Topic {
         match self {
             Topic::Tip => "resend:tip",
             Topic::Template => "resend:template",
+            Topic::Summary => "resend:summary",
             Topic::Selection => "resend:selection",
             Topic::Job => "resend:job",
             Topic::Share => "resend:share",
@@ -119,7 +124,10 @@ impl Topic {
 
     /// Topics whose latest message is the current state, re-sent periodically.
     pub fn is_state(self) -> bool {
-        matches!(self, Topic::Tip | Topic::Template | Topic::Selection)
+        matches!(
+            self,
+            Topic::Tip | Topic::Template | Topic::Summary | Topic::Selection
+        )
     }
 }
 

@@ -89,6 +89,28 @@ pub struct Template {
     pub tip_detected_at_us: u64,
 }
 
+/// What monitors need of a template, published by the watcher right after each `Template`
+/// (so they need not read megabytes of transactions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateSummary {
+    /// The template's id.
+    pub id: u64,
+    /// Height of the block.
+    pub height: u32,
+    /// Previous block hash (RPC hex order).
+    pub prev_hash: String,
+    /// Number of transactions (coinbase excluded).
+    pub tx_count: u32,
+    /// Sum of their fees, satoshis.
+    pub fees: u64,
+    /// Sum of their weights.
+    pub weight: u64,
+    /// Subsidy + fees, satoshis.
+    pub coinbase_value: u64,
+    /// How long `getblocktemplate` and its parsing took, microseconds.
+    pub gbt_us: u64,
+}
+
 /// Why and at what cost a transaction was left out of a selection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dropped {

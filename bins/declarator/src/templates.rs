@@ -12,8 +12,9 @@ use jdc_shared::messages::{Selection, Template};
 
 use crate::work::WorkError;
 
-/// Templates kept (the newest few: a selection refers to one just published).
-const TEMPLATES_KEPT: usize = 4;
+/// Templates kept (the newest: a selection refers to one just published). Blocks being
+/// mined keep theirs alive through the catalog.
+const TEMPLATES_KEPT: usize = 2;
 
 /// One transaction of a template, hashes parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,6 +28,18 @@ use registry::Metrics;
 /// The streams (and so the processes) watched.
 pub const STREAMS: [&str; 3] = ["watcher", "selector", "declarator"];
 
+/// Topics read: every one but the full `template` (megabytes; its `summary` says enough).
+pub const TOPICS: [Topic; 8] = [
+    Topic::Tip,
+    Topic::Summary,
+    Topic::Selection,
+    Topic::Job,
+    Topic::Share,
+    Topic::Block,
+    Topic::Heartbeat,
+    Topic::Event,
+];
+
 /// Why the metrics process stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -119,7 +131,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         config.metrics.down_after_ms,
     ));
     let (mut rx, bus_tasks) = bus::subscribe(
-        config.bus.subscribe_options(&STREAMS, &Topic::ALL),
+        config.bus.subscribe_options(&STREAMS, &TOPICS),
         stats,
         shutdown.clone(),
     );

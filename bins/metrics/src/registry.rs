@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 
 use jdc_shared::bus::{BusError, BusStats, Dedup, HeartbeatWithStats, Received, Topic};
-use jdc_shared::messages::{BlockEvent, BlockStage, Dropped, Event, JobSent, ShareResult, Tip};
+use jdc_shared::messages::{
+    BlockEvent, BlockStage, Dropped, Event, JobSent, ShareResult, TemplateSummary, Tip,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,19 +39,6 @@ pub const MAX_LABEL_VALUES: usize = 32;
 
 /// The longest label value kept from the bus.
 const MAX_LABEL_LEN: usize = 64;
-
-/// The parts of a `Template` the metrics need (its transactions are counted, not copied).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct TemplateSummary {
-    /// Template id.
-    pub id: u64,
-    /// Subsidy + fees.
-    pub coinbase_value: u64,
-    /// Subsidy.
-    pub subsidy: u64,
-    /// Transactions (only counted).
-    pub txs: Vec<IgnoredAny>,
-}
 
 /// The parts of a `Selection` the metrics need.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -84,6 +73,8 @@ pub enum Message {
     Heartbeat(HeartbeatWithStats),
     /// An operator event.
     Event(Event),
+    /// A topic the metrics do not read (full templates: their summary is read instead).
+    Ignored,
 }
 
 impl Message {
@@ -91,7 +82,9 @@ impl Message {
     pub fn decode(msg: &Received) -> Result<Message, BusError> {
         Ok(match msg.topic {
             Topic::Tip => Message::Tip(msg.decode()?),
-            Topic::Template => Message::Template(msg.decode()?),
+            Topic::Summary => Message::Template(msg.decode()?),
+            // Not subscribed: the summary carries what the metrics need.
+            Topic::Template => Message::Ignored,
             Topic::Selection => Message::Selection(msg.decode()?),
             Topic::Job => Message::Job(msg.decode()?),
             Topic::Share => Message::Share(msg.decode()?),
@@ -398,6 +391,7 @@ impl Metrics {
     /// Applies one decoded message from `stream`.
     pub fn apply(&mut self, stream: &str, message: &Message, now_us: u64) {
         match message {
+            Message::Ignored => {}
             Message::Tip(tip) => {
                 if self.last_tip.as_deref() != Some(tip.prev_hash.as_str()) {
                     self.last_tip = Some(tip.prev_hash.clone());
@@ -405,11 +399,10 @@ impl Metrics {
                 }
             }
             Message::Template(t) => {
-                if self.dedup.is_new(Topic::Template, t.id) {
+                if self.dedup.is_new(Topic::Summary, t.id) {
                     self.templates.inc();
-                    self.template_transactions.set(gauge_value(t.txs.len()));
-                    self.template_fees
-                        .set(gauge_value(t.coinbase_value.saturating_sub(t.subsidy)));
+                    self.template_transactions.set(gauge_value(t.tx_count));
+                    self.template_fees.set(gauge_value(t.fees));
                 }
             }
             Message::Selection(s) => {

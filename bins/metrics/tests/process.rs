@@ -18,7 +18,7 @@ use jdc_shared::bus::{
 };
 use jdc_shared::messages::{
     BlockEvent, BlockStage, Dropped, Heartbeat, JobKind, JobSent, Selection, ShareResult, Template,
-    TemplateTx, Tip,
+    TemplateSummary, TemplateTx, Tip,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -512,7 +512,23 @@ async fn serves_metrics_and_health_from_the_bus() {
         txs: (0..3).map(tx).collect(),
         tip_detected_at_us: 1,
     };
+    // The full template is not read by the metrics; its summary is.
     watcher.publish(Topic::Template, &template).unwrap();
+    watcher
+        .publish(
+            Topic::Summary,
+            &TemplateSummary {
+                id: template.id,
+                height: template.height,
+                prev_hash: template.prev_hash.clone(),
+                tx_count: 3,
+                fees: 3_000,
+                weight: 1_200,
+                coinbase_value: template.coinbase_value,
+                gbt_us: 2_000,
+            },
+        )
+        .unwrap();
     let selection = Selection {
         id: 777,
         template_id: 555,

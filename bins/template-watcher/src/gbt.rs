@@ -321,6 +321,8 @@ pub struct TemplateHead {
     pub fees: u64,
     /// Sum of the transactions' weights.
     pub weight: u64,
+    /// Subsidy + fees.
+    pub coinbase_value: u64,
     /// Digest of the ordered txids and the coinbase value: equal digests on the same
     /// `prev_hash` mean the same block content.
     pub content_digest: u64,
@@ -346,6 +348,7 @@ impl TemplateHead {
             tx_count: t.txs.len(),
             fees: t.txs.iter().map(|x| x.fee).sum(),
             weight: t.txs.iter().map(|x| x.weight).sum(),
+            coinbase_value: t.coinbase_value,
             content_digest: h.finish(),
         }
     }

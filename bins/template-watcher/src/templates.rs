@@ -17,7 +17,7 @@ use crate::tips::{Announced, NewTip};
 use bytes::Bytes;
 use jdc_shared::bitcoin::Network;
 use jdc_shared::bus::{encode_body, BusError, Publisher, Topic};
-use jdc_shared::messages::Tip;
+use jdc_shared::messages::{TemplateSummary, Tip};
 use jdc_shared::time::now_micros;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -364,7 +364,20 @@ impl Loop {
             if let Some(tip) = &pending {
                 publisher.publish(Topic::Tip, tip)?;
             }
-            publisher.publish_encoded(Topic::Template, body)
+            publisher.publish_encoded(Topic::Template, body)?;
+            publisher.publish(
+                Topic::Summary,
+                &TemplateSummary {
+                    id: head.id,
+                    height: head.height,
+                    prev_hash: head.prev_hash.clone(),
+                    tx_count: u32::try_from(head.tx_count).unwrap_or(u32::MAX),
+                    fees: head.fees,
+                    weight: head.weight,
+                    coinbase_value: head.coinbase_value,
+                    gbt_us: u64::try_from(outcome.elapsed.as_micros()).unwrap_or(u64::MAX),
+                },
+            )
         });
         match sent {
             None => {

@@ -27,7 +27,7 @@ use bitcoincore_rpc::bitcoin::{Address, Network};
 use bitcoincore_rpc::RpcApi;
 use clap::{Parser, Subcommand};
 use jdc_shared::bus::{self, BusStats, Envelope, SubscribeOptions, Topic};
-use jdc_shared::messages::{JobKind, JobSent, Template, Tip};
+use jdc_shared::messages::{JobKind, JobSent, Selection, Template, Tip};
 use jdc_tests::bitcoind::Bitcoind;
 use jdc_tests::stack::Stack;
 use zeromq::{Socket, SocketRecv};
@@ -141,6 +141,10 @@ fn subscribe_to_stack(
                 (
                     "watcher".into(),
                     format!("tcp://127.0.0.1:{}", stack.ports.watcher),
+                ),
+                (
+                    "selector".into(),
+                    format!("tcp://127.0.0.1:{}", stack.ports.selector),
                 ),
                 (
                     "declarator".into(),
@@ -352,11 +356,14 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
     let mempool = rpc.get_raw_mempool()?.len();
     eprintln!("mempool holds {mempool} transactions");
 
-    let (mut inbox, shutdown) = subscribe_to_stack(&stack, vec![Topic::Template, Topic::Job]);
+    let (mut inbox, shutdown) =
+        subscribe_to_stack(&stack, vec![Topic::Template, Topic::Selection, Topic::Job]);
     tokio::time::sleep(Duration::from_secs(3)).await; // past the refresh debounce
     while inbox.try_recv().is_ok() {}
 
     let mut latencies = Vec::new();
+    let mut to_selection = Vec::new();
+    let mut selection_to_job = Vec::new();
     let mut template_bytes = 0usize;
     let mut template_txs = 0usize;
     let mut seen_templates = std::collections::HashSet::new();
@@ -369,7 +376,8 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
         // bitcoind serves a cached template for ~5 s after the last one when only the mempool
         // changed, so a refresh can take that long to appear.
         let deadline = Instant::now() + Duration::from_secs(15);
-        let mut published: Option<u64> = None;
+        let mut published: Option<(u64, u64)> = None;
+        let mut selected: Option<u64> = None;
         loop {
             let Ok(Some(m)) = tokio::time::timeout_at(deadline.into(), inbox.recv()).await else {
                 bail!("no template/job within 15 s");
@@ -380,16 +388,26 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
                     if env.body.txs.len() + 500 >= mempool.min(4_900)
                         && seen_templates.insert(env.body.id)
                     {
-                        published = Some(env.sent_at_us);
+                        published = Some((env.body.id, env.sent_at_us));
                         template_bytes = env.body.txs.iter().map(|t| t.data.len()).sum();
                         template_txs = env.body.txs.len();
                     }
                 }
+                Topic::Selection => {
+                    let env: Envelope<Selection> = bus::decode_envelope(&m.bytes)?;
+                    if published.is_some_and(|(id, _)| id == env.body.template_id) {
+                        selected = Some(env.sent_at_us);
+                    }
+                }
                 Topic::Job => {
                     let env: Envelope<JobSent> = bus::decode_envelope(&m.bytes)?;
-                    if let Some(t0) = published {
+                    if let Some((_, t0)) = published {
                         if env.body.kind == JobKind::Full && env.sent_at_us > t0 {
                             latencies.push(env.sent_at_us - t0);
+                            if let Some(t1) = selected {
+                                to_selection.push(t1.saturating_sub(t0));
+                                selection_to_job.push(env.sent_at_us.saturating_sub(t1));
+                            }
                             break;
                         }
                     }
@@ -408,6 +426,14 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
     println!(
         "{}",
         summary("watcher template → declarator full job", latencies)
+    );
+    println!(
+        "{}",
+        summary("… template → selection published", to_selection)
+    );
+    println!(
+        "{}",
+        summary("… selection published → full job written", selection_to_job)
     );
     println!("\n| process | RSS (MB) |\n|---|---|");
     for p in [

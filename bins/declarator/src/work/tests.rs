@@ -175,3 +175,34 @@ fn templates_that_break_rules_are_refused() {
     let e = TemplateTxs::from_template(bad).unwrap_err().to_string();
     assert!(e.contains("transaction 1"), "{e}");
 }
+
+/// `cargo test -p jdc-declarator --release --lib -- --ignored --nocapture prepare_speed`
+#[test]
+#[ignore = "timing, not a test"]
+fn prepare_speed() {
+    let txs: Vec<TemplateTx> = (0..5_000u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            TemplateTx {
+                data: vec![0; 200],
+                txid: hex::encode(id),
+                wtxid: hex::encode(id),
+                fee: 1,
+                weight: 790,
+                sigops: 1,
+                depends: vec![],
+            }
+        })
+        .collect();
+    let t = template(1, 200, txs);
+    let start = std::time::Instant::now();
+    let decoded = Arc::new(TemplateTxs::from_template(t.clone()).unwrap());
+    println!("template index: {:?}", start.elapsed());
+    let sel = select_all(&t, 1, Network::Regtest);
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let p = PreparedSelection::prepare(sel.clone(), decoded.clone(), Network::Regtest).unwrap();
+        println!("prepare: {:?} ({} txs)", start.elapsed(), p.order.len());
+    }
+}

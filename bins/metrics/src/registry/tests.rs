@@ -1,7 +1,7 @@
 use super::*;
 use bytes::Bytes;
 use jdc_shared::bus::{Envelope, BUS_PROTOCOL_VERSION};
-use jdc_shared::messages::{Heartbeat, JobKind, Selection, Template, TemplateTx};
+use jdc_shared::messages::{Heartbeat, JobKind, Selection, Template, TemplateSummary, TemplateTx};
 
 const PROCESSES: [&str; 3] = ["watcher", "selector", "declarator"];
 
@@ -163,17 +163,25 @@ fn starts_at_zero_with_every_process_down() {
     assert!(text.ends_with("# EOF\n"));
 }
 
+fn summary_of(t: &Template) -> TemplateSummary {
+    TemplateSummary {
+        id: t.id,
+        height: t.height,
+        prev_hash: t.prev_hash.clone(),
+        tx_count: t.txs.len() as u32,
+        fees: t.coinbase_value - t.subsidy,
+        weight: t.txs.iter().map(|x| x.weight).sum(),
+        coinbase_value: t.coinbase_value,
+        gbt_us: 1_000,
+    }
+}
+
 #[test]
 fn re_sent_state_is_counted_once() {
     let mut m = Metrics::new(&PROCESSES);
     let t = |id, n, fees| {
         let t = template(id, n, fees);
-        Message::Template(TemplateSummary {
-            id: t.id,
-            coinbase_value: t.coinbase_value,
-            subsidy: t.subsidy,
-            txs: vec![IgnoredAny; n],
-        })
+        Message::Template(summary_of(&t))
     };
     m.apply("watcher", &Message::Tip(tip("aa")), 1);
     m.apply("watcher", &Message::Tip(tip("aa")), 2);
@@ -437,14 +445,17 @@ fn undecodable_bodies_are_errors_and_bus_stats_are_mirrored() {
 #[test]
 fn full_messages_decode_into_summaries() {
     let t = template(9, 4, 123);
-    let r = received("watcher", Topic::Template, &t);
+    let r = received("watcher", Topic::Summary, &summary_of(&t));
     match Message::decode(&r).unwrap() {
         Message::Template(s) => {
-            assert_eq!((s.id, s.txs.len()), (9, 4));
-            assert_eq!(s.coinbase_value - s.subsidy, 123);
+            assert_eq!((s.id, s.tx_count), (9, 4));
+            assert_eq!(s.fees, 123);
         }
         other => panic!("{other:?}"),
     }
+    // Full templates are not read.
+    let r = received("watcher", Topic::Template, &t);
+    assert!(matches!(Message::decode(&r).unwrap(), Message::Ignored));
     let r = received("watcher", Topic::Heartbeat, &heartbeat(3).heartbeat);
     assert!(
         matches!(Message::decode(&r).unwrap(), Message::Heartbeat(h) if h.heartbeat.started_at_us == 3)
