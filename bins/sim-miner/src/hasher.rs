@@ -101,7 +101,7 @@ impl Hashers {
     pub fn start(
         threads: usize,
         max_shares_per_sec: f64,
-        shares: mpsc::UnboundedSender<FoundShare>,
+        shares: mpsc::Sender<FoundShare>,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
@@ -211,7 +211,7 @@ impl Shared {
     }
 }
 
-fn worker(shared: &Shared, shares: &mpsc::UnboundedSender<FoundShare>) {
+fn worker(shared: &Shared, shares: &mpsc::Sender<FoundShare>) {
     // A simulated device must not take CPU from the stack it tests (or from its own network
     // thread, whose receive times are what the benchmarks measure).
     jdc_shared::priority::lower_current_thread(jdc_shared::priority::IDLE_NICE);
@@ -252,7 +252,8 @@ fn worker(shared: &Shared, shares: &mpsc::UnboundedSender<FoundShare>) {
                             hash,
                             is_block: meets_target(&hash, &work.network_target),
                         };
-                        if shares.send(share).is_err() {
+                        // Waits while the connection is behind (the queue is bounded).
+                        if shares.blocking_send(share).is_err() {
                             return;
                         }
                         // Next unit: spreads shares over extranonces and rolled versions.

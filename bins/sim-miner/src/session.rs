@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{CoinbaseOutput, Event, Events};
 use crate::hasher::{FoundShare, Hashers};
+
+/// Found shares waiting for the connection; hashers wait when it is full.
+const SHARE_QUEUE: usize = 1024;
 use crate::job::{Channel, ChannelKind, Job, JobBody, JobBook, Tip};
 use crate::work::{rpc_hex, target_hex};
 
@@ -119,7 +122,9 @@ pub async fn run(
              pass --authority-public-key or --authority-key-file"
         );
     }
-    let (tx, mut shares) = mpsc::unbounded_channel();
+    // Bounded: with no submission limit the hashers wait for the connection to catch up
+    // (as a device waits for its link) rather than queueing shares in memory without end.
+    let (tx, mut shares) = mpsc::channel(SHARE_QUEUE);
     let hashers = Hashers::start(config.threads, config.max_shares_per_sec, tx)
         .map_err(MinerError::Threads)?;
     tracing::info!(
@@ -164,6 +169,8 @@ pub async fn run(
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     tracing::info!(hashes = hashers.hashes(), "sim-miner stopping");
+    // Hashers waiting on a full queue give up once it is gone.
+    drop(shares);
     let _ = tokio::task::spawn_blocking(move || hashers.stop()).await;
     Ok(())
 }
@@ -179,7 +186,7 @@ impl Session<'_> {
     /// One connection. `Ok` only on shutdown.
     async fn run(
         &self,
-        shares: &mut mpsc::UnboundedReceiver<FoundShare>,
+        shares: &mut mpsc::Receiver<FoundShare>,
         shutdown: &CancellationToken,
         connected: &mut bool,
     ) -> Result<(), SessionError> {

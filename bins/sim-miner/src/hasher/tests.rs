@@ -32,7 +32,7 @@ async fn shares_meet_the_target_and_switch_with_new_work() {
 }
 
 async fn shares_and_switch() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(16);
     let hashers = Hashers::start(2, 0.0, tx).unwrap();
     // Target: top byte below 0x20 → about 1 hash in 8 is a share; mainnet difficulty, so
     // nothing else is submitted.
@@ -66,7 +66,7 @@ async fn shares_and_switch() {
 
 #[tokio::test]
 async fn blocks_are_submitted_even_above_a_hard_share_target() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(16);
     let hashers = Hashers::start(1, 0.0, tx).unwrap();
     // A share target no hash meets: only regtest blocks (hash <= ~2^255) come out.
     hashers.publish(Some(work([0; 32], 1, 0x207fffff)));
@@ -99,4 +99,28 @@ fn pacer_spaces_slots_evenly_without_bursts() {
     let mut unlimited = Pacer::new(0.0);
     assert_eq!(unlimited.try_take(t0), None);
     assert_eq!(unlimited.try_take(t0), None);
+}
+
+/// With no submission limit and nobody draining, hashers stop at the queue bound instead of
+/// queueing shares without end, and give up once the queue is gone.
+#[test]
+fn a_full_share_queue_holds_the_hashers_back() {
+    let (tx, rx) = mpsc::channel(4);
+    let hashers = Hashers::start(1, 0.0, tx).unwrap();
+    hashers.publish(Some(work([0xff; 32], 1, MAINNET_NBITS)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rx.len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rx.len(), 4, "queue filled");
+    let hashes = hashers.hashes();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx.len(), 4);
+    assert_eq!(
+        hashers.hashes(),
+        hashes,
+        "a blocked hasher does not hash on"
+    );
+    drop(rx);
+    hashers.stop();
 }
