@@ -9,6 +9,7 @@
 //! - [`downstream`]: the SV2 mining server for devices.
 //! - [`node`]: `submitblock` over RPC.
 //! - [`service`]: wiring of the tasks.
+//! - [`upstream`]: pool-side connections (Job Declarator Server client; not wired in yet).
 #![forbid(unsafe_code)]
 
 pub mod block;
@@ -17,6 +18,7 @@ pub mod node;
 pub mod payout;
 pub mod service;
 pub mod templates;
+pub mod upstream;
 pub mod work;
 
 pub use service::{run, RunError};

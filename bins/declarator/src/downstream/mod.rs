@@ -276,7 +276,7 @@ fn setup_error(flags: u32, code: &str) -> Option<AnyMessageOwned> {
     ))
 }
 
-fn message_name(msg: &AnyMessageOwned) -> String {
+pub(crate) fn message_name(msg: &AnyMessageOwned) -> String {
     let s = format!("{msg:?}");
     s.split(['(', ' ', '{'])
         .take(2)

@@ -1,0 +1,247 @@
+//! Client of a pool's Job Declarator Server: Noise NX with the pool's authority key,
+//! `SetupConnection` for the Job Declaration protocol in the chosen mode, and a supply of mining
+//! job tokens allocated ahead of need, so a new tip never waits for a token round trip.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, TxOut};
+use jdc_shared::sv2::{connect, Message, Sv2Reader, Sv2Writer};
+use stratum_core::binary_sv2::Str0255Owned;
+use stratum_core::channels_sv2::outputs::deserialize_outputs;
+use stratum_core::common_messages_sv2::Protocol;
+use stratum_core::job_declaration_sv2::{
+    AllocateMiningJobTokenOwned, AllocateMiningJobTokenSuccessOwned,
+};
+use stratum_core::parsers_sv2::JobDeclarationOwned;
+use tokio::net::TcpStream;
+
+use super::{setup_connection, UpstreamError};
+
+/// `SetupConnection` flag of the Job Declaration protocol: the JDC declares its transactions
+/// (Full-Template mode). Without it: Coinbase-only mode.
+pub const DECLARE_TX_DATA: u32 = 0b1;
+
+/// How the pool learns what we mine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Declare the transaction list (`DeclareMiningJob`), answer `ProvideMissingTransactions`.
+    FullTemplate,
+    /// Custom jobs without declaring transactions.
+    CoinbaseOnly,
+}
+
+/// Where and how to reach a JDS.
+#[derive(Debug, Clone)]
+pub struct JdsSettings {
+    /// `host:port`.
+    pub address: String,
+    /// The pool's authority public key; the JDS's certificate must be signed by it.
+    pub authority: XOnlyPublicKey,
+    /// Our identity at the pool (`AllocateMiningJobToken.user_identifier`).
+    pub user_identity: String,
+    /// Full-Template or Coinbase-only.
+    pub mode: Mode,
+    /// Tokens kept allocated ahead of need.
+    pub tokens_ahead: usize,
+    /// Limit for the handshake and for each answer the client waits for.
+    pub timeout: Duration,
+}
+
+/// A mining job token and the coinbase outputs the pool requires with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    /// The token, opaque.
+    pub token: Vec<u8>,
+    /// The pool's outputs, payout first (its value is ours to fill with the reward).
+    pub outputs: Vec<TxOut>,
+    /// The same outputs as the JDS sent them (CompactSize-prefixed), to repeat byte for byte.
+    pub raw_outputs: Vec<u8>,
+}
+
+/// A connected JDS.
+pub struct JdsClient {
+    name: String,
+    settings: JdsSettings,
+    reader: Sv2Reader,
+    writer: Sv2Writer,
+    next_request_id: u32,
+    /// `AllocateMiningJobToken` requests not answered yet.
+    pending: HashSet<u32>,
+    tokens: VecDeque<Token>,
+    /// Every token received, to refuse a JDS that hands one out twice.
+    seen: HashSet<Vec<u8>>,
+}
+
+impl JdsClient {
+    /// Connects, runs the handshake (verifying the authority key) and `SetupConnection`, and
+    /// asks for the first tokens.
+    pub async fn connect(settings: JdsSettings) -> Result<JdsClient, UpstreamError> {
+        let name = format!("jds {}", settings.address);
+        let stream = TcpStream::connect(&settings.address)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                upstream: name.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = connect(stream, Some(settings.authority), settings.timeout)
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                upstream: name.clone(),
+                source,
+            })?;
+        let (host, port) = settings
+            .address
+            .rsplit_once(':')
+            .map(|(h, p)| (h, p.parse::<u16>().unwrap_or(0)))
+            .unwrap_or((settings.address.as_str(), 0));
+        let flags = match settings.mode {
+            Mode::FullTemplate => DECLARE_TX_DATA,
+            Mode::CoinbaseOnly => 0,
+        };
+        setup_connection(
+            &name,
+            (host, port),
+            Protocol::JobDeclarationProtocol,
+            flags,
+            &mut reader,
+            &mut writer,
+            settings.timeout,
+        )
+        .await?;
+        tracing::info!(upstream = %name, mode = ?settings.mode, "job declarator connected");
+        let mut client = JdsClient {
+            name,
+            settings,
+            reader,
+            writer,
+            next_request_id: 1,
+            pending: HashSet::new(),
+            tokens: VecDeque::new(),
+            seen: HashSet::new(),
+        };
+        client.top_up().await?;
+        Ok(client)
+    }
+
+    /// The upstream's name for logs and errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Tokens in hand.
+    pub fn tokens_ready(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Takes the oldest token (tokens are used once) and asks for its replacement.
+    pub async fn take_token(&mut self) -> Result<Option<Token>, UpstreamError> {
+        let token = self.tokens.pop_front();
+        self.top_up().await?;
+        Ok(token)
+    }
+
+    /// Asks for tokens until those in hand and in flight reach `tokens_ahead`.
+    async fn top_up(&mut self) -> Result<(), UpstreamError> {
+        let user = Str0255Owned::try_from(self.settings.user_identity.as_str()).map_err(|e| {
+            self.protocol(format!(
+                "user identity `{}` does not fit: {e:?}",
+                self.settings.user_identity
+            ))
+        })?;
+        let mut requests = Vec::new();
+        while self.tokens.len() + self.pending.len() < self.settings.tokens_ahead {
+            let request_id = self.next_request_id;
+            self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+            self.pending.insert(request_id);
+            requests.push(Message::JobDeclaration(
+                JobDeclarationOwned::AllocateMiningJobToken(AllocateMiningJobTokenOwned {
+                    user_identifier: user.clone(),
+                    request_id,
+                }),
+            ));
+        }
+        if requests.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .send_all(requests)
+            .await
+            .map_err(|e| self.protocol(format!("cannot send AllocateMiningJobToken: {e}")))
+    }
+
+    /// Reads and handles the next message from the JDS.
+    pub async fn recv(&mut self) -> Result<(), UpstreamError> {
+        let msg = self
+            .reader
+            .recv()
+            .await
+            .map_err(|e| self.protocol(format!("connection failed: {e}")))?;
+        match msg {
+            Message::JobDeclaration(JobDeclarationOwned::AllocateMiningJobTokenSuccess(ok)) => {
+                self.on_token(ok)
+            }
+            other => Err(self.protocol(format!(
+                "sent {}, which this client does not expect",
+                crate::downstream::message_name(&other)
+            ))),
+        }
+    }
+
+    /// Waits until at least `n` tokens are in hand (at most the configured timeout).
+    pub async fn wait_for_tokens(&mut self, n: usize) -> Result<(), UpstreamError> {
+        let timeout = self.settings.timeout;
+        let upstream = self.name.clone();
+        tokio::time::timeout(timeout, async {
+            while self.tokens.len() < n {
+                self.recv().await?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout {
+            upstream,
+            waiting_for: "AllocateMiningJobToken",
+            timeout,
+        })?
+    }
+
+    fn on_token(&mut self, ok: AllocateMiningJobTokenSuccessOwned) -> Result<(), UpstreamError> {
+        if !self.pending.remove(&ok.request_id) {
+            return Err(self.protocol(format!(
+                "answered AllocateMiningJobToken request {} that we did not send (or twice)",
+                ok.request_id
+            )));
+        }
+        let token = ok.mining_job_token.as_bytes().to_vec();
+        if !self.seen.insert(token.clone()) {
+            return Err(self.protocol(format!(
+                "handed out mining job token {} a second time",
+                hex::encode(&token)
+            )));
+        }
+        let raw_outputs = ok.coinbase_outputs.as_bytes().to_vec();
+        let outputs = deserialize_outputs(raw_outputs.clone())
+            .map_err(|_| self.protocol("sent coinbase outputs that do not parse".into()))?;
+        if outputs.is_empty() {
+            return Err(self.protocol(
+                "sent no coinbase outputs (the first must be the pool's payout)".into(),
+            ));
+        }
+        tracing::debug!(upstream = %self.name, token = %hex::encode(&token), outputs = outputs.len(), "mining job token allocated");
+        self.tokens.push_back(Token {
+            token,
+            outputs,
+            raw_outputs,
+        });
+        Ok(())
+    }
+
+    fn protocol(&self, detail: String) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.name.clone(),
+            detail,
+        }
+    }
+}
