@@ -1,7 +1,9 @@
 //! Connections to a pool's services (issue 4, in progress): the Job Declarator Server client
-//! ([`jds`]). Not yet wired into the service: the declarator still mines solo.
+//! ([`jds`]) and the pool's Mining protocol client ([`pool`]). Not yet wired into the service:
+//! the declarator still mines solo.
 
 pub mod jds;
+pub mod pool;
 
 use std::time::Duration;
 

@@ -1,0 +1,300 @@
+//! Client of a pool's Mining protocol endpoint as a Job Declaration Client: Noise NX with the
+//! pool's authority key, `SetupConnection` requiring work selection and version rolling, and
+//! the one extended channel that carries the work of all our devices.
+
+use std::time::Duration;
+
+use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, Target};
+use jdc_shared::sv2::{connect, Message, Sv2Reader, Sv2Writer};
+use stratum_core::binary_sv2::{Str0255Owned, U256Owned};
+use stratum_core::common_messages_sv2::Protocol;
+use stratum_core::mining_sv2::{OpenExtendedMiningChannelOwned, UpdateChannelOwned};
+use stratum_core::parsers_sv2::MiningOwned;
+use tokio::net::TcpStream;
+
+use super::{setup_connection, UpstreamError};
+
+/// Mining `SetupConnection` flag: the client selects its own work (custom jobs).
+pub const REQUIRES_WORK_SELECTION: u32 = 0b10;
+/// Mining `SetupConnection` flag: the client rolls version bits.
+pub const REQUIRES_VERSION_ROLLING: u32 = 0b100;
+
+/// Where and how to reach the pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// `host:port`.
+    pub address: String,
+    /// The pool's authority public key.
+    pub authority: XOnlyPublicKey,
+    /// Our account at the pool (`OpenExtendedMiningChannel.user_identity`).
+    pub user_identity: String,
+    /// Summed nominal hashrate of our devices, hashes per second.
+    pub nominal_hash_rate: f32,
+    /// Extranonce bytes we need below the pool's prefix (our channel index + the devices' part).
+    pub min_extranonce_size: u16,
+    /// Limit for the handshake and for each answer the client waits for.
+    pub timeout: Duration,
+}
+
+/// The pool channel as opened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolChannel {
+    /// Channel id at the pool.
+    pub channel_id: u32,
+    /// Current target for shares.
+    pub target: Target,
+    /// The pool's part of the extranonce.
+    pub extranonce_prefix: Vec<u8>,
+    /// Extranonce bytes after the prefix that are ours.
+    pub extranonce_size: u16,
+}
+
+/// What the pool said, for the caller to act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolEvent {
+    /// New share target for the channel.
+    Target(Target),
+    /// New extranonce prefix (jobs must be rebuilt).
+    ExtranoncePrefix(Vec<u8>),
+    /// The pool closed the channel (a fallback trigger).
+    Closed {
+        /// Its reason code.
+        reason: String,
+    },
+    /// Shares acknowledged.
+    SharesAccepted {
+        /// How many since the last acknowledgement.
+        count: u32,
+    },
+    /// A share refused.
+    ShareRejected {
+        /// Its sequence number.
+        sequence_number: u32,
+        /// The pool's error code.
+        code: String,
+    },
+    /// `SetCustomMiningJob` accepted: shares for it go with `job_id`.
+    CustomJobAccepted {
+        /// Our request id.
+        request_id: u32,
+        /// The pool's job id.
+        job_id: u32,
+    },
+    /// `SetCustomMiningJob` refused (a fallback trigger unless the code is `stale-chain-tip`).
+    CustomJobRejected {
+        /// Our request id.
+        request_id: u32,
+        /// The pool's error code.
+        code: String,
+    },
+    /// A message a JDC ignores (the pool's own jobs: we build ours).
+    Ignored(String),
+}
+
+/// A connected pool with our channel open.
+pub struct PoolClient {
+    name: String,
+    reader: Sv2Reader,
+    writer: Sv2Writer,
+    channel: PoolChannel,
+}
+
+impl PoolClient {
+    /// Connects, runs the handshake (verifying the authority key) and `SetupConnection`, and
+    /// opens the extended channel.
+    pub async fn connect(settings: &PoolSettings) -> Result<PoolClient, UpstreamError> {
+        let name = format!("pool {}", settings.address);
+        let stream = TcpStream::connect(&settings.address)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                upstream: name.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = connect(stream, Some(settings.authority), settings.timeout)
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                upstream: name.clone(),
+                source,
+            })?;
+        let (host, port) = settings
+            .address
+            .rsplit_once(':')
+            .map(|(h, p)| (h, p.parse::<u16>().unwrap_or(0)))
+            .unwrap_or((settings.address.as_str(), 0));
+        setup_connection(
+            &name,
+            (host, port),
+            Protocol::MiningProtocol,
+            REQUIRES_WORK_SELECTION | REQUIRES_VERSION_ROLLING,
+            &mut reader,
+            &mut writer,
+            settings.timeout,
+        )
+        .await?;
+        let protocol = |detail: String| UpstreamError::Protocol {
+            upstream: name.clone(),
+            detail,
+        };
+        let open = OpenExtendedMiningChannelOwned {
+            request_id: 1,
+            user_identity: Str0255Owned::try_from(settings.user_identity.as_str()).map_err(
+                |e| {
+                    protocol(format!(
+                        "user identity `{}` does not fit: {e:?}",
+                        settings.user_identity
+                    ))
+                },
+            )?,
+            nominal_hash_rate: settings.nominal_hash_rate,
+            max_target: U256Owned::from([0xff; 32]),
+            min_extranonce_size: settings.min_extranonce_size,
+        };
+        writer
+            .send(Message::Mining(MiningOwned::OpenExtendedMiningChannel(
+                open,
+            )))
+            .await
+            .map_err(|e| protocol(format!("cannot send OpenExtendedMiningChannel: {e}")))?;
+        let answer = tokio::time::timeout(settings.timeout, reader.recv())
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                upstream: name.clone(),
+                waiting_for: "OpenExtendedMiningChannel",
+                timeout: settings.timeout,
+            })?
+            .map_err(|e| protocol(format!("connection failed while opening the channel: {e}")))?;
+        let channel = match answer {
+            Message::Mining(MiningOwned::OpenExtendedMiningChannelSuccess(ok)) => PoolChannel {
+                channel_id: ok.channel_id,
+                target: Target::from_le_bytes(ok.target.to_array()),
+                extranonce_prefix: ok.extranonce_prefix.as_bytes().to_vec(),
+                extranonce_size: ok.extranonce_size,
+            },
+            Message::Mining(MiningOwned::OpenMiningChannelError(e)) => {
+                return Err(protocol(format!(
+                    "refused our channel: `{}`",
+                    String::from_utf8_lossy(e.error_code.as_bytes())
+                )))
+            }
+            other => {
+                return Err(protocol(format!(
+                    "answered OpenExtendedMiningChannel with {}",
+                    crate::downstream::message_name(&other)
+                )))
+            }
+        };
+        if channel.extranonce_size < settings.min_extranonce_size {
+            return Err(protocol(format!(
+                "gave us {} extranonce bytes; we need at least {}",
+                channel.extranonce_size, settings.min_extranonce_size
+            )));
+        }
+        tracing::info!(
+            upstream = %name,
+            channel_id = channel.channel_id,
+            extranonce_prefix = %hex::encode(&channel.extranonce_prefix),
+            extranonce_size = channel.extranonce_size,
+            "pool channel open"
+        );
+        Ok(PoolClient {
+            name,
+            reader,
+            writer,
+            channel,
+        })
+    }
+
+    /// The upstream's name for logs and errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The channel as it stands (target and prefix follow the pool's updates).
+    pub fn channel(&self) -> &PoolChannel {
+        &self.channel
+    }
+
+    /// Tells the pool our devices' summed nominal hashrate.
+    pub async fn update_hashrate(&mut self, nominal_hash_rate: f32) -> Result<(), UpstreamError> {
+        let msg = UpdateChannelOwned {
+            channel_id: self.channel.channel_id,
+            nominal_hash_rate,
+            maximum_target: U256Owned::from([0xff; 32]),
+        };
+        self.writer
+            .send(Message::Mining(MiningOwned::UpdateChannel(msg)))
+            .await
+            .map_err(|e| self.protocol(format!("cannot send UpdateChannel: {e}")))
+    }
+
+    /// Reads the next message from the pool and applies what concerns the channel.
+    pub async fn recv(&mut self) -> Result<PoolEvent, UpstreamError> {
+        let msg = self
+            .reader
+            .recv()
+            .await
+            .map_err(|e| self.protocol(format!("connection failed: {e}")))?;
+        let ours = |id: u32| id == self.channel.channel_id;
+        let event = match msg {
+            Message::Mining(MiningOwned::SetTarget(t)) if ours(t.channel_id) => {
+                self.channel.target = Target::from_le_bytes(t.maximum_target.to_array());
+                PoolEvent::Target(self.channel.target)
+            }
+            Message::Mining(MiningOwned::SetExtranoncePrefix(p)) if ours(p.channel_id) => {
+                let prefix = p.extranonce_prefix.as_bytes().to_vec();
+                self.channel.extranonce_prefix = prefix.clone();
+                PoolEvent::ExtranoncePrefix(prefix)
+            }
+            Message::Mining(MiningOwned::CloseChannel(c)) if ours(c.channel_id) => {
+                PoolEvent::Closed {
+                    reason: String::from_utf8_lossy(c.reason_code.as_bytes()).into_owned(),
+                }
+            }
+            Message::Mining(MiningOwned::SubmitSharesSuccess(s)) if ours(s.channel_id) => {
+                PoolEvent::SharesAccepted {
+                    count: s.new_submits_accepted_count,
+                }
+            }
+            Message::Mining(MiningOwned::SubmitSharesError(e)) if ours(e.channel_id) => {
+                PoolEvent::ShareRejected {
+                    sequence_number: e.sequence_number,
+                    code: String::from_utf8_lossy(e.error_code.as_bytes()).into_owned(),
+                }
+            }
+            Message::Mining(MiningOwned::SetCustomMiningJobSuccess(s)) if ours(s.channel_id) => {
+                PoolEvent::CustomJobAccepted {
+                    request_id: s.request_id,
+                    job_id: s.job_id,
+                }
+            }
+            Message::Mining(MiningOwned::SetCustomMiningJobError(e)) if ours(e.channel_id) => {
+                PoolEvent::CustomJobRejected {
+                    request_id: e.request_id,
+                    code: String::from_utf8_lossy(e.error_code.as_bytes()).into_owned(),
+                }
+            }
+            Message::Mining(
+                m @ (MiningOwned::NewExtendedMiningJob(_)
+                | MiningOwned::NewMiningJob(_)
+                | MiningOwned::SetNewPrevHash(_)
+                | MiningOwned::SetGroupChannel(_)),
+            ) => PoolEvent::Ignored(crate::downstream::message_name(&Message::Mining(m))),
+            other => {
+                return Err(self.protocol(format!(
+                    "sent {}, which does not fit our channel {}",
+                    crate::downstream::message_name(&other),
+                    self.channel.channel_id
+                )))
+            }
+        };
+        Ok(event)
+    }
+
+    fn protocol(&self, detail: String) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.name.clone(),
+            detail,
+        }
+    }
+}

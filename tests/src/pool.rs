@@ -1,0 +1,319 @@
+//! A strict test pool on SRI's crates: the Mining protocol side a Job Declaration Client talks
+//! to. The channel it opens is SRI's own server channel (`channels_sv2`), so targets and
+//! extranonce prefixes are what a real SRI pool would give. Violations of what a pool checks are
+//! recorded in [`TestPool::violations`] and drop the connection. It can be told to misbehave.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jdc_shared::bitcoin::Target;
+use jdc_shared::sv2::{accept, AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Writer};
+use stratum_core::binary_sv2::{B032Owned, Str0255Owned, U256Owned};
+use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
+use stratum_core::channels_sv2::server::extended::ExtendedChannel;
+use stratum_core::common_messages_sv2::{
+    Protocol, SetupConnectionErrorOwned, SetupConnectionOwned, SetupConnectionSuccessOwned,
+};
+use stratum_core::mining_sv2::{
+    CloseChannelOwned, OpenExtendedMiningChannelOwned, OpenExtendedMiningChannelSuccessOwned,
+    OpenMiningChannelErrorOwned, SetTargetOwned,
+};
+use stratum_core::parsers_sv2::{CommonMessagesOwned, MiningOwned};
+use tokio::net::TcpListener;
+
+/// How the test pool departs from a correct one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMisbehave {
+    /// Behaves.
+    No,
+    /// Refuses every channel (`OpenMiningChannel.Error`).
+    RefuseChannel,
+    /// Opens the channel with fewer extranonce bytes than asked for.
+    SmallExtranonce,
+    /// Closes the channel right after opening it.
+    CloseChannel,
+}
+
+/// The pool's extranonce prefix length for our channel (as an SRI pool with a 4-byte static
+/// prefix would give).
+pub const POOL_PREFIX_LEN: usize = 4;
+
+/// A running test pool.
+pub struct TestPool {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its authority key pair.
+    pub keys: AuthorityKeys,
+    /// Nominal hashrates received in `OpenExtendedMiningChannel` and `UpdateChannel`, in order.
+    pub hashrates: Arc<Mutex<Vec<f32>>>,
+    /// Rule violations by clients; a test expects none.
+    pub violations: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestPool {
+    /// Starts listening on 127.0.0.1 (any port).
+    pub async fn start(misbehave: PoolMisbehave) -> anyhow::Result<TestPool> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let keys = AuthorityKeys::generate();
+        let hashrates: Arc<Mutex<Vec<f32>>> = Arc::default();
+        let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+        let shared = Shared {
+            keys: keys.clone(),
+            misbehave,
+            hashrates: hashrates.clone(),
+            violations: violations.clone(),
+        };
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(why) = shared.serve(stream).await {
+                        shared.violation(why);
+                    }
+                });
+            }
+        });
+        Ok(TestPool {
+            addr,
+            keys,
+            hashrates,
+            violations,
+            task,
+        })
+    }
+
+    /// Violations recorded so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Nominal hashrates received so far.
+    pub fn hashrates(&self) -> Vec<f32> {
+        self.hashrates.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    keys: AuthorityKeys,
+    misbehave: PoolMisbehave,
+    hashrates: Arc<Mutex<Vec<f32>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+fn sv2_str(s: &str) -> Result<Str0255Owned, String> {
+    Str0255Owned::try_from(s).map_err(|e| format!("{e:?}"))
+}
+
+impl Shared {
+    fn violation(&self, why: String) {
+        if let Ok(mut v) = self.violations.lock() {
+            v.push(why);
+        }
+    }
+
+    fn record_hashrate(&self, h: f32) -> Result<(), String> {
+        if !h.is_finite() || h < 0.0 {
+            return Err(format!(
+                "nominal hashrate {h} is not a finite non-negative number"
+            ));
+        }
+        if let Ok(mut v) = self.hashrates.lock() {
+            v.push(h);
+        }
+        Ok(())
+    }
+
+    async fn serve(&self, stream: tokio::net::TcpStream) -> Result<(), String> {
+        let (mut reader, mut writer) = accept(
+            stream,
+            &self.keys,
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+        let setup = match reader.recv().await {
+            Ok(Message::Common(CommonMessagesOwned::SetupConnection(s))) => s,
+            Ok(other) => return Err(format!("first message is not SetupConnection: {other:?}")),
+            Err(e) => return Err(format!("reading SetupConnection: {e}")),
+        };
+        self.setup(&setup, &mut writer).await?;
+        let open = match reader.recv().await {
+            Ok(Message::Mining(MiningOwned::OpenExtendedMiningChannel(o))) => o,
+            Ok(other) => return Err(format!("expected OpenExtendedMiningChannel, got {other:?}")),
+            Err(e) => return Err(format!("reading OpenExtendedMiningChannel: {e}")),
+        };
+        let Some(channel) = self.open(&open, &mut writer).await? else {
+            return Ok(());
+        };
+        self.serve_channel(channel, &mut reader, &mut writer).await
+    }
+
+    async fn setup(&self, s: &SetupConnectionOwned, writer: &mut Sv2Writer) -> Result<(), String> {
+        if s.protocol != Protocol::MiningProtocol {
+            return Err(format!("SetupConnection for {:?}", s.protocol));
+        }
+        if !(s.min_version..=s.max_version).contains(&2) {
+            return Err("SetupConnection excludes version 2".into());
+        }
+        if s.vendor.as_bytes().is_empty() || s.firmware.as_bytes().is_empty() {
+            return Err("SetupConnection without vendor or firmware".into());
+        }
+        // A Job Declaration Client selects its work and rolls versions.
+        let missing = 0b110 & !s.flags;
+        if missing != 0 {
+            writer
+                .send(Message::Common(CommonMessagesOwned::SetupConnectionError(
+                    SetupConnectionErrorOwned {
+                        flags: missing,
+                        error_code: sv2_str("unsupported-feature-flags")?,
+                    },
+                )))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Err(format!(
+                "a JDC must set REQUIRES_WORK_SELECTION and REQUIRES_VERSION_ROLLING (flags {:#x})",
+                s.flags
+            ));
+        }
+        writer
+            .send(Message::Common(
+                CommonMessagesOwned::SetupConnectionSuccess(SetupConnectionSuccessOwned {
+                    used_version: 2,
+                    flags: s.flags & 0b110,
+                }),
+            ))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Opens the channel (or refuses it as told); `None` when refused.
+    async fn open(
+        &self,
+        o: &OpenExtendedMiningChannelOwned,
+        writer: &mut Sv2Writer,
+    ) -> Result<Option<ExtendedChannel>, String> {
+        let user = String::from_utf8_lossy(o.user_identity.as_bytes()).into_owned();
+        if user.is_empty() {
+            return Err("OpenExtendedMiningChannel without a user identity".into());
+        }
+        self.record_hashrate(o.nominal_hash_rate)?;
+        if self.misbehave == PoolMisbehave::RefuseChannel {
+            writer
+                .send(Message::Mining(MiningOwned::OpenMiningChannelError(
+                    OpenMiningChannelErrorOwned {
+                        request_id: o.request_id,
+                        error_code: sv2_str("unknown-user")?,
+                    },
+                )))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        let rollable = o.min_extranonce_size.max(8);
+        let total = POOL_PREFIX_LEN + usize::from(rollable);
+        let mut allocator = ExtranonceAllocator::new(vec![0xaa, 0xbb], total as u8, 1024)
+            .map_err(|e| format!("allocator: {e:?}"))?;
+        let prefix = allocator
+            .allocate_extended(usize::from(rollable))
+            .map_err(|e| format!("cannot give {rollable} extranonce bytes: {e:?}"))?;
+        let prefix_bytes = prefix.as_bytes().to_vec();
+        let channel = ExtendedChannel::new_for_pool(
+            7,
+            user,
+            prefix,
+            Target::from_le_bytes(o.max_target.to_array()),
+            o.nominal_hash_rate,
+            true,
+            rollable,
+            10,
+            6.0,
+            "test-pool".into(),
+            None,
+        )
+        .map_err(|e| format!("channels_sv2 refused the channel: {e:?}"))?;
+        let extranonce_size = if self.misbehave == PoolMisbehave::SmallExtranonce {
+            o.min_extranonce_size.saturating_sub(1)
+        } else {
+            rollable
+        };
+        writer
+            .send(Message::Mining(
+                MiningOwned::OpenExtendedMiningChannelSuccess(
+                    OpenExtendedMiningChannelSuccessOwned {
+                        request_id: o.request_id,
+                        channel_id: 7,
+                        target: U256Owned::from(channel.get_target().to_le_bytes()),
+                        extranonce_size,
+                        extranonce_prefix: B032Owned::new(prefix_bytes)
+                            .map_err(|e| format!("{e:?}"))?,
+                        group_channel_id: 0,
+                    },
+                ),
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.misbehave == PoolMisbehave::CloseChannel {
+            writer
+                .send(Message::Mining(MiningOwned::CloseChannel(
+                    CloseChannelOwned {
+                        channel_id: 7,
+                        reason_code: sv2_str("pool-shutting-down")?,
+                    },
+                )))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Some(channel))
+    }
+
+    async fn serve_channel(
+        &self,
+        mut channel: ExtendedChannel,
+        reader: &mut Sv2Reader,
+        writer: &mut Sv2Writer,
+    ) -> Result<(), String> {
+        loop {
+            let msg = match reader.recv().await {
+                Ok(m) => m,
+                Err(Sv2Error::Closed) => return Ok(()),
+                Err(e) => return Err(format!("reading from the client: {e}")),
+            };
+            match msg {
+                Message::Mining(MiningOwned::UpdateChannel(u)) => {
+                    if u.channel_id != 7 {
+                        return Err(format!("UpdateChannel for channel {}", u.channel_id));
+                    }
+                    self.record_hashrate(u.nominal_hash_rate)?;
+                    channel
+                        .update_channel(
+                            u.nominal_hash_rate,
+                            Some(Target::from_le_bytes(u.maximum_target.to_array())),
+                        )
+                        .map_err(|e| format!("channels_sv2 refused UpdateChannel: {e:?}"))?;
+                    writer
+                        .send(Message::Mining(MiningOwned::SetTarget(SetTargetOwned {
+                            channel_id: 7,
+                            maximum_target: U256Owned::from(channel.get_target().to_le_bytes()),
+                        })))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                other => return Err(format!("unexpected message {other:?}")),
+            }
+        }
+    }
+}
