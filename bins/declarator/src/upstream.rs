@@ -2,6 +2,7 @@
 //! ([`jds`]) and the pool's Mining protocol client ([`pool`]). Not yet wired into the service:
 //! the declarator still mines solo.
 
+pub mod declare;
 pub mod jds;
 pub mod pool;
 

@@ -1,0 +1,180 @@
+use super::*;
+use crate::payout::Payout;
+use crate::templates::{select_all, TemplateTxs};
+use crate::work::WorkBook;
+use jdc_shared::bitcoin::consensus::{deserialize, serialize};
+use jdc_shared::bitcoin::{Network, ScriptBuf, Transaction};
+use jdc_shared::chain;
+use jdc_shared::messages::{Template, TemplateTx, Tip};
+use std::sync::Arc;
+
+const NBITS: u32 = 0x207f_ffff;
+
+fn pool_script() -> ScriptBuf {
+    let mut b = vec![0x00, 0x14];
+    b.extend_from_slice(&[0x42; 20]);
+    ScriptBuf::from_bytes(b)
+}
+
+fn token(outputs: Vec<TxOut>) -> Token {
+    Token {
+        token: vec![1, 0, 0, 0, 0, 0, 0, 0],
+        raw_outputs: serialize(&outputs),
+        outputs,
+    }
+}
+
+/// A tip and a full job of three transactions on it.
+fn work() -> (WorkState, BlockBody) {
+    let mut book = WorkBook::new(
+        Network::Regtest,
+        Payout::new(vec![(ScriptBuf::from_bytes(vec![0x51]), 1)]).unwrap(),
+    );
+    let height = 300;
+    book.on_tip(&Tip {
+        height,
+        prev_hash: hex::encode([5u8; 32]),
+        nbits: NBITS,
+        time: 1_700_000_100,
+        min_time: 1_700_000_000,
+        version: 0x2000_0000,
+        subsidy: chain::subsidy(height, Network::Regtest),
+        detected_at_us: 0,
+        detected_by: "test".into(),
+    })
+    .unwrap();
+    let txs = (1..=3u8)
+        .map(|i| TemplateTx {
+            data: vec![i; 10],
+            txid: hex::encode([i; 32]),
+            wtxid: hex::encode([i + 50; 32]),
+            fee: 1_000,
+            weight: 400,
+            sigops: 1,
+            depends: vec![],
+        })
+        .collect();
+    let t = Template {
+        id: 9,
+        height,
+        prev_hash: hex::encode([5u8; 32]),
+        version: 0x2000_0000,
+        bits: NBITS,
+        target: hex::encode([0xff; 32]),
+        curtime: 1_700_000_100,
+        mintime: 1_700_000_000,
+        coinbase_value: 0,
+        subsidy: chain::subsidy(height, Network::Regtest),
+        weight_limit: 4_000_000,
+        sigop_limit: 80_000,
+        txs,
+        tip_detected_at_us: 0,
+    };
+    let sel = select_all(&t, 1, Network::Regtest);
+    let txs = Arc::new(TemplateTxs::from_template(t).unwrap());
+    book.on_selection(sel, txs).unwrap().unwrap()
+}
+
+#[test]
+fn declared_and_custom_job_carry_the_same_coinbase() {
+    let (state, body) = work();
+    let factory = JobFactory::new(true, None, Some("jdc-test".into()));
+    let extranonce = 4 + 2 + 8;
+    let pool = vec![TxOut {
+        value: Amount::ZERO,
+        script_pubkey: pool_script(),
+    }];
+    let d = declaration(&factory, &state, &body, &token(pool), 17, 7, extranonce).unwrap();
+    let value = state.job.template.coinbase_tx_value_remaining;
+
+    // The declared coinbase, with an extranonce in its place, is a valid coinbase.
+    let mut bytes = d.declare.coinbase_tx_prefix.as_bytes().to_vec();
+    bytes.extend(std::iter::repeat_n(0u8, extranonce));
+    bytes.extend_from_slice(d.declare.coinbase_tx_suffix.as_bytes());
+    let tx: Transaction = deserialize(&bytes).expect("declared coinbase parses");
+    assert!(tx.is_coinbase());
+    assert_eq!(tx.output[0].script_pubkey, pool_script());
+    assert_eq!(
+        tx.output[0].value.to_sat(),
+        value,
+        "the pool payout gets the reward"
+    );
+    let commitment = state.job.template.coinbase_tx_outputs.as_bytes().to_vec();
+    assert_eq!(
+        serialize(tx.output.last().unwrap()),
+        commitment,
+        "witness commitment output last"
+    );
+    assert_eq!(tx.input[0].witness.len(), 1, "witness reserved value kept");
+
+    // Byte-identical outputs in both messages.
+    assert_eq!(
+        serialize(&tx.output),
+        d.custom.coinbase_tx_outputs.as_bytes()
+    );
+    // The custom job's scriptSig head is the declared scriptSig's.
+    assert!(tx.input[0]
+        .script_sig
+        .as_bytes()
+        .starts_with(d.custom.coinbase_prefix.as_bytes()));
+    assert_eq!(d.custom.coinbase_tx_version, 2);
+    assert_eq!(
+        d.custom.coinbase_tx_locktime,
+        tx.lock_time.to_consensus_u32()
+    );
+    assert_eq!(
+        d.custom.coinbase_tx_input_n_sequence,
+        tx.input[0].sequence.0
+    );
+    // Same tip, same min_ntime for every custom job of the tip.
+    assert_eq!(d.custom.prev_hash.to_array(), state.tip.prev_hash);
+    assert_eq!(d.custom.min_ntime, state.tip.header_timestamp);
+    assert_eq!(d.custom.nbits, NBITS);
+    assert_eq!(d.custom.version, d.declare.version);
+    assert_eq!(d.custom.channel_id, 7);
+    assert_eq!((d.custom.request_id, d.declare.request_id), (17, 17));
+    assert_eq!(
+        d.custom
+            .merkle_path
+            .iter()
+            .map(|h| h.to_array())
+            .collect::<Vec<_>>(),
+        state
+            .job
+            .template
+            .merkle_path
+            .iter()
+            .map(|h| h.to_array())
+            .collect::<Vec<_>>()
+    );
+    // The wtxids in block order.
+    let wtxids: Vec<[u8; 32]> = d.declare.wtxid_list.iter().map(|h| h.to_array()).collect();
+    assert_eq!(wtxids, vec![[51; 32], [52; 32], [53; 32]]);
+    assert_eq!(d.outputs[0].value.to_sat(), value);
+}
+
+#[test]
+fn pool_outputs_share_the_reward_and_refuse_to_overpay() {
+    let extra = TxOut {
+        value: Amount::from_sat(1_000),
+        script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+    };
+    let payout = TxOut {
+        value: Amount::ZERO,
+        script_pubkey: pool_script(),
+    };
+    let outs = pool_outputs(&token(vec![payout.clone(), extra.clone()]), 5_000).unwrap();
+    assert_eq!(outs[0].value.to_sat(), 4_000);
+    assert_eq!(outs[1], extra);
+    assert_eq!(
+        pool_outputs(&token(vec![payout, extra]), 500),
+        Err(DeclareError::OutputsExceedReward {
+            asked: 1_000,
+            available: 500
+        })
+    );
+    assert_eq!(
+        pool_outputs(&token(vec![]), 5_000),
+        Err(DeclareError::NoPoolOutput)
+    );
+}
