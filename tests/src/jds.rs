@@ -2,21 +2,29 @@
 //!
 //! It serves the Job Declaration protocol over Noise NX with its own authority key, checks what
 //! a real JDS checks of what it is sent (protocol, version range, vendor, user identity, request
-//! ids never reused) and records every violation in [`TestJds::violations`] before dropping the
+//! ids never reused; of declarations: the token, the coinbase, the pool's outputs, the witness
+//! commitment against the declared wtxids, and that provided transactions are the ones declared)
+//! and records every violation in [`TestJds::violations`] before dropping the
 //! connection, so tests fail loudly. It can be told to misbehave for the client's error paths.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jdc_shared::bitcoin::{consensus::serialize, Amount, ScriptBuf, TxOut};
+use jdc_shared::bitcoin::consensus::{deserialize, serialize};
+use jdc_shared::bitcoin::hashes::Hash;
+use jdc_shared::bitcoin::{Amount, ScriptBuf, Transaction, TxOut};
 use jdc_shared::sv2::{accept, AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Writer};
 use stratum_core::binary_sv2::{B0255Owned, B064KOwned, Str0255Owned};
+use stratum_core::binary_sv2::{B064KOwned as Details, Seq064KOwned};
 use stratum_core::common_messages_sv2::{
     Protocol, SetupConnectionErrorOwned, SetupConnectionOwned, SetupConnectionSuccessOwned,
 };
-use stratum_core::job_declaration_sv2::AllocateMiningJobTokenSuccessOwned;
+use stratum_core::job_declaration_sv2::{
+    AllocateMiningJobTokenSuccessOwned, DeclareMiningJobErrorOwned, DeclareMiningJobOwned,
+    DeclareMiningJobSuccessOwned, ProvideMissingTransactionsOwned,
+};
 use stratum_core::parsers_sv2::{CommonMessagesOwned, JobDeclarationOwned};
 use tokio::net::TcpListener;
 
@@ -45,7 +53,26 @@ pub struct TestJds {
     pub tokens: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Rule violations by clients; a test expects none.
     pub violations: Arc<Mutex<Vec<String>>>,
+    /// Transactions the JDS knows, by wtxid (internal byte order).
+    pub mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>>,
+    /// Declarations accepted, in order.
+    pub declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A declaration the test JDS accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedDeclaration {
+    /// The token it was declared with.
+    pub token: Vec<u8>,
+    /// The token handed back for `SetCustomMiningJob`.
+    pub new_token: Vec<u8>,
+    /// The declared coinbase's outputs, serialized as `SetCustomMiningJob` must repeat them.
+    pub outputs: Vec<u8>,
+    /// The declared wtxids.
+    pub wtxids: Vec<[u8; 32]>,
+    /// Positions the JDS had to ask for.
+    pub asked_for: Vec<u16>,
 }
 
 impl Drop for TestJds {
@@ -70,12 +97,16 @@ impl TestJds {
         let keys = AuthorityKeys::generate();
         let tokens: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>> = Arc::default();
+        let declared: Arc<Mutex<Vec<AcceptedDeclaration>>> = Arc::default();
         let state = Shared {
             keys: keys.clone(),
             misbehave,
             tokens: tokens.clone(),
             violations: violations.clone(),
             next_token: Arc::new(Mutex::new(0)),
+            mempool: mempool.clone(),
+            declared: declared.clone(),
         };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -92,6 +123,8 @@ impl TestJds {
             keys,
             tokens,
             violations,
+            mempool,
+            declared,
             task,
         })
     }
@@ -108,6 +141,20 @@ impl TestJds {
     pub fn tokens(&self) -> Vec<Vec<u8>> {
         self.tokens.lock().map(|v| v.clone()).unwrap_or_default()
     }
+
+    /// Declarations accepted so far.
+    pub fn declared(&self) -> Vec<AcceptedDeclaration> {
+        self.declared.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Makes a transaction known to the JDS (as if in its node's mempool).
+    pub fn know(&self, raw: &[u8]) -> anyhow::Result<()> {
+        let tx: Transaction = deserialize(raw)?;
+        if let Ok(mut m) = self.mempool.lock() {
+            m.insert(tx.compute_wtxid().to_byte_array(), raw.to_vec());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -117,6 +164,8 @@ struct Shared {
     tokens: Arc<Mutex<Vec<Vec<u8>>>>,
     violations: Arc<Mutex<Vec<String>>>,
     next_token: Arc<Mutex<u64>>,
+    mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>>,
+    declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
 }
 
 impl Shared {
@@ -192,6 +241,16 @@ impl Shared {
         Ok(true)
     }
 
+    fn new_token(&self) -> Result<Vec<u8>, String> {
+        let mut n = self.next_token.lock().map_err(|e| e.to_string())?;
+        *n += 1;
+        let token = n.to_le_bytes().to_vec();
+        if let Ok(mut t) = self.tokens.lock() {
+            t.push(token.clone());
+        }
+        Ok(token)
+    }
+
     async fn serve_tokens(
         &self,
         reader: &mut Sv2Reader,
@@ -199,10 +258,13 @@ impl Shared {
         mut user: String,
     ) -> Result<(), String> {
         let mut request_ids = HashSet::new();
-        let outputs = serialize(&vec![TxOut {
+        let payout = TxOut {
             value: Amount::ZERO,
             script_pubkey: pool_payout_script(),
-        }]);
+        };
+        let outputs = serialize(&vec![payout]);
+        // Tokens of this connection not yet declared with.
+        let mut unused: HashSet<Vec<u8>> = HashSet::new();
         let mut last_token: Option<Vec<u8>> = None;
         loop {
             let msg = match reader.recv().await {
@@ -211,9 +273,13 @@ impl Shared {
                 Err(Sv2Error::Closed) => return Ok(()),
                 Err(e) => return Err(format!("reading from the client: {e}")),
             };
-            let Message::JobDeclaration(JobDeclarationOwned::AllocateMiningJobToken(req)) = msg
-            else {
-                return Err(format!("unexpected message {msg:?}"));
+            let req = match msg {
+                Message::JobDeclaration(JobDeclarationOwned::AllocateMiningJobToken(req)) => req,
+                Message::JobDeclaration(JobDeclarationOwned::DeclareMiningJob(d)) => {
+                    self.declaration(d, &mut unused, reader, writer).await?;
+                    continue;
+                }
+                other => return Err(format!("unexpected message {other:?}")),
             };
             let who = String::from_utf8_lossy(req.user_identifier.as_bytes()).into_owned();
             if who.is_empty() {
@@ -240,16 +306,10 @@ impl Shared {
             }
             let token = match (&last_token, self.misbehave) {
                 (Some(t), Misbehave::RepeatToken) => t.clone(),
-                _ => {
-                    let mut n = self.next_token.lock().map_err(|e| e.to_string())?;
-                    *n += 1;
-                    n.to_le_bytes().to_vec()
-                }
+                _ => self.new_token()?,
             };
             last_token = Some(token.clone());
-            if let Ok(mut t) = self.tokens.lock() {
-                t.push(token.clone());
-            }
+            unused.insert(token.clone());
             writer
                 .send(Message::JobDeclaration(
                     JobDeclarationOwned::AllocateMiningJobTokenSuccess(
@@ -266,4 +326,167 @@ impl Shared {
                 .map_err(|e| e.to_string())?;
         }
     }
+
+    /// Checks a declaration as a JDS does; answers Success, Error, or first asks for the
+    /// transactions it does not know.
+    async fn declaration(
+        &self,
+        d: DeclareMiningJobOwned,
+        unused: &mut HashSet<Vec<u8>>,
+        reader: &mut Sv2Reader,
+        writer: &mut Sv2Writer,
+    ) -> Result<(), String> {
+        let request_id = d.request_id;
+        let token = d.mining_job_token.as_bytes().to_vec();
+        if !unused.remove(&token) {
+            return refuse(writer, request_id, "invalid-mining-job-token").await;
+        }
+        let wtxids: Vec<[u8; 32]> = d.wtxid_list.iter().map(|h| h.to_array()).collect();
+        let coinbase = match declared_coinbase(
+            d.coinbase_tx_prefix.as_bytes(),
+            d.coinbase_tx_suffix.as_bytes(),
+        ) {
+            Ok(tx) => tx,
+            Err(why) => return Err(format!("declared coinbase: {why}")),
+        };
+        if coinbase.output.first().map(|o| &o.script_pubkey) != Some(&pool_payout_script()) {
+            return Err("the first coinbase output is not the pool's payout".into());
+        }
+        if coinbase.output[0].value == Amount::ZERO {
+            return Err("the pool's payout output carries no reward".into());
+        }
+        let commitment = jdc_shared::chain::witness_commitment(&wtxids);
+        let committed = coinbase.output.iter().any(|o| {
+            let b = o.script_pubkey.as_bytes();
+            b.len() >= 38
+                && b[..6] == [0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed]
+                && b[6..38] == commitment
+        });
+        if !committed {
+            return refuse(writer, request_id, "invalid-job").await;
+        }
+        // Transactions this JDS's node does not have.
+        let missing: Vec<u16> = {
+            let mempool = self.mempool.lock().map_err(|e| e.to_string())?;
+            wtxids
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| !mempool.contains_key(*w))
+                .map(|(i, _)| i as u16)
+                .collect()
+        };
+        if !missing.is_empty() {
+            writer
+                .send(Message::JobDeclaration(
+                    JobDeclarationOwned::ProvideMissingTransactions(
+                        ProvideMissingTransactionsOwned {
+                            request_id,
+                            unknown_tx_position_list: Seq064KOwned::new(missing.clone())
+                                .map_err(|e| format!("{e:?}"))?,
+                        },
+                    ),
+                ))
+                .await
+                .map_err(|e| e.to_string())?;
+            let provided = match reader.recv().await {
+                Ok(Message::JobDeclaration(
+                    JobDeclarationOwned::ProvideMissingTransactionsSuccess(p),
+                )) => p,
+                Ok(other) => {
+                    return Err(format!(
+                        "expected ProvideMissingTransactions.Success, got {other:?}"
+                    ))
+                }
+                Err(e) => return Err(format!("reading the missing transactions: {e}")),
+            };
+            if provided.request_id != request_id {
+                return Err(format!(
+                    "transactions provided for request {} instead of {request_id}",
+                    provided.request_id
+                ));
+            }
+            if provided.transaction_list.len() != missing.len() {
+                return Err(format!(
+                    "{} transactions provided, {} asked for",
+                    provided.transaction_list.len(),
+                    missing.len()
+                ));
+            }
+            for (raw, &position) in provided.transaction_list.iter().zip(&missing) {
+                let tx: Transaction = deserialize(raw.as_bytes())
+                    .map_err(|e| format!("provided transaction {position} does not parse: {e}"))?;
+                if tx.compute_wtxid().to_byte_array() != wtxids[usize::from(position)] {
+                    return Err(format!(
+                        "provided transaction {position} is not the one declared there"
+                    ));
+                }
+                if let Ok(mut m) = self.mempool.lock() {
+                    m.insert(wtxids[usize::from(position)], raw.as_bytes().to_vec());
+                }
+            }
+        }
+        let new_token = self.new_token()?;
+        if let Ok(mut v) = self.declared.lock() {
+            v.push(AcceptedDeclaration {
+                token,
+                new_token: new_token.clone(),
+                outputs: serialize(&coinbase.output),
+                wtxids,
+                asked_for: missing,
+            });
+        }
+        writer
+            .send(Message::JobDeclaration(
+                JobDeclarationOwned::DeclareMiningJobSuccess(DeclareMiningJobSuccessOwned {
+                    request_id,
+                    new_mining_job_token: B0255Owned::new(new_token)
+                        .map_err(|e| format!("{e:?}"))?,
+                }),
+            ))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `DeclareMiningJob.Error` with `code`.
+async fn refuse(writer: &mut Sv2Writer, request_id: u32, code: &str) -> Result<(), String> {
+    writer
+        .send(Message::JobDeclaration(
+            JobDeclarationOwned::DeclareMiningJobError(DeclareMiningJobErrorOwned {
+                request_id,
+                error_code: Str0255Owned::try_from(code).map_err(|e| format!("{e:?}"))?,
+                error_details: Details::new(Vec::new()).map_err(|e| format!("{e:?}"))?,
+            }),
+        ))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The declared coinbase with an all-zero extranonce: its length is the scriptSig length the
+/// prefix announces minus the scriptSig bytes the prefix already holds (as SRI's JDS infers it).
+fn declared_coinbase(prefix: &[u8], suffix: &[u8]) -> Result<Transaction, String> {
+    // version(4) marker+flag(2) input count(1) prevout(36), then the scriptSig length.
+    const BEFORE_SCRIPT_LEN: usize = 4 + 2 + 1 + 36;
+    if prefix.len() <= BEFORE_SCRIPT_LEN || prefix[4..6] != [0x00, 0x01] {
+        return Err("prefix is not a segwit coinbase start".into());
+    }
+    let script_len = usize::from(prefix[BEFORE_SCRIPT_LEN]);
+    if script_len > 100 {
+        return Err(format!("scriptSig of {script_len} bytes (at most 100)"));
+    }
+    let present = prefix.len() - BEFORE_SCRIPT_LEN - 1;
+    let extranonce = script_len
+        .checked_sub(present)
+        .ok_or("prefix holds more scriptSig than it announces")?;
+    let mut bytes = prefix.to_vec();
+    bytes.extend(std::iter::repeat_n(0u8, extranonce));
+    bytes.extend_from_slice(suffix);
+    let tx: Transaction = deserialize(&bytes).map_err(|e| format!("does not parse: {e}"))?;
+    if !tx.is_coinbase() {
+        return Err("not a coinbase".into());
+    }
+    if tx.input[0].witness.len() != 1 || tx.input[0].witness.nth(0) != Some(&[0u8; 32][..]) {
+        return Err("no 32-byte witness reserved value".into());
+    }
+    Ok(tx)
 }

@@ -131,3 +131,237 @@ async fn nothing_listening_names_the_upstream() {
     assert!(matches!(e, UpstreamError::Connect { .. }), "{e}");
     assert!(e.to_string().contains(&format!("jds 127.0.0.1:{port}")));
 }
+
+mod declaring {
+    use super::*;
+    use jdc_declarator::payout::Payout;
+    use jdc_declarator::templates::{select_all, TemplateTxs};
+    use jdc_declarator::upstream::declare::declaration;
+    use jdc_declarator::upstream::jds::JdsEvent;
+    use jdc_declarator::work::{BlockBody, WorkBook, WorkState};
+    use jdc_shared::bitcoin::consensus::serialize;
+    use jdc_shared::bitcoin::hashes::Hash;
+    use jdc_shared::bitcoin::{
+        absolute::LockTime, transaction::Version, Amount, Network, OutPoint, ScriptBuf, Sequence,
+        Transaction, TxIn, TxOut, Witness,
+    };
+    use jdc_shared::chain;
+    use jdc_shared::messages::{Template, TemplateTx, Tip};
+    use std::sync::Arc;
+    use stratum_core::channels_sv2::server::jobs::factory::JobFactory;
+
+    /// A segwit transaction (structurally valid; its signature is not checked here).
+    fn tx(i: u8) -> Transaction {
+        Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint {
+                    txid: jdc_shared::bitcoin::Txid::from_byte_array([i; 32]),
+                    vout: 0,
+                },
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::MAX,
+                witness: Witness::from_slice(&[vec![i; 72], vec![2; 33]]),
+            }],
+            output: vec![TxOut {
+                value: Amount::from_sat(10_000),
+                script_pubkey: ScriptBuf::from_bytes(vec![
+                    0x00, 0x14, i, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+                    19,
+                ]),
+            }],
+        }
+    }
+
+    /// Work on a new tip with `txs` as its full job.
+    fn work(txs: &[Transaction]) -> (WorkState, BlockBody) {
+        let mut book = WorkBook::new(
+            Network::Regtest,
+            Payout::new(vec![(ScriptBuf::from_bytes(vec![0x51]), 1)]).unwrap(),
+        );
+        let height = 500;
+        book.on_tip(&Tip {
+            height,
+            prev_hash: hex::encode([3u8; 32]),
+            nbits: 0x207f_ffff,
+            time: 1_700_000_100,
+            min_time: 1_700_000_000,
+            version: 0x2000_0000,
+            subsidy: chain::subsidy(height, Network::Regtest),
+            detected_at_us: 0,
+            detected_by: "test".into(),
+        })
+        .unwrap();
+        let list = txs
+            .iter()
+            .map(|t| TemplateTx {
+                data: serialize(t),
+                txid: t.compute_txid().to_string(),
+                wtxid: t.compute_wtxid().to_string(),
+                fee: 500,
+                weight: t.weight().to_wu(),
+                sigops: 1,
+                depends: vec![],
+            })
+            .collect();
+        let template = Template {
+            id: 11,
+            height,
+            prev_hash: hex::encode([3u8; 32]),
+            version: 0x2000_0000,
+            bits: 0x207f_ffff,
+            target: hex::encode([0xff; 32]),
+            curtime: 1_700_000_100,
+            mintime: 1_700_000_000,
+            coinbase_value: 0,
+            subsidy: chain::subsidy(height, Network::Regtest),
+            weight_limit: 4_000_000,
+            sigop_limit: 80_000,
+            txs: list,
+            tip_detected_at_us: 0,
+        };
+        let sel = select_all(&template, 1, Network::Regtest);
+        let txs = Arc::new(TemplateTxs::from_template(template).unwrap());
+        book.on_selection(sel, txs).unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_job_is_declared_with_the_missing_transactions_provided() {
+        let jds = TestJds::start(Misbehave::No).await.unwrap();
+        let txs: Vec<Transaction> = (1..=5).map(tx).collect();
+        // The JDS's node has transactions 1, 3 and 5; 2 and 4 it must ask for.
+        for i in [0, 2, 4] {
+            jds.know(&serialize(&txs[i])).unwrap();
+        }
+        let (state, body) = work(&txs);
+        let mut client = JdsClient::connect(settings(&jds, Mode::FullTemplate))
+            .await
+            .unwrap();
+        client.wait_for_tokens(1).await.unwrap();
+        let token = client.take_token().await.unwrap().unwrap();
+        let factory = JobFactory::new(true, None, Some("jdc".into()));
+        let d = declaration(&factory, &state, &body, &token, 5, 7, 14).unwrap();
+        client.declare(d.declare.clone()).await.unwrap();
+        let mut provided = 0;
+        let new_token = loop {
+            match client.next_event().await.unwrap() {
+                JdsEvent::MissingTransactions {
+                    request_id,
+                    positions,
+                } => {
+                    assert_eq!(request_id, 5);
+                    assert_eq!(positions, vec![1, 3]);
+                    let raw: Vec<Vec<u8>> = positions
+                        .iter()
+                        .map(|&p| body.txs().nth(usize::from(p)).unwrap().to_vec())
+                        .collect();
+                    provided += raw.len();
+                    client.provide_transactions(request_id, raw).await.unwrap();
+                }
+                JdsEvent::Declared {
+                    request_id,
+                    new_token,
+                } => {
+                    assert_eq!(request_id, 5);
+                    break new_token;
+                }
+                JdsEvent::TokenReady => {}
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(provided, 2);
+        assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+        let accepted = jds.declared();
+        assert_eq!(accepted.len(), 1);
+        assert_eq!(accepted[0].new_token, new_token);
+        assert_ne!(new_token, token.token);
+        assert_eq!(accepted[0].asked_for, vec![1, 3]);
+        // What SetCustomMiningJob will carry is byte for byte what was declared.
+        assert_eq!(accepted[0].outputs, d.custom.coinbase_tx_outputs.as_bytes());
+
+        // A token is good for one declaration only.
+        let mut again = d.declare.clone();
+        again.request_id = 6;
+        client.declare(again).await.unwrap();
+        loop {
+            match client.next_event().await.unwrap() {
+                JdsEvent::DeclareRejected { request_id, code } => {
+                    assert_eq!((request_id, code.as_str()), (6, "invalid-mining-job-token"));
+                    break;
+                }
+                JdsEvent::TokenReady => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+    }
+}
+
+mod strict_jds {
+    use super::*;
+    use jdc_declarator::upstream::jds::JdsEvent;
+    use stratum_core::binary_sv2::{B064KOwned, Seq064KOwned, U256Owned};
+    use stratum_core::job_declaration_sv2::DeclareMiningJobOwned;
+
+    /// The test JDS is strict: a coinbase whose witness commitment does not match the declared
+    /// wtxids is refused (so a passing declaration test means a right commitment).
+    #[tokio::test]
+    async fn a_commitment_that_does_not_match_the_wtxids_is_refused() {
+        let jds = TestJds::start(Misbehave::No).await.unwrap();
+        let mut client = JdsClient::connect(settings(&jds, Mode::FullTemplate))
+            .await
+            .unwrap();
+        client.wait_for_tokens(1).await.unwrap();
+        let token = client.take_token().await.unwrap().unwrap();
+        // A coinbase committing to no transactions, declared with one.
+        let empty_commitment = jdc_shared::chain::witness_commitment(&[]);
+        let mut script = vec![0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed];
+        script.extend_from_slice(&empty_commitment);
+        let coinbase = jdc_shared::bitcoin::Transaction {
+            version: jdc_shared::bitcoin::transaction::Version::TWO,
+            lock_time: jdc_shared::bitcoin::absolute::LockTime::ZERO,
+            input: vec![jdc_shared::bitcoin::TxIn {
+                previous_output: jdc_shared::bitcoin::OutPoint::null(),
+                script_sig: jdc_shared::bitcoin::ScriptBuf::from_bytes(vec![
+                    0x02, 0xf4, 0x01, 0x04, 0, 0, 0, 0,
+                ]),
+                sequence: jdc_shared::bitcoin::Sequence::MAX,
+                witness: jdc_shared::bitcoin::Witness::from_slice(&[vec![0u8; 32]]),
+            }],
+            output: vec![
+                jdc_shared::bitcoin::TxOut {
+                    value: jdc_shared::bitcoin::Amount::from_sat(5_000),
+                    script_pubkey: pool_payout_script(),
+                },
+                jdc_shared::bitcoin::TxOut {
+                    value: jdc_shared::bitcoin::Amount::ZERO,
+                    script_pubkey: jdc_shared::bitcoin::ScriptBuf::from_bytes(script),
+                },
+            ],
+        };
+        let bytes = jdc_shared::bitcoin::consensus::serialize(&coinbase);
+        // Split around the 4-byte extranonce at the end of the scriptSig.
+        let cut = 4 + 2 + 1 + 36 + 1 + 4;
+        let declare = DeclareMiningJobOwned {
+            request_id: 1,
+            mining_job_token: stratum_core::binary_sv2::B0255Owned::new(token.token).unwrap(),
+            version: 0x2000_0000,
+            coinbase_tx_prefix: B064KOwned::new(bytes[..cut].to_vec()).unwrap(),
+            coinbase_tx_suffix: B064KOwned::new(bytes[cut + 4..].to_vec()).unwrap(),
+            wtxid_list: Seq064KOwned::new(vec![U256Owned::from([9u8; 32])]).unwrap(),
+            excess_data: B064KOwned::new(vec![]).unwrap(),
+        };
+        client.declare(declare).await.unwrap();
+        loop {
+            match client.next_event().await.unwrap() {
+                JdsEvent::DeclareRejected { code, .. } => {
+                    assert_eq!(code, "invalid-job");
+                    break;
+                }
+                JdsEvent::TokenReady => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -2,16 +2,17 @@
 //! `SetupConnection` for the Job Declaration protocol in the chosen mode, and a supply of mining
 //! job tokens allocated ahead of need, so a new tip never waits for a token round trip.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, TxOut};
 use jdc_shared::sv2::{connect, Message, Sv2Reader, Sv2Writer};
-use stratum_core::binary_sv2::Str0255Owned;
+use stratum_core::binary_sv2::{B016MOwned, Seq064KOwned, Str0255Owned};
 use stratum_core::channels_sv2::outputs::deserialize_outputs;
 use stratum_core::common_messages_sv2::Protocol;
 use stratum_core::job_declaration_sv2::{
-    AllocateMiningJobTokenOwned, AllocateMiningJobTokenSuccessOwned,
+    AllocateMiningJobTokenOwned, AllocateMiningJobTokenSuccessOwned, DeclareMiningJobOwned,
+    ProvideMissingTransactionsSuccessOwned,
 };
 use stratum_core::parsers_sv2::JobDeclarationOwned;
 use tokio::net::TcpStream;
@@ -59,6 +60,35 @@ pub struct Token {
     pub raw_outputs: Vec<u8>,
 }
 
+/// What the JDS said about our declarations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JdsEvent {
+    /// A token arrived (see [`JdsClient::take_token`]).
+    TokenReady,
+    /// A declaration was accepted: set the custom job on the pool with `new_token`.
+    Declared {
+        /// The declaration's request id.
+        request_id: u32,
+        /// The token for `SetCustomMiningJob`.
+        new_token: Vec<u8>,
+    },
+    /// A declaration was refused (`stale-chain-tip` is a race: redeclare on the current tip).
+    DeclareRejected {
+        /// The declaration's request id.
+        request_id: u32,
+        /// The JDS's error code.
+        code: String,
+    },
+    /// The JDS does not know these transactions of a declaration (0-based positions in its
+    /// `wtxid_list`): answer with [`JdsClient::provide_transactions`].
+    MissingTransactions {
+        /// The declaration's request id.
+        request_id: u32,
+        /// Positions asked for.
+        positions: Vec<u16>,
+    },
+}
+
 /// A connected JDS.
 pub struct JdsClient {
     name: String,
@@ -71,6 +101,10 @@ pub struct JdsClient {
     tokens: VecDeque<Token>,
     /// Every token received, to refuse a JDS that hands one out twice.
     seen: HashSet<Vec<u8>>,
+    /// Declarations not answered yet: request id → number of transactions declared.
+    declaring: HashMap<u32, usize>,
+    /// Events read while waiting for something else.
+    queued: VecDeque<JdsEvent>,
 }
 
 impl JdsClient {
@@ -120,6 +154,8 @@ impl JdsClient {
             pending: HashSet::new(),
             tokens: VecDeque::new(),
             seen: HashSet::new(),
+            declaring: HashMap::new(),
+            queued: VecDeque::new(),
         };
         client.top_up().await?;
         Ok(client)
@@ -171,8 +207,62 @@ impl JdsClient {
             .map_err(|e| self.protocol(format!("cannot send AllocateMiningJobToken: {e}")))
     }
 
+    /// Sends a declaration (Full-Template mode); the answer comes as a [`JdsEvent`].
+    pub async fn declare(&mut self, declare: DeclareMiningJobOwned) -> Result<(), UpstreamError> {
+        let request_id = declare.request_id;
+        if self.declaring.contains_key(&request_id) {
+            return Err(self.protocol(format!(
+                "internal: declaration request id {request_id} is still pending"
+            )));
+        }
+        self.declaring.insert(request_id, declare.wtxid_list.len());
+        self.writer
+            .send(Message::JobDeclaration(
+                JobDeclarationOwned::DeclareMiningJob(declare),
+            ))
+            .await
+            .map_err(|e| self.protocol(format!("cannot send DeclareMiningJob: {e}")))
+    }
+
+    /// Answers `ProvideMissingTransactions` with the raw transactions, in the order asked.
+    pub async fn provide_transactions(
+        &mut self,
+        request_id: u32,
+        transactions: Vec<Vec<u8>>,
+    ) -> Result<(), UpstreamError> {
+        let list = transactions
+            .into_iter()
+            .map(B016MOwned::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.protocol(format!("a transaction does not fit B0_16M: {e:?}")))?;
+        let transaction_list = Seq064KOwned::new(list)
+            .map_err(|e| self.protocol(format!("too many transactions: {e:?}")))?;
+        let msg = ProvideMissingTransactionsSuccessOwned {
+            request_id,
+            transaction_list,
+        };
+        self.writer
+            .send(Message::JobDeclaration(
+                JobDeclarationOwned::ProvideMissingTransactionsSuccess(msg),
+            ))
+            .await
+            .map_err(|e| {
+                self.protocol(format!(
+                    "cannot send ProvideMissingTransactions.Success: {e}"
+                ))
+            })
+    }
+
+    /// The next event from the JDS.
+    pub async fn next_event(&mut self) -> Result<JdsEvent, UpstreamError> {
+        if let Some(e) = self.queued.pop_front() {
+            return Ok(e);
+        }
+        self.recv().await
+    }
+
     /// Reads and handles the next message from the JDS.
-    pub async fn recv(&mut self) -> Result<(), UpstreamError> {
+    async fn recv(&mut self) -> Result<JdsEvent, UpstreamError> {
         let msg = self
             .reader
             .recv()
@@ -180,7 +270,49 @@ impl JdsClient {
             .map_err(|e| self.protocol(format!("connection failed: {e}")))?;
         match msg {
             Message::JobDeclaration(JobDeclarationOwned::AllocateMiningJobTokenSuccess(ok)) => {
-                self.on_token(ok)
+                self.on_token(ok)?;
+                Ok(JdsEvent::TokenReady)
+            }
+            Message::JobDeclaration(JobDeclarationOwned::DeclareMiningJobSuccess(ok)) => {
+                self.answered(ok.request_id, "DeclareMiningJob.Success")?;
+                Ok(JdsEvent::Declared {
+                    request_id: ok.request_id,
+                    new_token: ok.new_mining_job_token.as_bytes().to_vec(),
+                })
+            }
+            Message::JobDeclaration(JobDeclarationOwned::DeclareMiningJobError(e)) => {
+                self.answered(e.request_id, "DeclareMiningJob.Error")?;
+                let code = String::from_utf8_lossy(e.error_code.as_bytes()).into_owned();
+                tracing::warn!(
+                    upstream = %self.name,
+                    request_id = e.request_id,
+                    %code,
+                    details = %String::from_utf8_lossy(e.error_details.as_bytes()),
+                    "declaration refused"
+                );
+                Ok(JdsEvent::DeclareRejected {
+                    request_id: e.request_id,
+                    code,
+                })
+            }
+            Message::JobDeclaration(JobDeclarationOwned::ProvideMissingTransactions(m)) => {
+                let Some(&count) = self.declaring.get(&m.request_id) else {
+                    return Err(self.protocol(format!(
+                        "asked for transactions of declaration {}, which is not pending",
+                        m.request_id
+                    )));
+                };
+                let positions: Vec<u16> = m.unknown_tx_position_list.iter().copied().collect();
+                if let Some(bad) = positions.iter().find(|&&p| usize::from(p) >= count) {
+                    return Err(self.protocol(format!(
+                        "asked for transaction {bad} of declaration {}, which has {count}",
+                        m.request_id
+                    )));
+                }
+                Ok(JdsEvent::MissingTransactions {
+                    request_id: m.request_id,
+                    positions,
+                })
             }
             other => Err(self.protocol(format!(
                 "sent {}, which this client does not expect",
@@ -189,13 +321,27 @@ impl JdsClient {
         }
     }
 
-    /// Waits until at least `n` tokens are in hand (at most the configured timeout).
+    /// Marks a declaration answered; an answer to no pending declaration breaks the protocol.
+    fn answered(&mut self, request_id: u32, what: &str) -> Result<(), UpstreamError> {
+        if self.declaring.remove(&request_id).is_none() {
+            return Err(self.protocol(format!(
+                "sent {what} for request {request_id}, which is not a pending declaration"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until at least `n` tokens are in hand (at most the configured timeout); other
+    /// events read meanwhile are kept for [`JdsClient::next_event`].
     pub async fn wait_for_tokens(&mut self, n: usize) -> Result<(), UpstreamError> {
         let timeout = self.settings.timeout;
         let upstream = self.name.clone();
         tokio::time::timeout(timeout, async {
             while self.tokens.len() < n {
-                self.recv().await?;
+                match self.recv().await? {
+                    JdsEvent::TokenReady => {}
+                    other => self.queued.push_back(other),
+                }
             }
             Ok(())
         })
