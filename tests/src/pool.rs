@@ -1,6 +1,8 @@
 //! A strict test pool on SRI's crates: the Mining protocol side a Job Declaration Client talks
-//! to. The channel it opens is SRI's own server channel (`channels_sv2`), so targets and
-//! extranonce prefixes are what a real SRI pool would give. Violations of what a pool checks are
+//! to. The channel it opens is SRI's own server channel (`channels_sv2`), so targets, extranonce
+//! prefixes, custom jobs and shares are checked as a real SRI pool checks them; custom jobs must
+//! also carry a token the (linked) test JDS accepted a declaration for, with byte-identical
+//! coinbase outputs. Violations of what a pool checks are
 //! recorded in [`TestPool::violations`] and drop the connection. It can be told to misbehave.
 
 use std::net::SocketAddr;
@@ -12,13 +14,20 @@ use jdc_shared::sv2::{accept, AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Wr
 use stratum_core::binary_sv2::{B032Owned, Str0255Owned, U256Owned};
 use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
 use stratum_core::channels_sv2::server::extended::ExtendedChannel;
+use stratum_core::channels_sv2::server::share_accounting::{
+    ShareValidationError, ShareValidationResult,
+};
 use stratum_core::common_messages_sv2::{
     Protocol, SetupConnectionErrorOwned, SetupConnectionOwned, SetupConnectionSuccessOwned,
 };
 use stratum_core::mining_sv2::{
     CloseChannelOwned, OpenExtendedMiningChannelOwned, OpenExtendedMiningChannelSuccessOwned,
-    OpenMiningChannelErrorOwned, SetTargetOwned,
+    OpenMiningChannelErrorOwned, SetCustomMiningJobErrorOwned, SetCustomMiningJobOwned,
+    SetCustomMiningJobSuccessOwned, SetTargetOwned, SubmitSharesErrorOwned,
+    SubmitSharesExtendedOwned, SubmitSharesSuccessOwned,
 };
+
+use crate::jds::AcceptedDeclaration;
 use stratum_core::parsers_sv2::{CommonMessagesOwned, MiningOwned};
 use tokio::net::TcpListener;
 
@@ -49,6 +58,8 @@ pub struct TestPool {
     pub hashrates: Arc<Mutex<Vec<f32>>>,
     /// Rule violations by clients; a test expects none.
     pub violations: Arc<Mutex<Vec<String>>>,
+    /// Shares accepted and refused (with codes), in order.
+    pub shares: Arc<Mutex<Vec<Result<(), String>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -59,18 +70,31 @@ impl Drop for TestPool {
 }
 
 impl TestPool {
-    /// Starts listening on 127.0.0.1 (any port).
+    /// Starts listening on 127.0.0.1 (any port), without a JDS: custom jobs are refused.
     pub async fn start(misbehave: PoolMisbehave) -> anyhow::Result<TestPool> {
+        Self::start_with_jds(misbehave, Arc::default()).await
+    }
+
+    /// Starts listening, accepting custom jobs declared to the test JDS whose accepted
+    /// declarations are `declared`.
+    pub async fn start_with_jds(
+        misbehave: PoolMisbehave,
+        declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
+    ) -> anyhow::Result<TestPool> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let keys = AuthorityKeys::generate();
         let hashrates: Arc<Mutex<Vec<f32>>> = Arc::default();
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+        let shares: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
         let shared = Shared {
             keys: keys.clone(),
             misbehave,
             hashrates: hashrates.clone(),
             violations: violations.clone(),
+            shares: shares.clone(),
+            declared,
+            used_tokens: Arc::default(),
         };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -87,6 +111,7 @@ impl TestPool {
             keys,
             hashrates,
             violations,
+            shares,
             task,
         })
     }
@@ -103,6 +128,11 @@ impl TestPool {
     pub fn hashrates(&self) -> Vec<f32> {
         self.hashrates.lock().map(|v| v.clone()).unwrap_or_default()
     }
+
+    /// Shares received so far: `Ok` accepted, `Err(code)` refused.
+    pub fn shares(&self) -> Vec<Result<(), String>> {
+        self.shares.lock().map(|v| v.clone()).unwrap_or_default()
+    }
 }
 
 #[derive(Clone)]
@@ -111,6 +141,9 @@ struct Shared {
     misbehave: PoolMisbehave,
     hashrates: Arc<Mutex<Vec<f32>>>,
     violations: Arc<Mutex<Vec<String>>>,
+    shares: Arc<Mutex<Vec<Result<(), String>>>>,
+    declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
+    used_tokens: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 fn sv2_str(s: &str) -> Result<Str0255Owned, String> {
@@ -312,8 +345,110 @@ impl Shared {
                         .await
                         .map_err(|e| e.to_string())?;
                 }
+                Message::Mining(MiningOwned::SetCustomMiningJob(m)) => {
+                    let answer = self.custom_job(&mut channel, m)?;
+                    writer.send(answer).await.map_err(|e| e.to_string())?;
+                }
+                Message::Mining(MiningOwned::SubmitSharesExtended(sh)) => {
+                    let answer = self.share(&mut channel, sh)?;
+                    writer.send(answer).await.map_err(|e| e.to_string())?;
+                }
                 other => return Err(format!("unexpected message {other:?}")),
             }
         }
+    }
+
+    /// Checks a custom job against the JDS's accepted declarations and SRI's channel.
+    fn custom_job(
+        &self,
+        channel: &mut ExtendedChannel,
+        m: SetCustomMiningJobOwned,
+    ) -> Result<Message, String> {
+        let (channel_id, request_id) = (m.channel_id, m.request_id);
+        let error = |code: &str| -> Result<Message, String> {
+            Ok(Message::Mining(MiningOwned::SetCustomMiningJobError(
+                SetCustomMiningJobErrorOwned {
+                    channel_id,
+                    request_id,
+                    error_code: sv2_str(code)?,
+                },
+            )))
+        };
+        if channel_id != 7 {
+            return Err(format!("SetCustomMiningJob for channel {channel_id}"));
+        }
+        let token = m.token.as_bytes().to_vec();
+        let declared = self
+            .declared
+            .lock()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .find(|d| d.new_token == token)
+            .cloned();
+        let Some(declared) = declared else {
+            return error("invalid-mining-job-token");
+        };
+        {
+            let mut used = self.used_tokens.lock().map_err(|e| e.to_string())?;
+            if used.contains(&token) {
+                return error("invalid-mining-job-token");
+            }
+            used.push(token);
+        }
+        if m.coinbase_tx_outputs.as_bytes() != declared.outputs.as_slice() {
+            self.violation("custom job outputs differ from the declared ones".into());
+            return error("invalid-coinbase-tx-outputs");
+        }
+        match channel.on_set_custom_mining_job(m) {
+            Ok(job_id) => Ok(Message::Mining(MiningOwned::SetCustomMiningJobSuccess(
+                SetCustomMiningJobSuccessOwned {
+                    channel_id,
+                    request_id,
+                    job_id,
+                },
+            ))),
+            Err(e) => {
+                self.violation(format!("channels_sv2 refused the custom job: {e:?}"));
+                error("invalid-job")
+            }
+        }
+    }
+
+    /// Validates a share with SRI's channel.
+    fn share(
+        &self,
+        channel: &mut ExtendedChannel,
+        sh: SubmitSharesExtendedOwned,
+    ) -> Result<Message, String> {
+        let (channel_id, seq) = (sh.channel_id, sh.sequence_number);
+        let verdict = match channel.validate_share(sh) {
+            Ok(ShareValidationResult::Valid(_) | ShareValidationResult::BlockFound(..)) => Ok(()),
+            Err(
+                ShareValidationError::Invalid(c)
+                | ShareValidationError::Stale(c)
+                | ShareValidationError::InvalidJobId(c)
+                | ShareValidationError::DoesNotMeetTarget(c)
+                | ShareValidationError::VersionRollingNotAllowed(c)
+                | ShareValidationError::DuplicateShare(c)
+                | ShareValidationError::BadExtranonceSize(c),
+            ) => Err(c.to_string()),
+            Err(other) => Err(format!("{other:?}")),
+        };
+        if let Ok(mut s) = self.shares.lock() {
+            s.push(verdict.clone());
+        }
+        Ok(Message::Mining(match verdict {
+            Ok(()) => MiningOwned::SubmitSharesSuccess(SubmitSharesSuccessOwned {
+                channel_id,
+                last_sequence_number: seq,
+                new_submits_accepted_count: 1,
+                new_shares_sum: 1,
+            }),
+            Err(code) => MiningOwned::SubmitSharesError(SubmitSharesErrorOwned {
+                channel_id,
+                sequence_number: seq,
+                error_code: sv2_str(&code)?,
+            }),
+        }))
     }
 }

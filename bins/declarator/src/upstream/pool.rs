@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, Target};
 use jdc_shared::sv2::{connect, Message, Sv2Reader, Sv2Writer};
-use stratum_core::binary_sv2::{Str0255Owned, U256Owned};
+use stratum_core::binary_sv2::{B0255Owned, B032Owned, Str0255Owned, U256Owned};
 use stratum_core::common_messages_sv2::Protocol;
-use stratum_core::mining_sv2::{OpenExtendedMiningChannelOwned, UpdateChannelOwned};
+use stratum_core::mining_sv2::{
+    OpenExtendedMiningChannelOwned, SetCustomMiningJobOwned, SubmitSharesExtendedOwned,
+    UpdateChannelOwned,
+};
 use stratum_core::parsers_sv2::MiningOwned;
 use tokio::net::TcpStream;
 
@@ -91,12 +94,30 @@ pub enum PoolEvent {
     Ignored(String),
 }
 
+/// A share for the pool channel: the header fields a device found and the extranonce bytes
+/// under the pool's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamShare {
+    /// The pool's job id (from `SetCustomMiningJob.Success`).
+    pub job_id: u32,
+    /// Header nonce.
+    pub nonce: u32,
+    /// Header time.
+    pub ntime: u32,
+    /// Header version.
+    pub version: u32,
+    /// Extranonce after the pool's prefix (exactly the channel's `extranonce_size` bytes).
+    pub extranonce: Vec<u8>,
+}
+
 /// A connected pool with our channel open.
 pub struct PoolClient {
     name: String,
     reader: Sv2Reader,
     writer: Sv2Writer,
     channel: PoolChannel,
+    /// Sequence number of the last share sent.
+    share_seq: u32,
 }
 
 impl PoolClient {
@@ -202,6 +223,7 @@ impl PoolClient {
             reader,
             writer,
             channel,
+            share_seq: 0,
         })
     }
 
@@ -226,6 +248,50 @@ impl PoolClient {
             .send(Message::Mining(MiningOwned::UpdateChannel(msg)))
             .await
             .map_err(|e| self.protocol(format!("cannot send UpdateChannel: {e}")))
+    }
+
+    /// Sends `SetCustomMiningJob` on our channel with `token` (the declared job's token in
+    /// Full-Template mode, the allocation token in Coinbase-only mode). The answer comes as
+    /// [`PoolEvent::CustomJobAccepted`] or [`PoolEvent::CustomJobRejected`].
+    pub async fn set_custom_job(
+        &mut self,
+        mut job: SetCustomMiningJobOwned,
+        token: &[u8],
+    ) -> Result<(), UpstreamError> {
+        job.channel_id = self.channel.channel_id;
+        job.token = B0255Owned::new(token.to_vec())
+            .map_err(|e| self.protocol(format!("token does not fit B0_255: {e:?}")))?;
+        self.writer
+            .send(Message::Mining(MiningOwned::SetCustomMiningJob(job)))
+            .await
+            .map_err(|e| self.protocol(format!("cannot send SetCustomMiningJob: {e}")))
+    }
+
+    /// Sends a share; returns its sequence number.
+    pub async fn submit_share(&mut self, share: UpstreamShare) -> Result<u32, UpstreamError> {
+        if share.extranonce.len() != usize::from(self.channel.extranonce_size) {
+            return Err(self.protocol(format!(
+                "internal: share with {} extranonce bytes on a channel of {}",
+                share.extranonce.len(),
+                self.channel.extranonce_size
+            )));
+        }
+        self.share_seq = self.share_seq.wrapping_add(1);
+        let msg = SubmitSharesExtendedOwned {
+            channel_id: self.channel.channel_id,
+            sequence_number: self.share_seq,
+            job_id: share.job_id,
+            nonce: share.nonce,
+            ntime: share.ntime,
+            version: share.version,
+            extranonce: B032Owned::new(share.extranonce)
+                .map_err(|e| self.protocol(format!("extranonce does not fit B0_32: {e:?}")))?,
+        };
+        self.writer
+            .send(Message::Mining(MiningOwned::SubmitSharesExtended(msg)))
+            .await
+            .map_err(|e| self.protocol(format!("cannot send SubmitSharesExtended: {e}")))?;
+        Ok(self.share_seq)
     }
 
     /// Reads the next message from the pool and applies what concerns the channel.
