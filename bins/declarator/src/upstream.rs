@@ -1,8 +1,15 @@
-//! Connections to a pool's services (issue 4, in progress): the Job Declarator Server client
-//! ([`jds`]) and the pool's Mining protocol client ([`pool`]). Not yet wired into the service:
-//! the declarator still mines solo.
+//! Mining for a pool with our own templates (issue 4, in progress; not yet wired into the
+//! service, which still mines solo):
+//!
+//! - [`jds`]: Job Declarator Server client (tokens ahead, declarations, missing transactions).
+//! - [`pool`]: the pool's Mining protocol client (one extended channel, custom jobs, shares).
+//! - [`declare`]: a job as `DeclareMiningJob` + `SetCustomMiningJob` with the pool's outputs.
+//! - [`held_shares`]: shares of a declared job held until the pool acknowledges it.
+//! - [`fallback`]: which upstream to mine for, when to fall back and when to return.
 
 pub mod declare;
+pub mod fallback;
+pub mod held_shares;
 pub mod jds;
 pub mod pool;
 

@@ -1,0 +1,262 @@
+//! Which upstream the declarator mines for, and when to change: an ordered list of upstreams
+//! (pool + JDS each), solo mining as the last resort. A failure of the active upstream moves
+//! to the next healthy one at once; an upstream that failed is probed with backoff and, once
+//! healthy, taken back if it ranks higher, at most once per hold-down period.
+//!
+//! Pure logic (time is passed in), unit tested; the service acts on the [`Switch`]es.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Where work comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The upstream at this position of the configured list.
+    Upstream(usize),
+    /// Solo mining to our own payout.
+    Solo,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Upstream(i) => write!(f, "upstream {}", i + 1),
+            Source::Solo => f.write_str("solo"),
+        }
+    }
+}
+
+/// What went wrong with an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// The connection to the pool or the JDS was lost or could not be made.
+    Disconnected,
+    /// `SetupConnection` was refused (e.g. the JDS does not support our mode).
+    SetupRefused(String),
+    /// The pool refused to open our channel.
+    ChannelRefused(String),
+    /// The pool closed our channel.
+    ChannelClosed(String),
+    /// The pool's extranonce leaves too little room for our devices.
+    ExtranonceTooSmall,
+    /// `DeclareMiningJob.Error` with this code.
+    DeclareRejected(String),
+    /// `SetCustomMiningJob.Error` with this code.
+    CustomJobRejected(String),
+    /// Too many of our shares were rejected.
+    RejectRate {
+        /// Rejected in the window.
+        rejected: usize,
+        /// Window size.
+        of: usize,
+    },
+}
+
+/// Error code of a job declared on a tip the JDS or pool has not seen yet (or has left): a
+/// race, redeclared on the current tip, never a reason to fall back.
+pub const STALE_CHAIN_TIP: &str = "stale-chain-tip";
+
+impl Trigger {
+    /// Whether this is the tip race rather than a failure.
+    pub fn is_race(&self) -> bool {
+        matches!(self, Trigger::DeclareRejected(c) | Trigger::CustomJobRejected(c) if c == STALE_CHAIN_TIP)
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Disconnected => f.write_str("connection lost"),
+            Trigger::SetupRefused(c) => write!(f, "SetupConnection refused ({c})"),
+            Trigger::ChannelRefused(c) => write!(f, "channel refused ({c})"),
+            Trigger::ChannelClosed(c) => write!(f, "channel closed by the pool ({c})"),
+            Trigger::ExtranonceTooSmall => f.write_str("extranonce too small"),
+            Trigger::DeclareRejected(c) => write!(f, "DeclareMiningJob refused ({c})"),
+            Trigger::CustomJobRejected(c) => write!(f, "SetCustomMiningJob refused ({c})"),
+            Trigger::RejectRate { rejected, of } => {
+                write!(f, "{rejected} of the last {of} shares rejected")
+            }
+        }
+    }
+}
+
+/// A change of source, to act on, log once and publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Switch {
+    /// Previous source.
+    pub from: Source,
+    /// New source.
+    pub to: Source,
+    /// Why.
+    pub reason: String,
+}
+
+/// Timing of the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct FallbackPolicy {
+    /// Least time between two switches back to a higher-ranked upstream.
+    pub hold_down: Duration,
+    /// First probe of a failed upstream after this long, then doubling...
+    pub probe_min: Duration,
+    /// ... up to this.
+    pub probe_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Down {
+    next_probe: Instant,
+    backoff: Duration,
+}
+
+/// The fallback state.
+#[derive(Debug)]
+pub struct Fallback {
+    policy: FallbackPolicy,
+    active: Source,
+    last_switch: Instant,
+    down: Vec<Option<Down>>,
+}
+
+impl Fallback {
+    /// `upstreams` configured upstreams, the first active (solo if there are none).
+    pub fn new(upstreams: usize, policy: FallbackPolicy, now: Instant) -> Self {
+        Self {
+            policy,
+            active: if upstreams == 0 {
+                Source::Solo
+            } else {
+                Source::Upstream(0)
+            },
+            last_switch: now,
+            down: vec![None; upstreams],
+        }
+    }
+
+    /// The source in use.
+    pub fn active(&self) -> Source {
+        self.active
+    }
+
+    /// The best source believed healthy.
+    fn best_healthy(&self) -> Source {
+        self.down
+            .iter()
+            .position(Option::is_none)
+            .map_or(Source::Solo, Source::Upstream)
+    }
+
+    fn switch_to(&mut self, to: Source, reason: String, now: Instant) -> Option<Switch> {
+        if to == self.active {
+            return None;
+        }
+        let from = self.active;
+        self.active = to;
+        self.last_switch = now;
+        Some(Switch { from, to, reason })
+    }
+
+    /// Upstream `idx` failed. If it is the active one, work moves at once to the best healthy
+    /// source (the next upstream, or solo). The tip race is not a failure.
+    pub fn on_failure(&mut self, idx: usize, trigger: &Trigger, now: Instant) -> Option<Switch> {
+        if trigger.is_race() || idx >= self.down.len() {
+            return None;
+        }
+        self.down[idx] = Some(Down {
+            next_probe: now + self.policy.probe_min,
+            backoff: self.policy.probe_min,
+        });
+        if self.active != Source::Upstream(idx) {
+            return None;
+        }
+        let to = self.best_healthy();
+        self.switch_to(to, format!("{}: {trigger}", Source::Upstream(idx)), now)
+    }
+
+    /// A failed upstream ranked above the active source whose probe is due, if any.
+    pub fn probe_due(&self, now: Instant) -> Option<usize> {
+        let rank = match self.active {
+            Source::Upstream(i) => i,
+            Source::Solo => self.down.len(),
+        };
+        self.down
+            .iter()
+            .take(rank)
+            .position(|d| d.is_some_and(|d| d.next_probe <= now))
+    }
+
+    /// The result of probing upstream `idx`: a failure backs its next probe off; success
+    /// marks it healthy and, if it ranks higher and the hold-down has passed, switches to it.
+    pub fn on_probe(&mut self, idx: usize, ok: bool, now: Instant) -> Option<Switch> {
+        let Some(slot) = self.down.get_mut(idx) else {
+            return None;
+        };
+        if !ok {
+            if let Some(d) = slot {
+                d.backoff = (d.backoff * 2).min(self.policy.probe_max);
+                d.next_probe = now + d.backoff;
+            }
+            return None;
+        }
+        *slot = None;
+        self.switch_back_due(now)
+    }
+
+    /// Switches back to a higher-ranked healthy upstream once the hold-down has passed.
+    pub fn switch_back_due(&mut self, now: Instant) -> Option<Switch> {
+        let best = self.best_healthy();
+        let better = match (best, self.active) {
+            (Source::Upstream(b), Source::Upstream(a)) => b < a,
+            (Source::Upstream(_), Source::Solo) => true,
+            _ => false,
+        };
+        if !better || now.duration_since(self.last_switch) < self.policy.hold_down {
+            return None;
+        }
+        self.switch_to(best, format!("{best} is healthy again"), now)
+    }
+}
+
+/// Rejected-share rate over a sliding window of share results.
+#[derive(Debug)]
+pub struct RejectRate {
+    window: usize,
+    max_rejected: f64,
+    results: VecDeque<bool>,
+}
+
+impl RejectRate {
+    /// Triggers when more than `max_rejected` (a fraction) of the last `window` shares were
+    /// rejected.
+    pub fn new(window: usize, max_rejected: f64) -> Self {
+        Self {
+            window: window.max(1),
+            max_rejected,
+            results: VecDeque::new(),
+        }
+    }
+
+    /// Records one share result; returns the trigger when the rate is exceeded (and starts
+    /// a new window).
+    pub fn record(&mut self, accepted: bool) -> Option<Trigger> {
+        if self.results.len() == self.window {
+            self.results.pop_front();
+        }
+        self.results.push_back(accepted);
+        if self.results.len() < self.window {
+            return None;
+        }
+        let rejected = self.results.iter().filter(|ok| !**ok).count();
+        if rejected as f64 > self.max_rejected * self.window as f64 {
+            self.results.clear();
+            return Some(Trigger::RejectRate {
+                rejected,
+                of: self.window,
+            });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;
