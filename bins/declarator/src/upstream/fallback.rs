@@ -188,9 +188,7 @@ impl Fallback {
     /// The result of probing upstream `idx`: a failure backs its next probe off; success
     /// marks it healthy and, if it ranks higher and the hold-down has passed, switches to it.
     pub fn on_probe(&mut self, idx: usize, ok: bool, now: Instant) -> Option<Switch> {
-        let Some(slot) = self.down.get_mut(idx) else {
-            return None;
-        };
+        let slot = self.down.get_mut(idx)?;
         if !ok {
             if let Some(d) = slot {
                 d.backoff = (d.backoff * 2).min(self.policy.probe_max);
