@@ -178,3 +178,88 @@ fn pool_outputs_share_the_reward_and_refuse_to_overpay() {
         Err(DeclareError::NoPoolOutput)
     );
 }
+
+/// The invariant the pool mode rests on: a device on one of our extended channels, whose
+/// extranonce prefix starts with the pool's, mines exactly the coinbase we declared (same
+/// txid for the same full extranonce).
+#[test]
+fn devices_mine_the_declared_coinbase() {
+    use crate::downstream::channel::Channel;
+    use jdc_shared::bitcoin::Target;
+    use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
+    use stratum_core::channels_sv2::server::extended::ExtendedChannel;
+    use stratum_core::parsers_sv2::{AnyMessageOwned, MiningOwned};
+
+    let (state, body) = work();
+    let pool_prefix = vec![0xaa, 0xbb, 0x01, 0x02];
+    let device_part = 8usize;
+    // Pool prefix, our 2-byte channel index, the device's bytes.
+    let full = pool_prefix.len() + 2 + device_part;
+    let factory = JobFactory::new(true, None, Some("jdc-test".into()));
+    let pool = vec![TxOut {
+        value: Amount::ZERO,
+        script_pubkey: pool_script(),
+    }];
+    let d = declaration(&factory, &state, &body, &token(pool), 1, 7, full).unwrap();
+
+    let mut allocator =
+        ExtranonceAllocator::from_upstream_prefix(pool_prefix.clone(), vec![], full as u8, 65_536)
+            .unwrap();
+    let prefix = allocator.allocate_extended(device_part).unwrap();
+    let channel_prefix = prefix.as_bytes().to_vec();
+    assert!(channel_prefix.starts_with(&pool_prefix));
+    let sri = ExtendedChannel::new_for_job_declaration_client(
+        1,
+        "device".into(),
+        prefix,
+        Target::from_le_bytes([0xff; 32]),
+        1.0,
+        true,
+        device_part as u16,
+        1,
+        10.0,
+        None,
+        "jdc-test".into(),
+        None,
+    )
+    .unwrap();
+    let mut channel = Channel::extended(sri, 1);
+    // The devices' job pays the pool's outputs instead of our own.
+    let mut job = (*state.job).clone();
+    job.outputs = d.outputs.clone();
+    let pool_state = WorkState {
+        tip: state.tip.clone(),
+        job: std::sync::Arc::new(job),
+    };
+    let msgs = channel.on_new_tip(&pool_state).unwrap();
+    let AnyMessageOwned::Mining(MiningOwned::NewExtendedMiningJob(device_job)) = &msgs[0] else {
+        panic!("expected the future job first: {msgs:?}");
+    };
+
+    let device_extranonce = vec![0x33; device_part];
+    let mut mined = device_job.coinbase_tx_prefix.as_bytes().to_vec();
+    mined.extend_from_slice(&channel_prefix);
+    mined.extend_from_slice(&device_extranonce);
+    mined.extend_from_slice(device_job.coinbase_tx_suffix.as_bytes());
+    let mined: Transaction = deserialize(&mined).expect("the device's coinbase parses");
+
+    let mut declared = d.declare.coinbase_tx_prefix.as_bytes().to_vec();
+    declared.extend_from_slice(&channel_prefix);
+    declared.extend_from_slice(&device_extranonce);
+    declared.extend_from_slice(d.declare.coinbase_tx_suffix.as_bytes());
+    let declared: Transaction = deserialize(&declared).expect("the declared coinbase parses");
+
+    assert_eq!(mined.compute_txid(), declared.compute_txid());
+    assert_eq!(
+        device_job
+            .merkle_path
+            .iter()
+            .map(|h| h.to_array())
+            .collect::<Vec<_>>(),
+        d.custom
+            .merkle_path
+            .iter()
+            .map(|h| h.to_array())
+            .collect::<Vec<_>>()
+    );
+}
