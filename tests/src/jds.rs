@@ -12,9 +12,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jdc_shared::bitcoin::block::{Header, Version as BlockVersion};
 use jdc_shared::bitcoin::consensus::{deserialize, serialize};
 use jdc_shared::bitcoin::hashes::Hash;
-use jdc_shared::bitcoin::{Amount, ScriptBuf, Transaction, TxOut};
+use jdc_shared::bitcoin::{
+    Amount, BlockHash, CompactTarget, ScriptBuf, Target, Transaction, TxMerkleNode, TxOut,
+};
 use jdc_shared::sv2::{accept, AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Writer};
 use stratum_core::binary_sv2::{B0255Owned, B064KOwned, Str0255Owned};
 use stratum_core::binary_sv2::{B064KOwned as Details, Seq064KOwned};
@@ -23,7 +26,7 @@ use stratum_core::common_messages_sv2::{
 };
 use stratum_core::job_declaration_sv2::{
     AllocateMiningJobTokenSuccessOwned, DeclareMiningJobErrorOwned, DeclareMiningJobOwned,
-    DeclareMiningJobSuccessOwned, ProvideMissingTransactionsOwned,
+    DeclareMiningJobSuccessOwned, ProvideMissingTransactionsOwned, PushSolutionOwned,
 };
 use stratum_core::parsers_sv2::{CommonMessagesOwned, JobDeclarationOwned};
 use tokio::net::TcpListener;
@@ -57,6 +60,9 @@ pub struct TestJds {
     pub mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>>,
     /// Declarations accepted, in order.
     pub declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
+    /// `PushSolution`s received: `Ok(block hash)` when one forms a block of an accepted
+    /// declaration that meets its target, `Err(why)` otherwise.
+    pub solutions: Arc<Mutex<Vec<Result<[u8; 32], String>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -73,6 +79,12 @@ pub struct AcceptedDeclaration {
     pub wtxids: Vec<[u8; 32]>,
     /// Positions the JDS had to ask for.
     pub asked_for: Vec<u16>,
+    /// The declared coinbase around the extranonce.
+    pub coinbase_prefix: Vec<u8>,
+    /// The declared coinbase after the extranonce.
+    pub coinbase_suffix: Vec<u8>,
+    /// The declared block version.
+    pub version: u32,
 }
 
 impl Drop for TestJds {
@@ -99,7 +111,9 @@ impl TestJds {
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>> = Arc::default();
         let declared: Arc<Mutex<Vec<AcceptedDeclaration>>> = Arc::default();
+        let solutions: Arc<Mutex<Vec<Result<[u8; 32], String>>>> = Arc::default();
         let state = Shared {
+            solutions: solutions.clone(),
             keys: keys.clone(),
             misbehave,
             tokens: tokens.clone(),
@@ -125,6 +139,7 @@ impl TestJds {
             violations,
             mempool,
             declared,
+            solutions,
             task,
         })
     }
@@ -140,6 +155,11 @@ impl TestJds {
     /// Tokens handed out so far.
     pub fn tokens(&self) -> Vec<Vec<u8>> {
         self.tokens.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// `PushSolution`s so far.
+    pub fn solutions(&self) -> Vec<Result<[u8; 32], String>> {
+        self.solutions.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Declarations accepted so far.
@@ -166,6 +186,7 @@ struct Shared {
     next_token: Arc<Mutex<u64>>,
     mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>>,
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
+    solutions: Arc<Mutex<Vec<Result<[u8; 32], String>>>>,
 }
 
 impl Shared {
@@ -277,6 +298,13 @@ impl Shared {
                 Message::JobDeclaration(JobDeclarationOwned::AllocateMiningJobToken(req)) => req,
                 Message::JobDeclaration(JobDeclarationOwned::DeclareMiningJob(d)) => {
                     self.declaration(d, &mut unused, reader, writer).await?;
+                    continue;
+                }
+                Message::JobDeclaration(JobDeclarationOwned::PushSolution(p)) => {
+                    let verdict = self.solution(&p);
+                    if let Ok(mut v) = self.solutions.lock() {
+                        v.push(verdict);
+                    }
                     continue;
                 }
                 other => return Err(format!("unexpected message {other:?}")),
@@ -433,6 +461,9 @@ impl Shared {
                 outputs: serialize(&coinbase.output),
                 wtxids,
                 asked_for: missing,
+                coinbase_prefix: d.coinbase_tx_prefix.as_bytes().to_vec(),
+                coinbase_suffix: d.coinbase_tx_suffix.as_bytes().to_vec(),
+                version: d.version,
             });
         }
         writer
@@ -445,6 +476,43 @@ impl Shared {
             ))
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+impl Shared {
+    /// The block a `PushSolution` forms with an accepted declaration, if its hash meets the
+    /// target it names.
+    fn solution(&self, p: &PushSolutionOwned) -> Result<[u8; 32], String> {
+        let declared = self.declared.lock().map_err(|e| e.to_string())?.clone();
+        let mempool = self.mempool.lock().map_err(|e| e.to_string())?.clone();
+        let target = Target::from_compact(CompactTarget::from_consensus(p.nbits));
+        for d in declared.iter().rev() {
+            let mut bytes = d.coinbase_prefix.clone();
+            bytes.extend_from_slice(p.extranonce.as_bytes());
+            bytes.extend_from_slice(&d.coinbase_suffix);
+            let Ok(coinbase) = deserialize::<Transaction>(&bytes) else {
+                continue;
+            };
+            let mut leaves = vec![coinbase.compute_txid().to_byte_array()];
+            for w in &d.wtxids {
+                let raw = mempool.get(w).ok_or("a declared transaction is unknown")?;
+                let tx: Transaction = deserialize(raw).map_err(|e| e.to_string())?;
+                leaves.push(tx.compute_txid().to_byte_array());
+            }
+            let header = Header {
+                version: BlockVersion::from_consensus(p.version as i32),
+                prev_blockhash: BlockHash::from_byte_array(p.prev_hash.to_array()),
+                merkle_root: TxMerkleNode::from_byte_array(jdc_shared::chain::merkle_root(&leaves)),
+                time: p.ntime,
+                bits: CompactTarget::from_consensus(p.nbits),
+                nonce: p.nonce,
+            };
+            let hash = header.block_hash();
+            if target.is_met_by(hash) {
+                return Ok(hash.to_byte_array());
+            }
+        }
+        Err("PushSolution forms no block of an accepted declaration".into())
     }
 }
 

@@ -215,6 +215,86 @@ mod declaring {
     }
 }
 
+/// A block found on a declared job reaches the JDS as `PushSolution`, and forms exactly the
+/// declared block.
+#[tokio::test]
+async fn a_pushed_solution_forms_a_block_of_the_declared_job() {
+    use common::{tx, work_at};
+    use jdc_declarator::upstream::declare::declaration;
+    use jdc_declarator::upstream::jds::{JdsEvent, Solution};
+    use jdc_shared::bitcoin::block::{Header, Version};
+    use jdc_shared::bitcoin::consensus::{deserialize, serialize};
+    use jdc_shared::bitcoin::hashes::Hash;
+    use jdc_shared::bitcoin::{BlockHash, CompactTarget, Target, Transaction, TxMerkleNode};
+    use stratum_core::channels_sv2::server::jobs::factory::JobFactory;
+
+    let jds = TestJds::start(Misbehave::No).await.unwrap();
+    let txs: Vec<Transaction> = (1..=3).map(tx).collect();
+    for t in &txs {
+        jds.know(&serialize(t)).unwrap();
+    }
+    // Regtest difficulty: a block takes a couple of hashes.
+    let nbits = 0x207f_ffff;
+    let (state, body) = work_at(&txs, nbits);
+    let mut client = JdsClient::connect(settings(&jds, Mode::FullTemplate))
+        .await
+        .unwrap();
+    client.wait_for_tokens(1).await.unwrap();
+    let token = client.take_token().await.unwrap().unwrap();
+    let factory = JobFactory::new(true, None, Some("jdc".into()));
+    let d = declaration(&factory, &state, &body, &token, 3, 7, 14).unwrap();
+    client.declare(d.declare.clone()).await.unwrap();
+    while !matches!(
+        client.next_event().await.unwrap(),
+        JdsEvent::Declared { .. }
+    ) {}
+
+    let extranonce = vec![0x77; 14];
+    let mut coinbase = d.declare.coinbase_tx_prefix.as_bytes().to_vec();
+    coinbase.extend_from_slice(&extranonce);
+    coinbase.extend_from_slice(d.declare.coinbase_tx_suffix.as_bytes());
+    let coinbase: Transaction = deserialize(&coinbase).unwrap();
+    let mut leaves = vec![coinbase.compute_txid().to_byte_array()];
+    leaves.extend(txs.iter().map(|t| t.compute_txid().to_byte_array()));
+    let mut header = Header {
+        version: Version::from_consensus(d.custom.version as i32),
+        prev_blockhash: BlockHash::from_byte_array(state.tip.prev_hash),
+        merkle_root: TxMerkleNode::from_byte_array(jdc_shared::chain::merkle_root(&leaves)),
+        time: state.tip.header_timestamp,
+        bits: CompactTarget::from_consensus(nbits),
+        nonce: 0,
+    };
+    let target = Target::from_compact(CompactTarget::from_consensus(nbits));
+    while !target.is_met_by(header.block_hash()) {
+        header.nonce += 1;
+    }
+    let solution = |nonce| Solution {
+        full_extranonce: extranonce.clone(),
+        prev_hash: state.tip.prev_hash,
+        nonce,
+        ntime: header.time,
+        nbits,
+        version: d.custom.version,
+    };
+    client.push_solution(solution(header.nonce)).await.unwrap();
+    // A nonce that misses the target is not a block.
+    let mut miss = header;
+    miss.nonce += 1;
+    while target.is_met_by(miss.block_hash()) {
+        miss.nonce += 1;
+    }
+    client.push_solution(solution(miss.nonce)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while jds.solutions().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let solutions = jds.solutions();
+    assert_eq!(solutions.len(), 2);
+    assert_eq!(solutions[0], Ok(header.block_hash().to_byte_array()));
+    assert!(solutions[1].is_err());
+    assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+}
+
 mod strict_jds {
     use super::*;
     use jdc_declarator::upstream::jds::JdsEvent;

@@ -40,6 +40,11 @@ pub fn tx(i: u8) -> Transaction {
 /// Work on a new tip with `txs` as its full job, at difficulty 1 (so that no test share is a
 /// block by chance).
 pub fn work(txs: &[Transaction]) -> (WorkState, BlockBody) {
+    work_at(txs, 0x1d00_ffff)
+}
+
+/// [`work`] with the compact target `nbits`.
+pub fn work_at(txs: &[Transaction], nbits: u32) -> (WorkState, BlockBody) {
     let mut book = WorkBook::new(
         Network::Regtest,
         Payout::new(vec![(ScriptBuf::from_bytes(vec![0x51]), 1)]).unwrap(),
@@ -48,7 +53,7 @@ pub fn work(txs: &[Transaction]) -> (WorkState, BlockBody) {
     book.on_tip(&Tip {
         height,
         prev_hash: hex::encode([3u8; 32]),
-        nbits: 0x1d00_ffff,
+        nbits,
         time: 1_700_000_100,
         min_time: 1_700_000_000,
         version: 0x2000_0000,
@@ -74,7 +79,7 @@ pub fn work(txs: &[Transaction]) -> (WorkState, BlockBody) {
         height,
         prev_hash: hex::encode([3u8; 32]),
         version: 0x2000_0000,
-        bits: 0x1d00_ffff,
+        bits: nbits,
         target: hex::encode([0xff; 32]),
         curtime: 1_700_000_100,
         mintime: 1_700_000_000,

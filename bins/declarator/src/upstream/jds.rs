@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, TxOut};
 use jdc_shared::sv2::{connect, Message, Sv2Reader, Sv2Writer};
-use stratum_core::binary_sv2::{B016MOwned, Seq064KOwned, Str0255Owned};
+use stratum_core::binary_sv2::{B016MOwned, B032Owned, Seq064KOwned, Str0255Owned, U256Owned};
 use stratum_core::channels_sv2::outputs::deserialize_outputs;
 use stratum_core::common_messages_sv2::Protocol;
 use stratum_core::job_declaration_sv2::{
     AllocateMiningJobTokenOwned, AllocateMiningJobTokenSuccessOwned, DeclareMiningJobOwned,
-    ProvideMissingTransactionsSuccessOwned,
+    ProvideMissingTransactionsSuccessOwned, PushSolutionOwned,
 };
 use stratum_core::parsers_sv2::JobDeclarationOwned;
 use tokio::net::TcpStream;
@@ -87,6 +87,23 @@ pub enum JdsEvent {
         /// Positions asked for.
         positions: Vec<u16>,
     },
+}
+
+/// A block found on a declared job, for `PushSolution`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Solution {
+    /// The whole extranonce (the pool's prefix included).
+    pub full_extranonce: Vec<u8>,
+    /// Previous block hash, internal byte order.
+    pub prev_hash: [u8; 32],
+    /// Header nonce.
+    pub nonce: u32,
+    /// Header time.
+    pub ntime: u32,
+    /// Compact target.
+    pub nbits: u32,
+    /// Header version.
+    pub version: u32,
 }
 
 /// A connected JDS.
@@ -251,6 +268,26 @@ impl JdsClient {
                     "cannot send ProvideMissingTransactions.Success: {e}"
                 ))
             })
+    }
+
+    /// Tells the JDS about a block found on a job it accepted (`PushSolution`), so it can
+    /// propagate it too; our own node gets the block regardless.
+    pub async fn push_solution(&mut self, solution: Solution) -> Result<(), UpstreamError> {
+        let msg = PushSolutionOwned {
+            extranonce: B032Owned::new(solution.full_extranonce)
+                .map_err(|e| self.protocol(format!("extranonce does not fit B0_32: {e:?}")))?,
+            prev_hash: U256Owned::from(solution.prev_hash),
+            nonce: solution.nonce,
+            ntime: solution.ntime,
+            nbits: solution.nbits,
+            version: solution.version,
+        };
+        self.writer
+            .send(Message::JobDeclaration(JobDeclarationOwned::PushSolution(
+                msg,
+            )))
+            .await
+            .map_err(|e| self.protocol(format!("cannot send PushSolution: {e}")))
     }
 
     /// The next event from the JDS.
