@@ -62,9 +62,12 @@ pub struct TestJds {
     pub declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
     /// `PushSolution`s received: `Ok(block hash)` when one forms a block of an accepted
     /// declaration that meets its target, `Err(why)` otherwise.
-    pub solutions: Arc<Mutex<Vec<Result<[u8; 32], String>>>>,
+    pub solutions: Solutions,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// `PushSolution` verdicts: `Ok(block hash)` or `Err(why)`.
+pub type Solutions = Arc<Mutex<Vec<Result<[u8; 32], String>>>>;
 
 /// A declaration the test JDS accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +114,7 @@ impl TestJds {
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>> = Arc::default();
         let declared: Arc<Mutex<Vec<AcceptedDeclaration>>> = Arc::default();
-        let solutions: Arc<Mutex<Vec<Result<[u8; 32], String>>>> = Arc::default();
+        let solutions: Solutions = Arc::default();
         let state = Shared {
             solutions: solutions.clone(),
             keys: keys.clone(),
@@ -186,7 +189,7 @@ struct Shared {
     next_token: Arc<Mutex<u64>>,
     mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>>,
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
-    solutions: Arc<Mutex<Vec<Result<[u8; 32], String>>>>,
+    solutions: Solutions,
 }
 
 impl Shared {
