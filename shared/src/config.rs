@@ -368,6 +368,36 @@ pub struct DeclaratorConfig {
     pub handshake_timeout_secs: u64,
     /// Maximum downstream connections.
     pub max_connections: usize,
+    /// Pools to mine for with our own templates (`[[declarator.upstream]]`), in order of
+    /// preference; none = solo mining. Solo mining to `payout` is the last resort.
+    pub upstream: Vec<UpstreamConfig>,
+    /// Nominal hashrate announced to the pool for our devices together, hashes per second.
+    pub upstream_nominal_hash_rate: f32,
+    /// Seconds an upstream may take to answer (handshake, setup, channel, tokens).
+    pub upstream_timeout_secs: u64,
+    /// Mining job tokens kept allocated ahead of need.
+    pub upstream_tokens_ahead: usize,
+}
+
+/// One `[[declarator.upstream]]`: a pool and its Job Declarator Server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The pool's Mining protocol endpoint, `host:port`.
+    pub pool: String,
+    /// The pool's Job Declarator Server, `host:port`.
+    pub jds: String,
+    /// The pool's authority public key (base58check, as SRI prints it).
+    pub authority_public_key: String,
+    /// Our account at the pool.
+    pub user_identity: String,
+    /// `full-template` (declare our transactions) or `coinbase-only`.
+    #[serde(default = "default_upstream_mode")]
+    pub mode: String,
+}
+
+fn default_upstream_mode() -> String {
+    "full-template".into()
 }
 
 impl Default for DeclaratorConfig {
@@ -383,6 +413,10 @@ impl Default for DeclaratorConfig {
             rollable_extranonce_size: 8,
             handshake_timeout_secs: 10,
             max_connections: 1024,
+            upstream: Vec::new(),
+            upstream_nominal_hash_rate: 1.0e12,
+            upstream_timeout_secs: 5,
+            upstream_tokens_ahead: 2,
         }
     }
 }

@@ -27,7 +27,7 @@ use stratum_core::mining_sv2::{
     SubmitSharesExtendedOwned, SubmitSharesSuccessOwned,
 };
 
-use crate::jds::AcceptedDeclaration;
+use crate::jds::{AcceptedDeclaration, TestJds};
 use stratum_core::parsers_sv2::{CommonMessagesOwned, MiningOwned};
 use tokio::net::TcpListener;
 
@@ -72,18 +72,25 @@ impl Drop for TestPool {
 impl TestPool {
     /// Starts listening on 127.0.0.1 (any port), without a JDS: custom jobs are refused.
     pub async fn start(misbehave: PoolMisbehave) -> anyhow::Result<TestPool> {
-        Self::start_with_jds(misbehave, Arc::default()).await
+        Self::start_inner(misbehave, Arc::default(), AuthorityKeys::generate()).await
     }
 
-    /// Starts listening, accepting custom jobs declared to the test JDS whose accepted
-    /// declarations are `declared`.
+    /// Starts listening as the pool of `jds`: under its authority key, accepting custom jobs
+    /// declared to it.
     pub async fn start_with_jds(
         misbehave: PoolMisbehave,
+        jds: &TestJds,
+    ) -> anyhow::Result<TestPool> {
+        Self::start_inner(misbehave, jds.declared.clone(), jds.keys.clone()).await
+    }
+
+    async fn start_inner(
+        misbehave: PoolMisbehave,
         declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
+        keys: AuthorityKeys,
     ) -> anyhow::Result<TestPool> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let keys = AuthorityKeys::generate();
         let hashrates: Arc<Mutex<Vec<f32>>> = Arc::default();
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let shares: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();

@@ -74,7 +74,7 @@ fn mine(d: &Declaration, pool_prefix: &[u8], ours: &[u8], target: Target) -> (u3
 #[tokio::test]
 async fn declared_job_is_set_on_the_pool_and_its_shares_accepted() {
     let jds = TestJds::start(Misbehave::No).await.unwrap();
-    let pool = TestPool::start_with_jds(PoolMisbehave::No, jds.declared.clone())
+    let pool = TestPool::start_with_jds(PoolMisbehave::No, &jds)
         .await
         .unwrap();
     let txs: Vec<Transaction> = (1..=4).map(tx).collect();

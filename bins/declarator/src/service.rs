@@ -50,6 +50,9 @@ pub enum RunError {
 /// matters on regtest, where a device can make every hash a block.
 const BLOCK_QUEUE: usize = 256;
 
+/// Accepted shares waiting for the upstream task.
+const UPSTREAM_SHARE_QUEUE: usize = 4096;
+
 /// Bytes of extranonce that identify a channel (65,536 concurrent channels).
 const CHANNEL_INDEX_CHANNELS: u32 = 65_536;
 
@@ -108,14 +111,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         })?;
     tracing::info!(addr = %config.declarator.listen, "SV2 mining server listening");
 
+    // Mining for a pool: connect before serving devices, whose extranonces live under the
+    // pool's prefix.
+    let specs = crate::upstream::specs(&config.declarator)?;
+    let upstream = crate::upstream::connect_first(&specs, &config.declarator.coinbase_tag).await;
     let rollable = config.declarator.rollable_extranonce_size.clamp(1, 16);
-    let allocator = ExtranonceAllocator::new(vec![], (2 + rollable) as u8, CHANNEL_INDEX_CHANNELS)
-        .map_err(|e| {
-            ConfigError::new(
-                "declarator.rollable_extranonce_size",
-                format!("extranonce layout refused: {e:?}"),
+    let allocator = match &upstream {
+        Some((up, _)) => {
+            let ch = up.pool.channel();
+            ExtranonceAllocator::from_upstream_prefix(
+                ch.extranonce_prefix.clone(),
+                vec![],
+                (ch.extranonce_prefix.len() + usize::from(ch.extranonce_size)) as u8,
+                CHANNEL_INDEX_CHANNELS,
             )
-        })?;
+        }
+        None => ExtranonceAllocator::new(vec![], (2 + rollable) as u8, CHANNEL_INDEX_CHANNELS),
+    }
+    .map_err(|e| {
+        ConfigError::new(
+            "declarator.rollable_extranonce_size",
+            format!("extranonce layout refused: {e:?}"),
+        )
+    })?;
+    let mut book = WorkBook::new(network, payout);
+    if let Some((_, outputs)) = &upstream {
+        book.set_pool_outputs(Some(outputs.clone()));
+    }
+    let (shares_tx, shares_rx) = mpsc::channel(UPSTREAM_SHARE_QUEUE);
+    let (solo_tx, solo_rx) = mpsc::unbounded_channel::<String>();
 
     let (work_tx, work_rx) = watch::channel::<Option<WorkState>>(None);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
@@ -135,20 +159,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         allocator,
         block_tx,
         publisher.clone(),
+        upstream.is_some().then_some(shares_tx),
     );
     publisher.set_state("ok");
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.serve(listener, shutdown.clone()));
-    tasks.spawn(hub(
+    if let Some((up, _)) = upstream {
+        tasks.spawn(crate::upstream::runner::run(
+            up,
+            crate::upstream::runner::RunnerLinks {
+                work: work_tx.subscribe(),
+                catalog: catalog.clone(),
+                shares: shares_rx,
+                failed: solo_tx,
+                bus: publisher.clone(),
+            },
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(hub(Hub {
         inbox,
-        WorkBook::new(network, payout),
+        book,
         network,
-        work_tx,
-        catalog.clone(),
-        stats.clone(),
-        publisher.clone(),
-    ));
+        work: work_tx,
+        catalog: catalog.clone(),
+        stats: stats.clone(),
+        bus: publisher.clone(),
+        solo: solo_rx,
+    }));
     tasks.spawn(submitter(
         block_rx,
         catalog,
@@ -172,21 +211,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     Ok(())
 }
 
+/// What the hub works with.
+struct Hub {
+    /// Tips, templates and selections from the bus.
+    inbox: mpsc::Receiver<Received>,
+    book: WorkBook,
+    network: Network,
+    /// The work devices mine.
+    work: watch::Sender<Option<WorkState>>,
+    catalog: Arc<Mutex<Catalog>>,
+    stats: Arc<BusStats>,
+    bus: Publisher,
+    /// The upstream failed: mine solo.
+    solo: mpsc::UnboundedReceiver<String>,
+}
+
 /// Receives tips, templates and selections and publishes the resulting work.
 ///
 /// Tips are handled here at once. Templates (megabytes with a full mempool) are decoded on
 /// bulk threads as they arrive, while the selector is still choosing; selections are decoded
 /// and checked against their template on bulk threads too and come back prepared, so a tip
 /// never waits behind either, whatever the mempool size.
-async fn hub(
-    mut inbox: mpsc::Receiver<Received>,
-    mut book: WorkBook,
-    network: Network,
-    work: watch::Sender<Option<WorkState>>,
-    catalog: Arc<Mutex<Catalog>>,
-    stats: Arc<BusStats>,
-    bus: Publisher,
-) {
+async fn hub(hub: Hub) {
+    let Hub {
+        mut inbox,
+        mut book,
+        network,
+        work,
+        catalog,
+        stats,
+        bus,
+        mut solo,
+    } = hub;
     let (prepared_tx, mut prepared_rx) = mpsc::unbounded_channel::<Prepared>();
     let (template_tx, mut template_rx) =
         mpsc::unbounded_channel::<Result<TemplateTxs, WorkError>>();
@@ -244,6 +300,18 @@ async fn hub(
                     }
                     Err(WorkError::Malformed) => continue,
                     Err(e) => Err(e),
+                }
+            }
+            Some(why) = solo.recv() => {
+                // The upstream failed: pay ourselves, from the current job on.
+                tracing::warn!(reason = %why, "mining solo");
+                book.set_pool_outputs(None);
+                let body = book.current().and_then(|c| {
+                    catalog.lock().ok().and_then(|cat| cat.get(c.job.template_id))
+                });
+                match body {
+                    Some(body) => book.rebuild(&body),
+                    None => Ok(None),
                 }
             }
             prepared = prepared_rx.recv() => {

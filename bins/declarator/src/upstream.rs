@@ -12,6 +12,7 @@ pub mod fallback;
 pub mod held_shares;
 pub mod jds;
 pub mod pool;
+pub mod runner;
 
 use std::time::Duration;
 
@@ -130,4 +131,122 @@ pub(crate) async fn setup_connection(
             crate::downstream::message_name(&other)
         ))),
     }
+}
+
+/// One configured upstream, ready to connect.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    /// The pool side.
+    pub pool: pool::PoolSettings,
+    /// The JDS side.
+    pub jds: jds::JdsSettings,
+}
+
+/// Extranonce bytes our channel index takes under the pool's prefix (65,536 device channels).
+pub const CHANNEL_INDEX_BYTES: u16 = 2;
+
+/// The configured upstreams (`[[declarator.upstream]]`); errors name the key.
+pub fn specs(
+    config: &jdc_shared::config::DeclaratorConfig,
+) -> Result<Vec<UpstreamSpec>, jdc_shared::config::ConfigError> {
+    use jdc_shared::config::ConfigError;
+    let timeout = Duration::from_secs(config.upstream_timeout_secs.max(1));
+    config
+        .upstream
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let key = |k: &str| format!("declarator.upstream[{i}].{k}");
+            let authority = jdc_shared::sv2::parse_authority_public_key(&u.authority_public_key)
+                .map_err(|e| ConfigError::new(key("authority_public_key"), e.to_string()))?;
+            let mode = match u.mode.as_str() {
+                "full-template" => jds::Mode::FullTemplate,
+                "coinbase-only" => jds::Mode::CoinbaseOnly,
+                other => {
+                    return Err(ConfigError::new(
+                        key("mode"),
+                        format!("`{other}` is not `full-template` or `coinbase-only`"),
+                    ))
+                }
+            };
+            for (k, v) in [("pool", &u.pool), ("jds", &u.jds)] {
+                if v.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(ConfigError::new(key(k), format!("`{v}` is not host:port")));
+                }
+            }
+            if u.user_identity.is_empty() || u.user_identity.len() > 255 {
+                return Err(ConfigError::new(
+                    key("user_identity"),
+                    "must be 1 to 255 bytes",
+                ));
+            }
+            Ok(UpstreamSpec {
+                pool: pool::PoolSettings {
+                    address: u.pool.clone(),
+                    authority,
+                    user_identity: u.user_identity.clone(),
+                    nominal_hash_rate: config.upstream_nominal_hash_rate,
+                    min_extranonce_size: CHANNEL_INDEX_BYTES
+                        + config.rollable_extranonce_size.clamp(1, 16),
+                    timeout,
+                },
+                jds: jds::JdsSettings {
+                    address: u.jds.clone(),
+                    authority,
+                    user_identity: u.user_identity.clone(),
+                    mode,
+                    tokens_ahead: config.upstream_tokens_ahead.max(1),
+                    timeout,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Connects to the first configured upstream that works (pool, then JDS, then a first token
+/// for the pool's outputs); logs each failure with its cause. `None`: none works, mine solo.
+pub async fn connect_first(
+    specs: &[UpstreamSpec],
+    coinbase_tag: &str,
+) -> Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)> {
+    for (i, spec) in specs.iter().enumerate() {
+        let name = format!("upstream {}", i + 1);
+        let attempt = async {
+            let pool = pool::PoolClient::connect(&spec.pool).await?;
+            let mut jds = jds::JdsClient::connect(spec.jds.clone()).await?;
+            jds.wait_for_tokens(1).await?;
+            let outputs = jds.pool_outputs().map(<[_]>::to_vec).unwrap_or_default();
+            Ok::<_, UpstreamError>((pool, jds, outputs))
+        };
+        match attempt.await {
+            Ok((pool, jds, outputs)) => {
+                tracing::info!(upstream = %name, pool = %spec.pool.address, jds = %spec.jds.address, mode = ?spec.jds.mode, "mining for the pool with our own templates");
+                let factory = stratum_core::channels_sv2::server::jobs::factory::JobFactory::new(
+                    true,
+                    None,
+                    Some(coinbase_tag.to_string()),
+                );
+                return Some((
+                    runner::Upstream {
+                        name,
+                        pool,
+                        jds,
+                        mode: spec.jds.mode,
+                        factory,
+                    },
+                    outputs,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %name, error = %e, "upstream unusable; trying the next")
+            }
+        }
+    }
+    if !specs.is_empty() {
+        tracing::warn!("no upstream is usable: mining solo to our own payout");
+    }
+    None
 }

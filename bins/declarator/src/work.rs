@@ -54,6 +54,9 @@ pub enum WorkError {
     /// A value does not fit an SV2 field.
     #[error("cannot encode {0} for SV2")]
     Encode(&'static str),
+    /// The pool's coinbase outputs cannot take this block's reward.
+    #[error("pool outputs: {0}")]
+    PoolOutputs(String),
 }
 
 /// The chain tip devices mine on.
@@ -119,7 +122,7 @@ impl WorkState {
 }
 
 /// What a found block needs besides the coinbase and header fields from the share.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BlockBody {
     /// Template id.
     pub template_id: u64,
@@ -253,6 +256,8 @@ pub struct WorkBook {
     tip_seq: u64,
     current: Option<WorkState>,
     last_selection_id: Option<u64>,
+    /// The pool's coinbase outputs while mining for a pool (its payout first); `None`: solo.
+    pool_outputs: Option<Vec<TxOut>>,
 }
 
 impl WorkBook {
@@ -266,6 +271,58 @@ impl WorkBook {
             tip_seq: 0,
             current: None,
             last_selection_id: None,
+            pool_outputs: None,
+        }
+    }
+
+    /// Mines for a pool (its outputs, payout first, get the reward) or, with `None`, solo to
+    /// our payout. Takes effect for the next job; see [`WorkBook::rebuild`].
+    pub fn set_pool_outputs(&mut self, outputs: Option<Vec<TxOut>>) {
+        self.pool_outputs = outputs;
+    }
+
+    /// Whether jobs pay a pool.
+    pub fn mines_for_pool(&self) -> bool {
+        self.pool_outputs.is_some()
+    }
+
+    /// The current job again under a new id with the current payout (after a switch between
+    /// pool and solo); `body` is the current job's block body.
+    pub fn rebuild(
+        &mut self,
+        body: &BlockBody,
+    ) -> Result<Option<(WorkState, BlockBody)>, WorkError> {
+        let Some(current) = self.current.clone() else {
+            return Ok(None);
+        };
+        let template_id = self.next_id();
+        let mut template = current.job.template.clone();
+        template.template_id = template_id;
+        let outputs = self.outputs(template.coinbase_tx_value_remaining)?;
+        let job = JobWork {
+            template_id,
+            kind: current.job.kind,
+            template,
+            outputs,
+            tx_count: current.job.tx_count,
+        };
+        let body = BlockBody {
+            template_id,
+            ..body.clone()
+        };
+        let state = WorkState {
+            tip: current.tip,
+            job: Arc::new(job),
+        };
+        self.current = Some(state.clone());
+        Ok(Some((state, body)))
+    }
+
+    fn outputs(&self, coinbase_value: u64) -> Result<Vec<TxOut>, WorkError> {
+        match &self.pool_outputs {
+            Some(pool) => crate::upstream::declare::outputs_with_reward(pool, coinbase_value)
+                .map_err(|e| WorkError::PoolOutputs(e.to_string())),
+            None => Ok(self.payout.outputs(coinbase_value)),
         }
     }
 
@@ -472,7 +529,7 @@ impl WorkBook {
             template_id,
             kind,
             template,
-            outputs: self.payout.outputs(coinbase_value),
+            outputs: self.outputs(coinbase_value)?,
             tx_count,
         })
     }

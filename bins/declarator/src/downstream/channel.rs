@@ -6,7 +6,7 @@ use stratum_core::binary_sv2::{Str0255Owned, U256Owned};
 use stratum_core::channels_sv2::seen_shares_budget;
 use stratum_core::channels_sv2::server::{
     extended::ExtendedChannel,
-    jobs::{extended::ExtendedJob, standard::StandardJob},
+    jobs::{extended::ExtendedJob, standard::StandardJob, JobOrigin},
     share_accounting::{ShareValidationError, ShareValidationResult},
     standard::StandardChannel,
 };
@@ -55,6 +55,25 @@ pub struct FoundBlock {
     pub hash: BlockHash,
 }
 
+/// An accepted share, for the pool when mining for one: what it needs besides the pool's job id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedShare {
+    /// Our template id of the share's job.
+    pub template_id: u64,
+    /// Header nonce.
+    pub nonce: u32,
+    /// Header time.
+    pub ntime: u32,
+    /// Header version.
+    pub version: u32,
+    /// The whole extranonce: the channel's prefix and the device's part.
+    pub full_extranonce: Vec<u8>,
+    /// The share's hash (internal byte order).
+    pub hash: [u8; 32],
+    /// Whether it is a block.
+    pub is_block: bool,
+}
+
 /// The verdict on a share, and what to answer.
 #[derive(Debug)]
 pub struct ShareOutcome {
@@ -66,6 +85,8 @@ pub struct ShareOutcome {
     pub difficulty: f64,
     /// Set when the share is a block.
     pub block: Option<FoundBlock>,
+    /// Set when the share was accepted.
+    pub accepted: Option<AcceptedShare>,
     /// The channel must be closed (its share budget is exhausted).
     pub close: bool,
 }
@@ -231,7 +252,8 @@ impl Channel {
             extranonce: share.extranonce.as_ref(),
         };
         let verdict = self.shares.check(&fields);
-        self.settle(&header, verdict, |sri| match sri {
+        let device_extranonce = share.extranonce.as_ref().to_vec();
+        self.settle(&header, verdict, &device_extranonce, |sri| match sri {
             SriChannel::Extended(c) => Some(c.validate_share(share)),
             SriChannel::Standard(_) => None,
         })
@@ -257,7 +279,7 @@ impl Channel {
             extranonce: &[],
         };
         let verdict = self.shares.check(&fields);
-        self.settle(&header, verdict, |sri| match sri {
+        self.settle(&header, verdict, &[], |sri| match sri {
             SriChannel::Standard(c) => Some(c.validate_share(share)),
             SriChannel::Extended(_) => None,
         })
@@ -293,6 +315,7 @@ impl Channel {
         &mut self,
         header: &ShareHeader,
         verdict: Verdict,
+        device_extranonce: &[u8],
         sri_validate: impl FnOnce(
             &mut SriChannel,
         )
@@ -303,14 +326,25 @@ impl Channel {
                 close: code == ERROR_TOO_MANY_SHARES,
                 ..header.reject(code)
             },
-            Verdict::Accepted { difficulty } => ShareOutcome {
+            Verdict::Accepted {
+                difficulty,
+                template_id,
+                hash,
+            } => ShareOutcome {
                 reply: self.shares.take_ack(false).map(|a| header.ack(a)),
                 rejected: None,
                 difficulty,
                 block: None,
+                accepted: Some(self.accepted(header, template_id, hash, false, device_extranonce)),
                 close: false,
             },
-            Verdict::Block { difficulty } => {
+            Verdict::Block {
+                difficulty,
+                template_id,
+                hash,
+            } => {
+                let accepted =
+                    Some(self.accepted(header, template_id, hash, true, device_extranonce));
                 let reply = self.shares.take_ack(true).map(|a| header.ack(a));
                 let block = match sri_validate(&mut self.sri) {
                     Some(Ok(ShareValidationResult::BlockFound(
@@ -337,9 +371,37 @@ impl Channel {
                     rejected: None,
                     difficulty,
                     block,
+                    accepted,
                     close: false,
                 }
             }
+        }
+    }
+}
+
+impl Channel {
+    fn accepted(
+        &self,
+        header: &ShareHeader,
+        template_id: u64,
+        hash: [u8; 32],
+        is_block: bool,
+        device_extranonce: &[u8],
+    ) -> AcceptedShare {
+        let prefix = match &self.sri {
+            SriChannel::Standard(c) => c.get_extranonce_prefix(),
+            SriChannel::Extended(c) => c.get_extranonce_prefix(),
+        };
+        let mut full_extranonce = prefix.to_vec();
+        full_extranonce.extend_from_slice(device_extranonce);
+        AcceptedShare {
+            template_id,
+            nonce: header.solution.nonce,
+            ntime: header.solution.ntime,
+            version: header.solution.version,
+            full_extranonce,
+            hash,
+            is_block,
         }
     }
 }
@@ -353,8 +415,13 @@ impl JobSource for ExtendedJob {
     fn check(&self, target: Target, extranonce_len: usize) -> Result<JobCheck, String> {
         let msg = self.get_job_message();
         let prefix = self.get_coinbase_tx_prefix_without_bip141();
+        let template_id = match self.get_origin() {
+            JobOrigin::NewTemplate(t) => t.template_id,
+            JobOrigin::SetCustomMiningJob(_) => 0,
+        };
         Ok(JobCheck {
             job_id: self.get_job_id(),
+            template_id,
             version: self.get_version(),
             version_rolling_allowed: self.version_rolling_allowed(),
             min_ntime: self.get_min_ntime().ok_or("active job without min_ntime")?,
@@ -374,6 +441,7 @@ impl JobSource for StandardJob {
     fn check(&self, target: Target, _extranonce_len: usize) -> Result<JobCheck, String> {
         Ok(JobCheck {
             job_id: self.get_job_id(),
+            template_id: self.get_template().template_id,
             version: self.get_version(),
             version_rolling_allowed: true,
             min_ntime: self.get_min_ntime().ok_or("active job without min_ntime")?,
@@ -444,6 +512,7 @@ pub fn reject(channel_id: u32, seq: u32, code: &'static str) -> ShareOutcome {
         rejected: Some(code),
         difficulty: 0.0,
         block: None,
+        accepted: None,
         close: false,
     }
 }

@@ -77,6 +77,8 @@ pub struct Server {
     connections: AtomicUsize,
     blocks: mpsc::Sender<FoundBlock>,
     bus: Publisher,
+    /// Accepted shares go here too when mining for a pool.
+    upstream_shares: Option<mpsc::Sender<channel::AcceptedShare>>,
 }
 
 /// Why a connection ended.
@@ -105,6 +107,7 @@ impl Server {
         allocator: ExtranonceAllocator,
         blocks: mpsc::Sender<FoundBlock>,
         bus: Publisher,
+        upstream_shares: Option<mpsc::Sender<channel::AcceptedShare>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             settings,
@@ -115,6 +118,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             blocks,
             bus,
+            upstream_shares,
         })
     }
 
@@ -562,6 +566,11 @@ impl Connection {
         );
         if let Some(code) = outcome.rejected {
             tracing::debug!(peer = %self.peer, channel_id, code, "share rejected");
+        }
+        if let (Some(tx), Some(accepted)) = (&self.server.upstream_shares, outcome.accepted) {
+            if tx.try_send(accepted).is_err() {
+                tracing::warn!("share queue to the pool is full; share not forwarded");
+            }
         }
         if let Some(block) = outcome.block {
             tracing::info!(peer = %self.peer, channel_id, hash = %block.hash, "share meets the network target: block found");

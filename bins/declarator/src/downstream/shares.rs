@@ -72,6 +72,8 @@ impl std::fmt::Debug for RootSource {
 pub struct JobCheck {
     /// Job id on the channel.
     pub job_id: u32,
+    /// Our template id of the job (0 when unknown).
+    pub template_id: u64,
     /// Block version of the job.
     pub version: u32,
     /// Whether the device may roll the BIP320 version bits.
@@ -108,11 +110,19 @@ pub enum Verdict {
     Accepted {
         /// Difficulty credited.
         difficulty: f64,
+        /// Our template id of the share's job.
+        template_id: u64,
+        /// The share's hash (internal byte order).
+        hash: [u8; 32],
     },
     /// Meets the network target too: a block.
     Block {
         /// Difficulty credited.
         difficulty: f64,
+        /// Our template id of the share's job.
+        template_id: u64,
+        /// The block's hash (internal byte order).
+        hash: [u8; 32],
     },
     /// Refused with this SV2 error code.
     Rejected(&'static str),
@@ -249,6 +259,7 @@ impl ShareBook {
             return Verdict::Rejected(ERROR_CODE_SUBMIT_SHARES_DIFFICULTY_TOO_LOW);
         }
         let difficulty = job.difficulty;
+        let template_id = job.template_id;
         // Equal headers give equal hashes; 64 bits of the hash identify a share.
         let mut key = [0u8; 8];
         key.copy_from_slice(&hash[..8]);
@@ -259,9 +270,17 @@ impl ShareBook {
         self.batch_accepted += 1;
         self.batch_work += difficulty;
         if block {
-            Verdict::Block { difficulty }
+            Verdict::Block {
+                difficulty,
+                template_id,
+                hash,
+            }
         } else {
-            Verdict::Accepted { difficulty }
+            Verdict::Accepted {
+                difficulty,
+                template_id,
+                hash,
+            }
         }
     }
 

@@ -54,7 +54,15 @@ pub struct Declaration {
 /// The pool's outputs from `token` with the block reward: the first (the pool's payout) gets
 /// what the others leave of `coinbase_value`.
 pub fn pool_outputs(token: &Token, coinbase_value: u64) -> Result<Vec<TxOut>, DeclareError> {
-    let mut outputs = token.outputs.clone();
+    outputs_with_reward(&token.outputs, coinbase_value)
+}
+
+/// [`pool_outputs`] from the outputs alone.
+pub fn outputs_with_reward(
+    pool: &[TxOut],
+    coinbase_value: u64,
+) -> Result<Vec<TxOut>, DeclareError> {
+    let mut outputs = pool.to_vec();
     let asked: u64 = outputs.iter().skip(1).map(|o| o.value.to_sat()).sum();
     let Some(payout) = outputs.first_mut() else {
         return Err(DeclareError::NoPoolOutput);

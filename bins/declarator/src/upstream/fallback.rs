@@ -40,6 +40,8 @@ pub enum Trigger {
     ChannelClosed(String),
     /// The pool's extranonce leaves too little room for our devices.
     ExtranonceTooSmall,
+    /// The pool changed our extranonce prefix (our devices' layout is built on the first).
+    ExtranoncePrefixChanged,
     /// `DeclareMiningJob.Error` with this code.
     DeclareRejected(String),
     /// `SetCustomMiningJob.Error` with this code.
@@ -72,6 +74,9 @@ impl fmt::Display for Trigger {
             Trigger::ChannelRefused(c) => write!(f, "channel refused ({c})"),
             Trigger::ChannelClosed(c) => write!(f, "channel closed by the pool ({c})"),
             Trigger::ExtranonceTooSmall => f.write_str("extranonce too small"),
+            Trigger::ExtranoncePrefixChanged => {
+                f.write_str("the pool changed our extranonce prefix")
+            }
             Trigger::DeclareRejected(c) => write!(f, "DeclareMiningJob refused ({c})"),
             Trigger::CustomJobRejected(c) => write!(f, "SetCustomMiningJob refused ({c})"),
             Trigger::RejectRate { rejected, of } => {

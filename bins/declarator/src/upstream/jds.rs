@@ -183,6 +183,11 @@ impl JdsClient {
         &self.name
     }
 
+    /// The pool's coinbase outputs, from the oldest token in hand.
+    pub fn pool_outputs(&self) -> Option<&[TxOut]> {
+        self.tokens.front().map(|t| t.outputs.as_slice())
+    }
+
     /// Tokens in hand.
     pub fn tokens_ready(&self) -> usize {
         self.tokens.len()

@@ -1,0 +1,300 @@
+//! The upstream task while mining for a pool: declares each job our devices get, sets it as a
+//! custom job on the pool channel, forwards the devices' shares with the pool's job ids (held
+//! until the pool acknowledges the job), pushes found blocks to the JDS, and hands the work back
+//! to solo mining when the upstream fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use jdc_shared::bitcoin::Target;
+use jdc_shared::bus::{Publisher, Topic};
+use jdc_shared::messages::Event;
+use stratum_core::channels_sv2::server::jobs::factory::JobFactory;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::declare::{declaration, Declaration};
+use super::fallback::{RejectRate, Trigger};
+use super::held_shares::{HeldShare, HeldShares};
+use super::jds::{JdsClient, JdsEvent, Mode, Solution};
+use super::pool::{PoolClient, PoolEvent, UpstreamShare};
+use crate::downstream::channel::AcceptedShare;
+use crate::work::{BlockBody, Catalog, WorkState};
+
+/// Shares held per job until the pool acknowledges it.
+const HELD_PER_JOB: usize = 100;
+
+/// Rejected-share window and the rejected fraction that makes us leave the pool.
+const REJECT_WINDOW: usize = 50;
+const REJECT_MAX: f64 = 0.5;
+
+/// What the runner needs from the rest of the declarator.
+pub struct RunnerLinks {
+    /// The work devices mine.
+    pub work: watch::Receiver<Option<WorkState>>,
+    /// Block bodies of the current jobs (for the transactions of a declaration).
+    pub catalog: Arc<Mutex<Catalog>>,
+    /// Accepted shares from the devices.
+    pub shares: mpsc::Receiver<AcceptedShare>,
+    /// Told once when the upstream fails: mine solo from now on.
+    pub failed: mpsc::UnboundedSender<String>,
+    /// Bus, for operator events.
+    pub bus: Publisher,
+}
+
+/// A connected upstream.
+pub struct Upstream {
+    /// Its name for logs (`upstream 1`).
+    pub name: String,
+    /// The pool side.
+    pub pool: PoolClient,
+    /// The JDS side.
+    pub jds: JdsClient,
+    /// Full-Template or Coinbase-only.
+    pub mode: Mode,
+    /// Builds the coinbase exactly as our device channels do.
+    pub factory: JobFactory,
+}
+
+/// A job on its way to the pool.
+struct InFlight {
+    template_id: u64,
+    declaration: Declaration,
+    body: BlockBody,
+}
+
+/// Runs until the upstream fails or `shutdown`.
+pub async fn run(mut up: Upstream, mut links: RunnerLinks, shutdown: CancellationToken) {
+    let pool_prefix_len = up.pool.channel().extranonce_prefix.len();
+    let full_extranonce = pool_prefix_len + usize::from(up.pool.channel().extranonce_size);
+    let mut next_request_id: u32 = 1;
+    // Declarations sent to the JDS, by request id.
+    let mut declaring: HashMap<u32, InFlight> = HashMap::new();
+    // Custom jobs sent to the pool, by request id → our template id.
+    let mut setting: HashMap<u32, u64> = HashMap::new();
+    // Our template id → the pool's job id.
+    let mut job_ids: HashMap<u64, u32> = HashMap::new();
+    let mut held = HeldShares::new(HELD_PER_JOB);
+    let mut reject_rate = RejectRate::new(REJECT_WINDOW, REJECT_MAX);
+    let mut last_template: Option<u64> = None;
+    let mut tip_seq: Option<u64> = None;
+    let mut prev_hash = [0u8; 32];
+    let mut nbits = 0u32;
+    // Work may already be there.
+    links.work.mark_changed();
+    let failure: Trigger = 'run: loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = links.work.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(state) = links.work.borrow_and_update().clone() else { continue };
+                if last_template == Some(state.job.template_id) {
+                    continue;
+                }
+                last_template = Some(state.job.template_id);
+                if tip_seq != Some(state.tip.seq) {
+                    tip_seq = Some(state.tip.seq);
+                    held.on_new_tip();
+                    job_ids.clear();
+                    prev_hash = state.tip.prev_hash;
+                    nbits = state.tip.nbits;
+                }
+                let body = links
+                    .catalog
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.get(state.job.template_id))
+                    .map(|b| (*b).clone());
+                let Some(body) = body else {
+                    tracing::warn!(upstream = %up.name, template_id = state.job.template_id, "no block body for the job; not declared");
+                    continue;
+                };
+                let token = match up.jds.take_token().await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => {
+                        tracing::warn!(upstream = %up.name, "no mining job token in hand; job not declared (tokens are requested ahead)");
+                        continue;
+                    }
+                    Err(e) => break 'run upstream_lost(&up.name, e),
+                };
+                let request_id = next_request_id;
+                next_request_id = next_request_id.wrapping_add(1).max(1);
+                let d = match declaration(
+                    &up.factory,
+                    &state,
+                    &body,
+                    &token,
+                    request_id,
+                    up.pool.channel().channel_id,
+                    full_extranonce,
+                ) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(upstream = %up.name, error = %e, "cannot build the declaration");
+                        continue;
+                    }
+                };
+                let template_id = state.job.template_id;
+                match up.mode {
+                    Mode::FullTemplate => {
+                        if let Err(e) = up.jds.declare(d.declare.clone()).await {
+                            break 'run upstream_lost(&up.name, e);
+                        }
+                        declaring.insert(request_id, InFlight { template_id, declaration: d, body });
+                    }
+                    Mode::CoinbaseOnly => {
+                        if let Err(e) = up.pool.set_custom_job(d.custom.clone(), &token.token).await {
+                            break 'run upstream_lost(&up.name, e);
+                        }
+                        setting.insert(request_id, template_id);
+                    }
+                }
+            }
+            event = up.jds.next_event() => match event {
+                Err(e) => break 'run upstream_lost(&up.name, e),
+                Ok(JdsEvent::TokenReady) => {}
+                Ok(JdsEvent::MissingTransactions { request_id, positions }) => {
+                    let Some(job) = declaring.get(&request_id) else { continue };
+                    let txs: Vec<&[u8]> = job.body.txs().collect();
+                    let wanted = positions
+                        .iter()
+                        .filter_map(|&p| txs.get(usize::from(p)).map(|t| t.to_vec()))
+                        .collect();
+                    tracing::debug!(upstream = %up.name, request_id, count = positions.len(), "providing missing transactions");
+                    if let Err(e) = up.jds.provide_transactions(request_id, wanted).await {
+                        break 'run upstream_lost(&up.name, e);
+                    }
+                }
+                Ok(JdsEvent::Declared { request_id, new_token }) => {
+                    let Some(job) = declaring.remove(&request_id) else { continue };
+                    if let Err(e) = up.pool.set_custom_job(job.declaration.custom, &new_token).await {
+                        break 'run upstream_lost(&up.name, e);
+                    }
+                    setting.insert(request_id, job.template_id);
+                }
+                Ok(JdsEvent::DeclareRejected { request_id, code }) => {
+                    let job = declaring.remove(&request_id);
+                    let trigger = Trigger::DeclareRejected(code);
+                    if trigger.is_race() {
+                        tracing::info!(upstream = %up.name, request_id, "declaration raced a new tip (stale-chain-tip); the next job is declared on the current tip");
+                        if let Some(job) = job {
+                            held.refuse(job.template_id);
+                        }
+                        continue;
+                    }
+                    break 'run trigger;
+                }
+            },
+            event = up.pool.recv() => match event {
+                Err(e) => break 'run upstream_lost(&up.name, e),
+                Ok(PoolEvent::CustomJobAccepted { request_id, job_id }) => {
+                    let Some(template_id) = setting.remove(&request_id) else { continue };
+                    job_ids.insert(template_id, job_id);
+                    tracing::debug!(upstream = %up.name, template_id, job_id, "custom job accepted");
+                    for share in held.release(template_id, job_id) {
+                        if let Err(e) = up.pool.submit_share(share).await {
+                            break 'run upstream_lost(&up.name, e);
+                        }
+                    }
+                }
+                Ok(PoolEvent::CustomJobRejected { request_id, code }) => {
+                    if let Some(template_id) = setting.remove(&request_id) {
+                        held.refuse(template_id);
+                    }
+                    let trigger = Trigger::CustomJobRejected(code);
+                    if trigger.is_race() {
+                        tracing::info!(upstream = %up.name, request_id, "custom job raced a new tip (stale-chain-tip)");
+                        continue;
+                    }
+                    break 'run trigger;
+                }
+                Ok(PoolEvent::SharesAccepted { .. }) => {
+                    if let Some(t) = reject_rate.record(true) {
+                        break 'run t;
+                    }
+                }
+                Ok(PoolEvent::ShareRejected { code, .. }) => {
+                    tracing::debug!(upstream = %up.name, %code, "share rejected by the pool");
+                    if let Some(t) = reject_rate.record(false) {
+                        break 'run t;
+                    }
+                }
+                Ok(PoolEvent::Closed { reason }) => break 'run Trigger::ChannelClosed(reason),
+                Ok(PoolEvent::ExtranoncePrefix(_)) => {
+                    // Our devices' extranonce layout is built on the prefix given at open.
+                    break 'run Trigger::ExtranoncePrefixChanged;
+                }
+                Ok(PoolEvent::Target(t)) => {
+                    tracing::debug!(upstream = %up.name, target = %t, "pool target");
+                }
+                Ok(PoolEvent::Ignored(what)) => {
+                    tracing::trace!(upstream = %up.name, what, "ignored (a JDC builds its own jobs)");
+                }
+            },
+            share = links.shares.recv() => {
+                let Some(share) = share else { return };
+                if share.is_block {
+                    let solution = Solution {
+                        full_extranonce: share.full_extranonce.clone(),
+                        prev_hash,
+                        nonce: share.nonce,
+                        ntime: share.ntime,
+                        nbits,
+                        version: share.version,
+                    };
+                    if let Err(e) = up.jds.push_solution(solution).await {
+                        tracing::warn!(upstream = %up.name, error = %e, "PushSolution failed (the block goes to our node regardless)");
+                    }
+                }
+                let pool_target: Target = up.pool.channel().target;
+                if Target::from_le_bytes(share.hash) > pool_target {
+                    continue;
+                }
+                let Some(extranonce) = share.full_extranonce.get(pool_prefix_len..).map(<[u8]>::to_vec) else {
+                    continue;
+                };
+                match job_ids.get(&share.template_id) {
+                    Some(&job_id) => {
+                        let upstream_share = UpstreamShare {
+                            job_id,
+                            nonce: share.nonce,
+                            ntime: share.ntime,
+                            version: share.version,
+                            extranonce,
+                        };
+                        if let Err(e) = up.pool.submit_share(upstream_share).await {
+                            break 'run upstream_lost(&up.name, e);
+                        }
+                    }
+                    None => {
+                        held.hold(share.template_id, HeldShare {
+                            nonce: share.nonce,
+                            ntime: share.ntime,
+                            version: share.version,
+                            extranonce,
+                            hash: share.hash,
+                        });
+                    }
+                }
+            }
+        }
+    };
+    let why = format!("{}: {failure}", up.name);
+    tracing::error!(reason = %why, held = ?held.counts(), "leaving the pool: mining solo from now on");
+    let _ = links.bus.publish(
+        Topic::Event,
+        &Event {
+            level: "error".into(),
+            kind: "fallback".into(),
+            message: format!("{why}; mining solo"),
+        },
+    );
+    let _ = links.failed.send(why);
+}
+
+fn upstream_lost(name: &str, e: super::UpstreamError) -> Trigger {
+    tracing::warn!(upstream = %name, error = %e, "upstream connection failed");
+    Trigger::Disconnected
+}

@@ -1,0 +1,211 @@
+//! Mining for a pool with our own templates, end to end: a real bitcoind (regtest), the four
+//! jdc processes and a sim-miner as real processes; the pool and its JDS are the strict test
+//! peers on SRI's crates, in this process. Blocks go to bitcoind (the judge) paying the pool,
+//! every job is declared and set as a custom job, shares reach the pool, blocks reach the JDS.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bitcoincore_rpc::RpcApi;
+use jdc_shared::sv2::encode_authority_public_key;
+use jdc_tests::bitcoind::Bitcoind;
+use jdc_tests::jds::{pool_payout_script, Misbehave, TestJds};
+use jdc_tests::pool::{PoolMisbehave, TestPool};
+use jdc_tests::stack::Stack;
+
+/// Polls `f` (blocking) until it returns `Some` or the deadline passes.
+fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mines_blocks_for_the_pool_with_declared_jobs() -> anyhow::Result<()> {
+    let jds = TestJds::start(Misbehave::No).await?;
+    // One authority key for the pool and its JDS, as a real pool has.
+    let pool = TestPool::start_with_jds(PoolMisbehave::No, &jds).await?;
+    let upstream = format!(
+        r#"
+[[declarator.upstream]]
+pool = "{pool}"
+jds = "{jds}"
+authority_public_key = "{pool_key}"
+user_identity = "operator.rig"
+mode = "full-template"
+"#,
+        pool = pool.addr,
+        jds = jds.addr,
+        pool_key = encode_authority_public_key(&pool.keys.public_key()),
+    );
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let node = Bitcoind::start()?;
+        node.create_wallet("miner")?;
+        let funding = node.new_address()?;
+        node.generate_to(&funding, 101)?;
+        for _ in 0..3 {
+            node.send_to_address(&funding, 100_000)?;
+        }
+        let start = node.rpc()?.get_block_count()?;
+        let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
+        // A tiny announced hashrate: an easy pool target, so the sim-miner's shares reach it.
+        stack.start(
+            "declarator",
+            &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
+            "SV2 mining server listening",
+        )?;
+        stack
+            .get("declarator")?
+            .wait_for_log("mining for the pool", Duration::from_secs(5))?;
+        stack.start("tx-selector", &[], "bus publisher bound")?;
+        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_miner("miner", &["--max-shares-per-sec", "20"])?;
+        let rpc = node.rpc()?;
+        wait_until(
+            "3 blocks mined for the pool",
+            Duration::from_secs(60),
+            || Ok((rpc.get_block_count()? >= start + 3).then_some(())),
+        )?;
+        // Shares and solutions travel on their own connections: wait for them too.
+        wait_until(
+            "a share accepted by the pool",
+            Duration::from_secs(30),
+            || Ok(pool.shares().iter().any(Result::is_ok).then_some(())),
+        )?;
+        wait_until("a block pushed to the JDS", Duration::from_secs(30), || {
+            Ok(jds.solutions().iter().any(Result::is_ok).then_some(()))
+        })?;
+        let tip = rpc.get_block_count()?;
+        for h in start + 1..=tip {
+            let block = rpc.get_block(&rpc.get_block_hash(h)?)?;
+            let coinbase = &block.txdata[0];
+            let first = coinbase
+                .output
+                .first()
+                .context("coinbase without outputs")?;
+            if first.script_pubkey.as_bytes() != pool_payout_script().as_bytes() {
+                bail!("block {h}: the first coinbase output is not the pool's payout");
+            }
+            if first.value.to_sat() == 0 {
+                bail!("block {h}: the pool's payout carries no reward");
+            }
+        }
+        // The wallet transactions went into a pool-paying block.
+        if !rpc.get_raw_mempool()?.is_empty() {
+            bail!("mempool transactions were not mined");
+        }
+        Ok(())
+    });
+    result?;
+    assert!(!jds.declared().is_empty(), "no job was declared");
+    assert!(
+        jds.declared().iter().any(|d| !d.wtxids.is_empty()),
+        "no declaration carried transactions"
+    );
+    let accepted = pool.shares().iter().filter(|s| s.is_ok()).count();
+    assert!(
+        accepted > 0,
+        "the pool accepted no share: {:?}",
+        pool.shares()
+    );
+    assert!(
+        jds.solutions().iter().any(Result::is_ok),
+        "no block reached the JDS as PushSolution: {:?}",
+        jds.solutions()
+    );
+    assert!(pool.violations().is_empty(), "{:?}", pool.violations());
+    assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+    Ok(())
+}
+
+/// The pool closes our channel: the declarator leaves it and mines solo to its own payout
+/// without the devices reconnecting, and every block still reaches bitcoind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_solo_when_the_pool_closes_the_channel() -> anyhow::Result<()> {
+    let jds = TestJds::start(Misbehave::No).await?;
+    let pool = TestPool::start_with_jds(PoolMisbehave::CloseChannel, &jds).await?;
+    let upstream = format!(
+        r#"
+[[declarator.upstream]]
+pool = "{pool}"
+jds = "{jds}"
+authority_public_key = "{key}"
+user_identity = "operator.rig"
+"#,
+        pool = pool.addr,
+        jds = jds.addr,
+        key = encode_authority_public_key(&jds.keys.public_key()),
+    );
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let node = Bitcoind::start()?;
+        node.create_wallet("miner")?;
+        let funding = node.new_address()?;
+        node.generate_to(&funding, 101)?;
+        let start = node.rpc()?.get_block_count()?;
+        let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
+        stack.start("declarator", &[], "SV2 mining server listening")?;
+        stack
+            .get("declarator")?
+            .wait_for_log("leaving the pool: mining solo", Duration::from_secs(10))?;
+        stack.start("tx-selector", &[], "bus publisher bound")?;
+        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_miner("miner", &["--max-shares-per-sec", "20"])?;
+        let rpc = node.rpc()?;
+        wait_until("3 solo blocks", Duration::from_secs(60), || {
+            Ok((rpc.get_block_count()? >= start + 3).then_some(()))
+        })?;
+        let ours = funding.script_pubkey();
+        for h in start + 1..=start + 3 {
+            let block = rpc.get_block(&rpc.get_block_hash(h)?)?;
+            let pays_us = block.txdata[0]
+                .output
+                .iter()
+                .any(|o| o.script_pubkey.as_bytes() == ours.as_bytes() && o.value.to_sat() > 0);
+            if !pays_us {
+                bail!("block {h} does not pay our payout after the fallback");
+            }
+        }
+        let log = stack.get("declarator")?.log_lines().join("\n");
+        if !log.contains("channel closed by the pool (pool-shutting-down)") {
+            bail!("the fallback reason is not logged");
+        }
+        Ok(())
+    })
+}
+
+/// No upstream answers: the declarator says so and mines solo from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mines_solo_when_no_upstream_is_reachable() -> anyhow::Result<()> {
+    let closed = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.to_string())
+    };
+    let (pool, jds) = (closed(())?, closed(())?);
+    let key = encode_authority_public_key(&jdc_shared::sv2::AuthorityKeys::generate().public_key());
+    let upstream = format!(
+        "\n[[declarator.upstream]]\npool = \"{pool}\"\njds = \"{jds}\"\nauthority_public_key = \"{key}\"\nuser_identity = \"x\"\n"
+    );
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let node = Bitcoind::start()?;
+        let funding = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+        let mut stack = Stack::new(&node, funding, &upstream)?;
+        stack.start("declarator", &[], "no upstream is usable: mining solo")?;
+        let log = stack.get("declarator")?.log_lines().join("\n");
+        if !log.contains(&format!("pool {pool}: cannot connect")) {
+            bail!("the unreachable pool is not named in the log:\n{log}");
+        }
+        Ok(())
+    })
+}
