@@ -26,7 +26,8 @@ use stratum_core::common_messages_sv2::{
 };
 use stratum_core::job_declaration_sv2::{
     AllocateMiningJobTokenSuccessOwned, DeclareMiningJobErrorOwned, DeclareMiningJobOwned,
-    DeclareMiningJobSuccessOwned, ProvideMissingTransactionsOwned, PushSolutionOwned,
+    DeclareMiningJobSuccessOwned, ProvideMissingTransactionsOwned,
+    ProvideMissingTransactionsSuccessOwned, PushSolutionOwned,
 };
 use stratum_core::parsers_sv2::{CommonMessagesOwned, JobDeclarationOwned};
 use tokio::net::TcpListener;
@@ -54,6 +55,8 @@ pub struct TestJds {
     pub keys: AuthorityKeys,
     /// Tokens handed out, in order.
     pub tokens: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Tokens handed out on Coinbase-only connections (custom jobs use them undeclared).
+    pub coinbase_only_tokens: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Rule violations by clients; a test expects none.
     pub violations: Arc<Mutex<Vec<String>>>,
     /// Transactions the JDS knows, by wtxid (internal byte order).
@@ -111,6 +114,7 @@ impl TestJds {
         let addr = listener.local_addr()?;
         let keys = AuthorityKeys::generate();
         let tokens: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let coinbase_only_tokens: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>> = Arc::default();
         let declared: Arc<Mutex<Vec<AcceptedDeclaration>>> = Arc::default();
@@ -120,6 +124,7 @@ impl TestJds {
             keys: keys.clone(),
             misbehave,
             tokens: tokens.clone(),
+            coinbase_only_tokens: coinbase_only_tokens.clone(),
             violations: violations.clone(),
             next_token: Arc::new(Mutex::new(0)),
             mempool: mempool.clone(),
@@ -139,6 +144,7 @@ impl TestJds {
             addr,
             keys,
             tokens,
+            coinbase_only_tokens,
             violations,
             mempool,
             declared,
@@ -185,6 +191,7 @@ struct Shared {
     keys: AuthorityKeys,
     misbehave: Misbehave,
     tokens: Arc<Mutex<Vec<Vec<u8>>>>,
+    coinbase_only_tokens: Arc<Mutex<Vec<Vec<u8>>>>,
     violations: Arc<Mutex<Vec<String>>>,
     next_token: Arc<Mutex<u64>>,
     mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>>,
@@ -216,8 +223,9 @@ impl Shared {
         if !self.setup(&setup, &mut writer).await? {
             return Ok(());
         }
-        let user = String::new();
-        self.serve_tokens(&mut reader, &mut writer, user).await
+        let coinbase_only = setup.flags & 1 == 0;
+        self.serve_tokens(&mut reader, &mut writer, coinbase_only)
+            .await
     }
 
     /// Checks `SetupConnection` and answers it; false when it was (deliberately) refused.
@@ -279,8 +287,9 @@ impl Shared {
         &self,
         reader: &mut Sv2Reader,
         writer: &mut Sv2Writer,
-        mut user: String,
+        coinbase_only: bool,
     ) -> Result<(), String> {
+        let mut user = String::new();
         let mut request_ids = HashSet::new();
         let payout = TxOut {
             value: Amount::ZERO,
@@ -289,6 +298,7 @@ impl Shared {
         let outputs = serialize(&vec![payout]);
         // Tokens of this connection not yet declared with.
         let mut unused: HashSet<Vec<u8>> = HashSet::new();
+        let mut awaiting: HashMap<u32, Awaiting> = HashMap::new();
         let mut last_token: Option<Vec<u8>> = None;
         loop {
             let msg = match reader.recv().await {
@@ -300,7 +310,14 @@ impl Shared {
             let req = match msg {
                 Message::JobDeclaration(JobDeclarationOwned::AllocateMiningJobToken(req)) => req,
                 Message::JobDeclaration(JobDeclarationOwned::DeclareMiningJob(d)) => {
-                    self.declaration(d, &mut unused, reader, writer).await?;
+                    self.declaration(d, &mut unused, &mut awaiting, writer)
+                        .await?;
+                    continue;
+                }
+                Message::JobDeclaration(
+                    JobDeclarationOwned::ProvideMissingTransactionsSuccess(p),
+                ) => {
+                    self.provided(p, &mut awaiting, writer).await?;
                     continue;
                 }
                 Message::JobDeclaration(JobDeclarationOwned::PushSolution(p)) => {
@@ -341,6 +358,11 @@ impl Shared {
             };
             last_token = Some(token.clone());
             unused.insert(token.clone());
+            if coinbase_only {
+                if let Ok(mut t) = self.coinbase_only_tokens.lock() {
+                    t.push(token.clone());
+                }
+            }
             writer
                 .send(Message::JobDeclaration(
                     JobDeclarationOwned::AllocateMiningJobTokenSuccess(
@@ -364,7 +386,7 @@ impl Shared {
         &self,
         d: DeclareMiningJobOwned,
         unused: &mut HashSet<Vec<u8>>,
-        reader: &mut Sv2Reader,
+        awaiting: &mut HashMap<u32, Awaiting>,
         writer: &mut Sv2Writer,
     ) -> Result<(), String> {
         let request_id = d.request_id;
@@ -419,43 +441,77 @@ impl Shared {
                 ))
                 .await
                 .map_err(|e| e.to_string())?;
-            let provided = match reader.recv().await {
-                Ok(Message::JobDeclaration(
-                    JobDeclarationOwned::ProvideMissingTransactionsSuccess(p),
-                )) => p,
-                Ok(other) => {
-                    return Err(format!(
-                        "expected ProvideMissingTransactions.Success, got {other:?}"
-                    ))
-                }
-                Err(e) => return Err(format!("reading the missing transactions: {e}")),
-            };
-            if provided.request_id != request_id {
+            // The client may send other messages before it answers: keep the declaration.
+            awaiting.insert(
+                request_id,
+                Awaiting {
+                    declare: d,
+                    token,
+                    coinbase,
+                    wtxids,
+                    missing,
+                },
+            );
+            return Ok(());
+        }
+        self.accept(
+            Awaiting {
+                declare: d,
+                token,
+                coinbase,
+                wtxids,
+                missing,
+            },
+            writer,
+        )
+        .await
+    }
+
+    /// The answer to `ProvideMissingTransactions`: each transaction must be the declared one.
+    async fn provided(
+        &self,
+        provided: ProvideMissingTransactionsSuccessOwned,
+        awaiting: &mut HashMap<u32, Awaiting>,
+        writer: &mut Sv2Writer,
+    ) -> Result<(), String> {
+        let request_id = provided.request_id;
+        let Some(job) = awaiting.remove(&request_id) else {
+            return Err(format!(
+                "transactions provided for request {request_id}, which asked for none"
+            ));
+        };
+        if provided.transaction_list.len() != job.missing.len() {
+            return Err(format!(
+                "{} transactions provided, {} asked for",
+                provided.transaction_list.len(),
+                job.missing.len()
+            ));
+        }
+        for (raw, &position) in provided.transaction_list.iter().zip(&job.missing) {
+            let tx: Transaction = deserialize(raw.as_bytes())
+                .map_err(|e| format!("provided transaction {position} does not parse: {e}"))?;
+            if tx.compute_wtxid().to_byte_array() != job.wtxids[usize::from(position)] {
                 return Err(format!(
-                    "transactions provided for request {} instead of {request_id}",
-                    provided.request_id
+                    "provided transaction {position} is not the one declared there"
                 ));
             }
-            if provided.transaction_list.len() != missing.len() {
-                return Err(format!(
-                    "{} transactions provided, {} asked for",
-                    provided.transaction_list.len(),
-                    missing.len()
-                ));
-            }
-            for (raw, &position) in provided.transaction_list.iter().zip(&missing) {
-                let tx: Transaction = deserialize(raw.as_bytes())
-                    .map_err(|e| format!("provided transaction {position} does not parse: {e}"))?;
-                if tx.compute_wtxid().to_byte_array() != wtxids[usize::from(position)] {
-                    return Err(format!(
-                        "provided transaction {position} is not the one declared there"
-                    ));
-                }
-                if let Ok(mut m) = self.mempool.lock() {
-                    m.insert(wtxids[usize::from(position)], raw.as_bytes().to_vec());
-                }
+            if let Ok(mut m) = self.mempool.lock() {
+                m.insert(job.wtxids[usize::from(position)], raw.as_bytes().to_vec());
             }
         }
+        self.accept(job, writer).await
+    }
+
+    /// Records a declaration as accepted and answers with a new token.
+    async fn accept(&self, job: Awaiting, writer: &mut Sv2Writer) -> Result<(), String> {
+        let Awaiting {
+            declare: d,
+            token,
+            coinbase,
+            wtxids,
+            missing,
+        } = job;
+        let request_id = d.request_id;
         let new_token = self.new_token()?;
         if let Ok(mut v) = self.declared.lock() {
             v.push(AcceptedDeclaration {
@@ -517,6 +573,15 @@ impl Shared {
         }
         Err("PushSolution forms no block of an accepted declaration".into())
     }
+}
+
+/// A declaration waiting for the transactions the JDS asked for.
+struct Awaiting {
+    declare: DeclareMiningJobOwned,
+    token: Vec<u8>,
+    coinbase: Transaction,
+    wtxids: Vec<[u8; 32]>,
+    missing: Vec<u16>,
 }
 
 /// `DeclareMiningJob.Error` with `code`.

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jdc_shared::bitcoin::Target;
+use jdc_shared::bitcoin::consensus::deserialize;
+use jdc_shared::bitcoin::{Target, TxOut};
 use jdc_shared::sv2::{accept, AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Writer};
 use stratum_core::binary_sv2::{B032Owned, Str0255Owned, U256Owned};
 use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
@@ -72,7 +73,13 @@ impl Drop for TestPool {
 impl TestPool {
     /// Starts listening on 127.0.0.1 (any port), without a JDS: custom jobs are refused.
     pub async fn start(misbehave: PoolMisbehave) -> anyhow::Result<TestPool> {
-        Self::start_inner(misbehave, Arc::default(), AuthorityKeys::generate()).await
+        Self::start_inner(
+            misbehave,
+            Arc::default(),
+            Arc::default(),
+            AuthorityKeys::generate(),
+        )
+        .await
     }
 
     /// Starts listening as the pool of `jds`: under its authority key, accepting custom jobs
@@ -81,12 +88,19 @@ impl TestPool {
         misbehave: PoolMisbehave,
         jds: &TestJds,
     ) -> anyhow::Result<TestPool> {
-        Self::start_inner(misbehave, jds.declared.clone(), jds.keys.clone()).await
+        Self::start_inner(
+            misbehave,
+            jds.declared.clone(),
+            jds.coinbase_only_tokens.clone(),
+            jds.keys.clone(),
+        )
+        .await
     }
 
     async fn start_inner(
         misbehave: PoolMisbehave,
         declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
+        allocated: Arc<Mutex<Vec<Vec<u8>>>>,
         keys: AuthorityKeys,
     ) -> anyhow::Result<TestPool> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -101,6 +115,7 @@ impl TestPool {
             violations: violations.clone(),
             shares: shares.clone(),
             declared,
+            allocated,
             used_tokens: Arc::default(),
         };
         let task = tokio::spawn(async move {
@@ -150,6 +165,8 @@ struct Shared {
     violations: Arc<Mutex<Vec<String>>>,
     shares: Arc<Mutex<Vec<Result<(), String>>>>,
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
+    /// Tokens the JDS allocated on Coinbase-only connections (used directly, undeclared).
+    allocated: Arc<Mutex<Vec<Vec<u8>>>>,
     used_tokens: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -392,9 +409,15 @@ impl Shared {
             .iter()
             .find(|d| d.new_token == token)
             .cloned();
-        let Some(declared) = declared else {
+        // Coinbase-only mode: a token the JDS allocated, never declared with.
+        let allocated = self
+            .allocated
+            .lock()
+            .map_err(|e| e.to_string())?
+            .contains(&token);
+        if declared.is_none() && !allocated {
             return error("invalid-mining-job-token");
-        };
+        }
         {
             let mut used = self.used_tokens.lock().map_err(|e| e.to_string())?;
             if used.contains(&token) {
@@ -402,9 +425,24 @@ impl Shared {
             }
             used.push(token);
         }
-        if m.coinbase_tx_outputs.as_bytes() != declared.outputs.as_slice() {
-            self.violation("custom job outputs differ from the declared ones".into());
-            return error("invalid-coinbase-tx-outputs");
+        match &declared {
+            Some(d) if m.coinbase_tx_outputs.as_bytes() != d.outputs.as_slice() => {
+                self.violation("custom job outputs differ from the declared ones".into());
+                return error("invalid-coinbase-tx-outputs");
+            }
+            Some(_) => {}
+            None => {
+                // Undeclared: the pool still checks that its payout comes first, with a reward.
+                let outputs: Vec<TxOut> = deserialize(m.coinbase_tx_outputs.as_bytes())
+                    .map_err(|e| format!("custom job outputs do not parse: {e}"))?;
+                let pays_pool = outputs.first().is_some_and(|o| {
+                    o.script_pubkey == crate::jds::pool_payout_script() && o.value.to_sat() > 0
+                });
+                if !pays_pool {
+                    self.violation("custom job does not pay the pool first".into());
+                    return error("invalid-coinbase-tx-outputs");
+                }
+            }
         }
         match channel.on_set_custom_mining_job(m) {
             Ok(job_id) => Ok(Message::Mining(MiningOwned::SetCustomMiningJobSuccess(

@@ -33,6 +33,15 @@ fn wait_until<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mines_blocks_for_the_pool_with_declared_jobs() -> anyhow::Result<()> {
+    mines_blocks_for_the_pool("full-template").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mines_blocks_for_the_pool_in_coinbase_only_mode() -> anyhow::Result<()> {
+    mines_blocks_for_the_pool("coinbase-only").await
+}
+
+async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
     let jds = TestJds::start(Misbehave::No).await?;
     // One authority key for the pool and its JDS, as a real pool has.
     let pool = TestPool::start_with_jds(PoolMisbehave::No, &jds).await?;
@@ -43,7 +52,7 @@ pool = "{pool}"
 jds = "{jds}"
 authority_public_key = "{pool_key}"
 user_identity = "operator.rig"
-mode = "full-template"
+mode = "{mode}"
 "#,
         pool = pool.addr,
         jds = jds.addr,
@@ -70,7 +79,7 @@ mode = "full-template"
             .wait_for_log("mining for the pool", Duration::from_secs(5))?;
         stack.start("tx-selector", &[], "bus publisher bound")?;
         stack.start("template-watcher", &[], "bus publisher bound")?;
-        stack.start_miner("miner", &["--max-shares-per-sec", "20"])?;
+        stack.start_miner("miner", &["--max-shares-per-sec", "10"])?;
         let rpc = node.rpc()?;
         wait_until(
             "3 blocks mined for the pool",
@@ -83,9 +92,11 @@ mode = "full-template"
             Duration::from_secs(30),
             || Ok(pool.shares().iter().any(Result::is_ok).then_some(())),
         )?;
-        wait_until("a block pushed to the JDS", Duration::from_secs(30), || {
-            Ok(jds.solutions().iter().any(Result::is_ok).then_some(()))
-        })?;
+        if mode == "full-template" {
+            wait_until("a block pushed to the JDS", Duration::from_secs(30), || {
+                Ok(jds.solutions().iter().any(Result::is_ok).then_some(()))
+            })?;
+        }
         let tip = rpc.get_block_count()?;
         for h in start + 1..=tip {
             let block = rpc.get_block(&rpc.get_block_hash(h)?)?;
@@ -108,22 +119,31 @@ mode = "full-template"
         Ok(())
     });
     result?;
-    assert!(!jds.declared().is_empty(), "no job was declared");
-    assert!(
-        jds.declared().iter().any(|d| !d.wtxids.is_empty()),
-        "no declaration carried transactions"
-    );
+    if mode == "full-template" {
+        assert!(!jds.declared().is_empty(), "no job was declared");
+        assert!(
+            jds.declared().iter().any(|d| !d.wtxids.is_empty()),
+            "no declaration carried transactions"
+        );
+    } else {
+        assert!(
+            jds.declared().is_empty(),
+            "coinbase-only mode declared a job"
+        );
+    }
     let accepted = pool.shares().iter().filter(|s| s.is_ok()).count();
     assert!(
         accepted > 0,
         "the pool accepted no share: {:?}",
         pool.shares()
     );
-    assert!(
-        jds.solutions().iter().any(Result::is_ok),
-        "no block reached the JDS as PushSolution: {:?}",
-        jds.solutions()
-    );
+    if mode == "full-template" {
+        assert!(
+            jds.solutions().iter().any(Result::is_ok),
+            "no block reached the JDS as PushSolution: {:?}",
+            jds.solutions()
+        );
+    }
     assert!(pool.violations().is_empty(), "{:?}", pool.violations());
     assert!(jds.violations().is_empty(), "{:?}", jds.violations());
     Ok(())
@@ -160,7 +180,7 @@ user_identity = "operator.rig"
             .wait_for_log("leaving the pool: mining solo", Duration::from_secs(10))?;
         stack.start("tx-selector", &[], "bus publisher bound")?;
         stack.start("template-watcher", &[], "bus publisher bound")?;
-        stack.start_miner("miner", &["--max-shares-per-sec", "20"])?;
+        stack.start_miner("miner", &["--max-shares-per-sec", "10"])?;
         let rpc = node.rpc()?;
         wait_until("3 solo blocks", Duration::from_secs(60), || {
             Ok((rpc.get_block_count()? >= start + 3).then_some(()))

@@ -568,8 +568,13 @@ impl Connection {
             tracing::debug!(peer = %self.peer, channel_id, code, "share rejected");
         }
         if let (Some(tx), Some(accepted)) = (&self.server.upstream_shares, outcome.accepted) {
-            if tx.try_send(accepted).is_err() {
-                tracing::warn!("share queue to the pool is full; share not forwarded");
+            match tx.try_send(accepted) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!("share queue to the pool is full; share not forwarded")
+                }
+                // The upstream task has ended: we mine solo, nothing to forward.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         if let Some(block) = outcome.block {

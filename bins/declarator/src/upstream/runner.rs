@@ -217,8 +217,12 @@ pub async fn run(mut up: Upstream, mut links: RunnerLinks, shutdown: Cancellatio
                 }
                 Ok(PoolEvent::ShareRejected { code, .. }) => {
                     tracing::debug!(upstream = %up.name, %code, "share rejected by the pool");
-                    if let Some(t) = reject_rate.record(false) {
-                        break 'run t;
+                    // Shares in flight when the tip changes are stale: a race, not a sign of a
+                    // broken upstream.
+                    if code != "stale-share" {
+                        if let Some(t) = reject_rate.record(false) {
+                            break 'run t;
+                        }
                     }
                 }
                 Ok(PoolEvent::Closed { reason }) => break 'run Trigger::ChannelClosed(reason),
