@@ -158,6 +158,9 @@ impl Hashers {
     }
 }
 
+
+/// How often a hasher retries a full share queue.
+const FULL_QUEUE_RETRY: Duration = Duration::from_millis(5);
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -190,6 +193,31 @@ impl Shared {
                 Ok((g, _)) => g,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+        }
+    }
+
+    /// Queues a found share; while the queue is full, waits (woken by new work or a stop,
+    /// which drop the share).
+    fn deliver(
+        &self,
+        shares: &mpsc::Sender<FoundShare>,
+        mut share: FoundShare,
+        generation: u64,
+    ) -> Wait {
+        loop {
+            match shares.try_send(share) {
+                Ok(()) => return Wait::Go,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Wait::Stop,
+                Err(mpsc::error::TrySendError::Full(s)) => share = s,
+            }
+            let slot = lock(&self.slot);
+            if self.stopped() {
+                return Wait::Stop;
+            }
+            if slot.generation != generation {
+                return Wait::NewWork;
+            }
+            let _ = self.changed.wait_timeout(slot, FULL_QUEUE_RETRY);
         }
     }
 
@@ -252,9 +280,12 @@ fn worker(shared: &Shared, shares: &mpsc::Sender<FoundShare>) {
                             hash,
                             is_block: meets_target(&hash, &work.network_target),
                         };
-                        // Waits while the connection is behind (the queue is bounded).
-                        if shares.blocking_send(share).is_err() {
-                            return;
+                        // Waits while the connection is behind (the queue is bounded), but
+                        // gives up the share for new work or a stop.
+                        match shared.deliver(shares, share, generation) {
+                            Wait::Go => {}
+                            Wait::NewWork => continue 'work,
+                            Wait::Stop => return,
                         }
                         // Next unit: spreads shares over extranonces and rolled versions.
                         break 'unit;
