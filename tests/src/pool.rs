@@ -61,7 +61,20 @@ pub struct TestPool {
     pub violations: Arc<Mutex<Vec<String>>>,
     /// Shares accepted and refused (with codes), in order.
     pub shares: Arc<Mutex<Vec<Result<(), String>>>>,
+    /// Custom jobs accepted, in order.
+    pub jobs: Arc<Mutex<Vec<AcceptedJob>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A custom job the test pool accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedJob {
+    /// Its previous block hash (internal byte order).
+    pub prev_hash: [u8; 32],
+    /// Length of its merkle path (0: a coinbase-only block).
+    pub merkle_path_len: usize,
+    /// When the pool accepted it (unix µs).
+    pub at_us: u64,
 }
 
 impl Drop for TestPool {
@@ -108,7 +121,9 @@ impl TestPool {
         let hashrates: Arc<Mutex<Vec<f32>>> = Arc::default();
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let shares: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
+        let jobs: Arc<Mutex<Vec<AcceptedJob>>> = Arc::default();
         let shared = Shared {
+            jobs: jobs.clone(),
             keys: keys.clone(),
             misbehave,
             hashrates: hashrates.clone(),
@@ -134,6 +149,7 @@ impl TestPool {
             hashrates,
             violations,
             shares,
+            jobs,
             task,
         })
     }
@@ -151,6 +167,11 @@ impl TestPool {
         self.hashrates.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Custom jobs accepted so far.
+    pub fn jobs(&self) -> Vec<AcceptedJob> {
+        self.jobs.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     /// Shares received so far: `Ok` accepted, `Err(code)` refused.
     pub fn shares(&self) -> Vec<Result<(), String>> {
         self.shares.lock().map(|v| v.clone()).unwrap_or_default()
@@ -164,6 +185,7 @@ struct Shared {
     hashrates: Arc<Mutex<Vec<f32>>>,
     violations: Arc<Mutex<Vec<String>>>,
     shares: Arc<Mutex<Vec<Result<(), String>>>>,
+    jobs: Arc<Mutex<Vec<AcceptedJob>>>,
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
     /// Tokens the JDS allocated on Coinbase-only connections (used directly, undeclared).
     allocated: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -444,14 +466,24 @@ impl Shared {
                 }
             }
         }
+        let accepted = AcceptedJob {
+            prev_hash: m.prev_hash.to_array(),
+            merkle_path_len: m.merkle_path.len(),
+            at_us: jdc_shared::time::now_micros(),
+        };
         match channel.on_set_custom_mining_job(m) {
-            Ok(job_id) => Ok(Message::Mining(MiningOwned::SetCustomMiningJobSuccess(
-                SetCustomMiningJobSuccessOwned {
-                    channel_id,
-                    request_id,
-                    job_id,
-                },
-            ))),
+            Ok(job_id) => {
+                if let Ok(mut j) = self.jobs.lock() {
+                    j.push(accepted);
+                }
+                Ok(Message::Mining(MiningOwned::SetCustomMiningJobSuccess(
+                    SetCustomMiningJobSuccessOwned {
+                        channel_id,
+                        request_id,
+                        job_id,
+                    },
+                )))
+            }
             Err(e) => {
                 self.violation(format!("channels_sv2 refused the custom job: {e:?}"));
                 error("invalid-job")

@@ -135,8 +135,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         )
     })?;
     let mut book = WorkBook::new(network, payout);
-    if let Some((_, outputs)) = &upstream {
+    if let Some((up, outputs)) = &upstream {
         book.set_pool_outputs(Some(outputs.clone()));
+        let _ = publisher.publish(
+            Topic::Event,
+            &Event {
+                level: "info".into(),
+                kind: "upstream-connected".into(),
+                message: format!("{}: mining for {} ({:?})", up.name, up.pool.name(), up.mode),
+            },
+        );
+    } else if !specs.is_empty() {
+        let _ = publisher.publish(
+            Topic::Event,
+            &Event {
+                level: "error".into(),
+                kind: "fallback".into(),
+                message: "no upstream is usable; mining solo".into(),
+            },
+        );
     }
     let (shares_tx, shares_rx) = mpsc::channel(UPSTREAM_SHARE_QUEUE);
     let (solo_tx, solo_rx) = mpsc::unbounded_channel::<String>();

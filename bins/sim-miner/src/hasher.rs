@@ -158,7 +158,6 @@ impl Hashers {
     }
 }
 
-
 /// How often a hasher retries a full share queue.
 const FULL_QUEUE_RETRY: Duration = Duration::from_millis(5);
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

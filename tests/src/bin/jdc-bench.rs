@@ -63,6 +63,16 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         tips: usize,
     },
+    /// Mining for a pool (strict test pool + JDS in this process): new tip → job at the
+    /// sim-miner, and new tip → the declared full job accepted by the pool.
+    JdLatency {
+        /// Mempool transactions to create.
+        #[arg(long, default_value_t = 2000)]
+        txs: usize,
+        /// New tips to measure (empty blocks, so the mempool stays full).
+        #[arg(long, default_value_t = 50)]
+        tips: usize,
+    },
 }
 
 /// An address no wallet owns (BIP173 test vector, regtest).
@@ -96,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         Command::TemplatePipeline { txs, rounds, tips } => {
             rt.block_on(template_pipeline(txs, rounds, tips))
         }
+        Command::JdLatency { txs, tips } => rt.block_on(jd_latency(txs, tips)),
     }
 }
 
@@ -473,6 +484,132 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
         "\nnew tip → SetNewPrevHash at the sim-miner with {mempool} transactions in the mempool (ms)\n"
     );
     stages.print();
+    Ok(())
+}
+
+async fn jd_latency(txs: usize, tips: usize) -> anyhow::Result<()> {
+    use jdc_tests::jds::{Misbehave, TestJds};
+    use jdc_tests::pool::{PoolMisbehave, TestPool};
+    let jds = TestJds::start(Misbehave::No).await?;
+    let pool = TestPool::start_with_jds(PoolMisbehave::No, &jds).await?;
+    let node = Bitcoind::start_with(jdc_tests::bitcoind::Options {
+        extra_args: vec![
+            "-blockmaxsize=4000000".into(),
+            "-blockmaxweight=4000000".into(),
+        ],
+        ..Default::default()
+    })?;
+    let mut funds = Funds::new(&node)?;
+    eprintln!("preparing {txs} coins ...");
+    let coins = funds.fan_out(&node, txs)?;
+    let upstream = format!(
+        "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"bench\"\n",
+        pool.addr,
+        jds.addr,
+        jdc_shared::sv2::encode_authority_public_key(&jds.keys.public_key())
+    );
+    let mut stack = Stack::new(&node, &funds.address.to_string(), &upstream)?;
+    tokio::task::block_in_place(|| stack.start_services())?;
+    tokio::task::block_in_place(|| {
+        stack.start_miner("miner", &["--max-shares-per-sec", "0.0001"])
+    })?;
+    eprintln!("creating {txs} mempool transactions ...");
+    let rpc = node.rpc()?;
+    for coin in &coins {
+        let tx = funds.spend(coin, 4, 10)?;
+        // The pool's node has the transactions too, as a real JDS's does.
+        jds.know(&bitcoin::consensus::serialize(&tx))?;
+        rpc.send_raw_transaction(&tx)?;
+    }
+    let mempool = rpc.get_raw_mempool()?.len();
+    eprintln!("mempool holds {mempool} transactions");
+    let hashblock = listen_hashblock(node.zmq_hashblock()).await?;
+    let (mut stages, shutdown) = TipStages::collect(&stack);
+    // getblocktemplate time of each tip's template, from the watcher's summaries.
+    let (mut summaries, summaries_stop) = subscribe_to_stack(&stack, vec![Topic::Summary]);
+    let gbt: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let g = gbt.clone();
+    tokio::spawn(async move {
+        while let Some(m) = summaries.recv().await {
+            if let Ok(env) = bus::decode_envelope::<jdc_shared::messages::TemplateSummary>(&m.bytes)
+            {
+                if let Ok(mut g) = g.lock() {
+                    g.entry(env.body.prev_hash).or_insert(env.body.gbt_us);
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let addr = funds.address.to_string();
+    let mut accepted = Vec::new();
+    let mut gbt_times = Vec::new();
+    let mut beyond_gbt = Vec::new();
+    eprintln!("mining {tips} blocks ...");
+    for _ in 0..tips {
+        let answer: serde_json::Value = rpc.call(
+            "generateblock",
+            &[serde_json::json!(addr), serde_json::json!([])],
+        )?;
+        let hash = answer["hash"]
+            .as_str()
+            .context("generateblock hash")?
+            .to_string();
+        stages.record(&stack, &hashblock, &hash).await?;
+        let zmq_at = hashblock
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&hash).copied())
+            .context("hashblock time")?;
+        let internal = jdc_shared::chain::hash_from_rpc_hex(&hash)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let full = pool
+                .jobs()
+                .into_iter()
+                .find(|j| j.prev_hash == internal && j.merkle_path_len > 0);
+            if let Some(j) = full {
+                accepted.push(j.at_us.saturating_sub(zmq_at));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the pool never accepted a full job on {hash}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if let Some(us) = gbt.lock().ok().and_then(|g| g.get(&hash).copied()) {
+            gbt_times.push(us);
+            if let Some(total) = accepted.last() {
+                beyond_gbt.push(total.saturating_sub(us));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    shutdown.cancel();
+    summaries_stop.cancel();
+    println!("mining for a pool, {mempool} transactions in the mempool, {tips} tips (ms)\n");
+    stages.print();
+    println!(
+        "{}",
+        summary(
+            "bitcoind hashblock → declared full job accepted by the pool",
+            accepted
+        )
+    );
+    println!(
+        "{}",
+        summary("… of which getblocktemplate (watcher)", gbt_times)
+    );
+    println!(
+        "{}",
+        summary("… the rest (per tip: total − getblocktemplate)", beyond_gbt)
+    );
+    if !pool.violations().is_empty() || !jds.violations().is_empty() {
+        bail!(
+            "test peers saw violations: pool {:?}, jds {:?}",
+            pool.violations(),
+            jds.violations()
+        );
+    }
     Ok(())
 }
 
