@@ -45,6 +45,8 @@ pub enum Misbehave {
     Garbage,
     /// Never answers token requests.
     Stall,
+    /// Refuses every declaration (`DeclareMiningJob.Error` `invalid-job`).
+    RefuseDeclarations,
 }
 
 /// A running test JDS.
@@ -393,6 +395,9 @@ impl Shared {
         let token = d.mining_job_token.as_bytes().to_vec();
         if !unused.remove(&token) {
             return refuse(writer, request_id, "invalid-mining-job-token").await;
+        }
+        if self.misbehave == Misbehave::RefuseDeclarations {
+            return refuse(writer, request_id, "invalid-job").await;
         }
         let wtxids: Vec<[u8; 32]> = d.wtxid_list.iter().map(|h| h.to_array()).collect();
         let coinbase = match declared_coinbase(

@@ -149,12 +149,15 @@ mode = "{mode}"
     Ok(())
 }
 
-/// The pool closes our channel: the declarator leaves it and mines solo to its own payout
-/// without the devices reconnecting, and every block still reaches bitcoind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn falls_back_to_solo_when_the_pool_closes_the_channel() -> anyhow::Result<()> {
-    let jds = TestJds::start(Misbehave::No).await?;
-    let pool = TestPool::start_with_jds(PoolMisbehave::CloseChannel, &jds).await?;
+/// The pool or its JDS stops taking our work: the declarator leaves it and mines solo to its
+/// own payout without the devices reconnecting, and every block still reaches bitcoind.
+async fn falls_back_to_solo(
+    jds_misbehave: Misbehave,
+    pool_misbehave: PoolMisbehave,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let jds = TestJds::start(jds_misbehave).await?;
+    let pool = TestPool::start_with_jds(pool_misbehave, &jds).await?;
     let upstream = format!(
         r#"
 [[declarator.upstream]]
@@ -175,18 +178,20 @@ user_identity = "operator.rig"
         let start = node.rpc()?.get_block_count()?;
         let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
         stack.start("declarator", &[], "SV2 mining server listening")?;
-        stack
-            .get("declarator")?
-            .wait_for_log("leaving the pool: mining solo", Duration::from_secs(10))?;
         stack.start("tx-selector", &[], "bus publisher bound")?;
         stack.start("template-watcher", &[], "bus publisher bound")?;
         stack.start_miner("miner", &["--max-shares-per-sec", "10"])?;
+        stack
+            .get("declarator")?
+            .wait_for_log("leaving the pool: mining solo", Duration::from_secs(20))?;
         let rpc = node.rpc()?;
+        let after = rpc.get_block_count()?;
         wait_until("3 solo blocks", Duration::from_secs(60), || {
-            Ok((rpc.get_block_count()? >= start + 3).then_some(()))
+            Ok((rpc.get_block_count()? >= after + 3).then_some(()))
         })?;
         let ours = funding.script_pubkey();
-        for h in start + 1..=start + 3 {
+        let tip = rpc.get_block_count()?;
+        for h in tip - 2..=tip {
             let block = rpc.get_block(&rpc.get_block_hash(h)?)?;
             let pays_us = block.txdata[0]
                 .output
@@ -196,12 +201,35 @@ user_identity = "operator.rig"
                 bail!("block {h} does not pay our payout after the fallback");
             }
         }
+        if tip < start + 3 {
+            bail!("too few blocks");
+        }
         let log = stack.get("declarator")?.log_lines().join("\n");
-        if !log.contains("channel closed by the pool (pool-shutting-down)") {
-            bail!("the fallback reason is not logged");
+        if !log.contains(reason) {
+            bail!("the fallback reason `{reason}` is not logged");
         }
         Ok(())
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_solo_when_the_pool_closes_the_channel() -> anyhow::Result<()> {
+    falls_back_to_solo(
+        Misbehave::No,
+        PoolMisbehave::CloseChannel,
+        "channel closed by the pool (pool-shutting-down)",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_solo_when_the_jds_refuses_declarations() -> anyhow::Result<()> {
+    falls_back_to_solo(
+        Misbehave::RefuseDeclarations,
+        PoolMisbehave::No,
+        "DeclareMiningJob refused (invalid-job)",
+    )
+    .await
 }
 
 /// No upstream answers: the declarator says so and mines solo from the start.
