@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::block::assemble;
-use crate::downstream::{channel::FoundBlock, Server, ServerSettings};
+use crate::downstream::{channel::FoundBlock, Server, ServerLinks, ServerSettings};
 use crate::node::Node;
 use crate::payout::Payout;
 use crate::templates::{TemplateStore, TemplateTxs};
@@ -157,6 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     let (shares_tx, shares_rx) = mpsc::channel(UPSTREAM_SHARE_QUEUE);
     let (solo_tx, solo_rx) = mpsc::unbounded_channel::<String>();
+    let (hashrate_tx, hashrate_rx) = watch::channel(0.0f32);
 
     let (work_tx, work_rx) = watch::channel::<Option<WorkState>>(None);
     let (block_tx, block_rx) = mpsc::channel(BLOCK_QUEUE);
@@ -172,11 +173,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             max_connections: config.declarator.max_connections,
         },
         keys,
-        work_rx,
         allocator,
-        block_tx,
-        publisher.clone(),
-        upstream.is_some().then_some(shares_tx),
+        ServerLinks {
+            work: work_rx,
+            blocks: block_tx,
+            bus: publisher.clone(),
+            upstream_shares: upstream.is_some().then_some(shares_tx),
+            total_hashrate: hashrate_tx,
+        },
     );
     publisher.set_state("ok");
 
@@ -190,6 +194,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 catalog: catalog.clone(),
                 shares: shares_rx,
                 failed: solo_tx,
+                hashrate: hashrate_rx,
                 bus: publisher.clone(),
             },
             shutdown.clone(),

@@ -134,6 +134,14 @@ impl Channel {
         }
     }
 
+    /// The device's nominal hashrate (H/s), as announced.
+    pub fn nominal_hashrate(&self) -> f32 {
+        match &self.sri {
+            SriChannel::Standard(c) => c.get_nominal_hashrate(),
+            SriChannel::Extended(c) => c.get_nominal_hashrate(),
+        }
+    }
+
     /// Accepted shares since the channel opened.
     pub fn accepted_shares(&self) -> u64 {
         self.shares.accepted_total()

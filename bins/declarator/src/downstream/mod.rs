@@ -79,6 +79,9 @@ pub struct Server {
     bus: Publisher,
     /// Accepted shares go here too when mining for a pool.
     upstream_shares: Option<mpsc::Sender<channel::AcceptedShare>>,
+    /// Nominal hashrate of each open channel, and their sum for the pool channel.
+    hashrates: Mutex<HashMap<u32, f32>>,
+    total_hashrate: watch::Sender<f32>,
 }
 
 /// Why a connection ended.
@@ -98,17 +101,35 @@ pub enum ConnectionError {
     SetupTimeout(Duration),
 }
 
+/// How the server is connected to the rest of the declarator.
+pub struct ServerLinks {
+    /// The work to hand out.
+    pub work: watch::Receiver<Option<WorkState>>,
+    /// Found blocks, for submission.
+    pub blocks: mpsc::Sender<FoundBlock>,
+    /// The bus, for events.
+    pub bus: Publisher,
+    /// Accepted shares, when mining for a pool.
+    pub upstream_shares: Option<mpsc::Sender<channel::AcceptedShare>>,
+    /// The devices' summed nominal hashrate.
+    pub total_hashrate: watch::Sender<f32>,
+}
+
 impl Server {
-    /// A server handing out work from `work` and sending found blocks to `blocks`.
+    /// A server handing out work and sending found blocks and shares where `links` say.
     pub fn new(
         settings: ServerSettings,
         keys: AuthorityKeys,
-        work: watch::Receiver<Option<WorkState>>,
         allocator: ExtranonceAllocator,
-        blocks: mpsc::Sender<FoundBlock>,
-        bus: Publisher,
-        upstream_shares: Option<mpsc::Sender<channel::AcceptedShare>>,
+        links: ServerLinks,
     ) -> Arc<Self> {
+        let ServerLinks {
+            work,
+            blocks,
+            bus,
+            upstream_shares,
+            total_hashrate,
+        } = links;
         Arc::new(Self {
             settings,
             keys,
@@ -119,7 +140,22 @@ impl Server {
             blocks,
             bus,
             upstream_shares,
+            hashrates: Mutex::new(HashMap::new()),
+            total_hashrate,
         })
+    }
+
+    /// Records a channel's nominal hashrate (`None`: the channel closed) and publishes the sum.
+    fn set_hashrate(&self, channel_id: u32, hashrate: Option<f32>) {
+        let Ok(mut rates) = self.hashrates.lock() else {
+            return;
+        };
+        match hashrate {
+            Some(h) => rates.insert(channel_id, h),
+            None => rates.remove(&channel_id),
+        };
+        let total: f32 = rates.values().sum();
+        self.total_hashrate.send_replace(total);
     }
 
     /// Accepts devices until `shutdown`.
@@ -297,6 +333,15 @@ struct Connection {
     template_id: u64,
 }
 
+impl Drop for Connection {
+    /// A device that goes away takes its hashrate with it.
+    fn drop(&mut self) {
+        for id in self.channels.keys() {
+            self.server.set_hashrate(*id, None);
+        }
+    }
+}
+
 impl Connection {
     /// Sends the latest work to every channel of this connection.
     async fn on_work(
@@ -387,7 +432,9 @@ impl Connection {
             MiningOwned::UpdateChannel(u) => Ok(self.update_channel(u)),
             MiningOwned::CloseChannel(c) => {
                 tracing::info!(peer = %self.peer, channel = c.channel_id, "device closed channel");
-                self.channels.remove(&c.channel_id);
+                if self.channels.remove(&c.channel_id).is_some() {
+                    self.server.set_hashrate(c.channel_id, None);
+                }
                 Ok(vec![])
             }
             other => Err(ConnectionError::Protocol(format!(
@@ -534,6 +581,8 @@ impl Connection {
                 self.template_id = state.job.template_id;
             }
         }
+        self.server
+            .set_hashrate(channel.id(), Some(channel.nominal_hashrate()));
         self.channels.insert(channel.id(), channel);
         out
     }
@@ -593,6 +642,7 @@ impl Connection {
         if outcome.close {
             tracing::warn!(peer = %self.peer, channel_id, "closing channel: share budget exhausted");
             self.channels.remove(&channel_id);
+            self.server.set_hashrate(channel_id, None);
         }
         outcome.reply.into_iter().collect()
     }
@@ -606,6 +656,10 @@ impl Connection {
         };
         let max_target = Target::from_le_bytes(u.maximum_target.to_array());
         let result = ch.update(u.nominal_hash_rate, max_target);
+        if result.is_ok() {
+            self.server
+                .set_hashrate(channel_id, Some(u.nominal_hash_rate));
+        }
         match result {
             Ok(target) => vec![AnyMessageOwned::Mining(MiningOwned::SetTarget(
                 SetTargetOwned {

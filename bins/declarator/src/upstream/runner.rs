@@ -38,6 +38,8 @@ pub struct RunnerLinks {
     pub shares: mpsc::Receiver<AcceptedShare>,
     /// Told once when the upstream fails: mine solo from now on.
     pub failed: mpsc::UnboundedSender<String>,
+    /// Summed nominal hashrate of our devices.
+    pub hashrate: watch::Receiver<f32>,
     /// Bus, for operator events.
     pub bus: Publisher,
 }
@@ -82,6 +84,9 @@ pub async fn run(mut up: Upstream, mut links: RunnerLinks, shutdown: Cancellatio
     let mut nbits = 0u32;
     // Work may already be there.
     links.work.mark_changed();
+    // Hashrate last announced to the pool (the configured value at open).
+    let mut announced: f32 = 0.0;
+    let mut hashrate_open = true;
     let failure: Trigger = 'run: loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -237,6 +242,21 @@ pub async fn run(mut up: Upstream, mut links: RunnerLinks, shutdown: Cancellatio
                     tracing::trace!(upstream = %up.name, what, "ignored (a JDC builds its own jobs)");
                 }
             },
+            changed = links.hashrate.changed(), if hashrate_open => {
+                if changed.is_err() {
+                    hashrate_open = false;
+                    continue;
+                }
+                let total = *links.hashrate.borrow_and_update();
+                // Announce meaningful changes only (devices come and go).
+                if total > 0.0 && (total - announced).abs() > announced * 0.1 {
+                    announced = total;
+                    tracing::info!(upstream = %up.name, hashrate = total, "announcing our devices' hashrate to the pool");
+                    if let Err(e) = up.pool.update_hashrate(total).await {
+                        break 'run upstream_lost(&up.name, e);
+                    }
+                }
+            }
             share = links.shares.recv() => {
                 let Some(share) = share else { return };
                 if share.is_block {
