@@ -76,6 +76,23 @@ fn bad_configuration_exits_2_naming_the_key() -> anyhow::Result<()> {
     )?;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("declarator.payout[0].destination"), "{err}");
+    // An upstream whose authority key or mode is not valid.
+    let payout = "declarator.payout=[{destination=\"51\"}]";
+    for (entry, key) in [
+        (
+            "{pool=\"127.0.0.1:1\",jds=\"127.0.0.1:2\",authority_public_key=\"nope\",user_identity=\"u\"}",
+            "declarator.upstream[0].authority_public_key",
+        ),
+        (
+            "{pool=\"127.0.0.1:1\",jds=\"127.0.0.1:2\",authority_public_key=\"9auqWEzQDVyd2oe1JVGFLMLHZtCo2FFqZwtKA5gd9xbuEu7PH72\",user_identity=\"u\",mode=\"fast\"}",
+            "declarator.upstream[0].mode",
+        ),
+    ] {
+        let upstream = format!("declarator.upstream=[{entry}]");
+        let (code, err) = run_to_exit("declarator", &["--set", payout, "--set", &upstream])?;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
     Ok(())
 }
 

@@ -10,6 +10,11 @@ use jdc_shared::config::{CommonArgs, Config};
 /// and submits found blocks to bitcoind. Templates come from jdc-template-watcher and
 /// jdc-tx-selector over the bus.
 ///
+/// Mines solo to `[[declarator.payout]]`, or for a pool with your own templates when
+/// `[[declarator.upstream]]` entries are configured (pool, jds, authority_public_key,
+/// user_identity, mode = full-template | coinbase-only): jobs are declared to the pool's JDS and
+/// set as custom jobs; on a pool failure it mines solo.
+///
 /// Devices need the authority public key: print it with `jdc-declarator authority-key`
 /// (the key is created in `declarator.key_dir` on first start).
 ///

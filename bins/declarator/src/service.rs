@@ -79,6 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     if config.declarator.coinbase_tag.len() > 32 {
         return Err(ConfigError::new("declarator.coinbase_tag", "at most 32 bytes").into());
     }
+    let specs = crate::upstream::specs(&config.declarator)?;
     let node = Node::new(&config)??;
     let keys = load_keys(&config)?;
     tracing::info!(public_key = %keys.public_key_string(), "authority public key");
@@ -113,7 +114,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     // Mining for a pool: connect before serving devices, whose extranonces live under the
     // pool's prefix.
-    let specs = crate::upstream::specs(&config.declarator)?;
     let upstream = crate::upstream::connect_first(&specs, &config.declarator.coinbase_tag).await;
     let rollable = config.declarator.rollable_extranonce_size.clamp(1, 16);
     let allocator = match &upstream {
