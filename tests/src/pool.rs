@@ -43,6 +43,8 @@ pub enum PoolMisbehave {
     SmallExtranonce,
     /// Closes the channel right after opening it.
     CloseChannel,
+    /// Closes the channel once it has received this many shares (devices are mining by then).
+    CloseAfterShares(usize),
 }
 
 /// The pool's extranonce prefix length for our channel (as an SRI pool with a 4-byte static
@@ -91,6 +93,7 @@ impl TestPool {
             Arc::default(),
             Arc::default(),
             AuthorityKeys::generate(),
+            [0xaa, 0xbb],
         )
         .await
     }
@@ -101,11 +104,22 @@ impl TestPool {
         misbehave: PoolMisbehave,
         jds: &TestJds,
     ) -> anyhow::Result<TestPool> {
+        Self::start_with_jds_prefix(misbehave, jds, [0xaa, 0xbb]).await
+    }
+
+    /// [`TestPool::start_with_jds`] whose extranonce prefixes start with `tag` (two pools give
+    /// different prefixes).
+    pub async fn start_with_jds_prefix(
+        misbehave: PoolMisbehave,
+        jds: &TestJds,
+        tag: [u8; 2],
+    ) -> anyhow::Result<TestPool> {
         Self::start_inner(
             misbehave,
             jds.declared.clone(),
             jds.coinbase_only_tokens.clone(),
             jds.keys.clone(),
+            tag,
         )
         .await
     }
@@ -115,6 +129,7 @@ impl TestPool {
         declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
         allocated: Arc<Mutex<Vec<Vec<u8>>>>,
         keys: AuthorityKeys,
+        tag: [u8; 2],
     ) -> anyhow::Result<TestPool> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -131,6 +146,7 @@ impl TestPool {
             shares: shares.clone(),
             declared,
             allocated,
+            tag,
             used_tokens: Arc::default(),
         };
         let task = tokio::spawn(async move {
@@ -189,6 +205,8 @@ struct Shared {
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
     /// Tokens the JDS allocated on Coinbase-only connections (used directly, undeclared).
     allocated: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// First bytes of every extranonce prefix this pool gives.
+    tag: [u8; 2],
     used_tokens: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -304,7 +322,7 @@ impl Shared {
         }
         let rollable = o.min_extranonce_size.max(8);
         let total = POOL_PREFIX_LEN + usize::from(rollable);
-        let mut allocator = ExtranonceAllocator::new(vec![0xaa, 0xbb], total as u8, 1024)
+        let mut allocator = ExtranonceAllocator::new(self.tag.to_vec(), total as u8, 1024)
             .map_err(|e| format!("allocator: {e:?}"))?;
         let prefix = allocator
             .allocate_extended(usize::from(rollable))
@@ -365,6 +383,7 @@ impl Shared {
         reader: &mut Sv2Reader,
         writer: &mut Sv2Writer,
     ) -> Result<(), String> {
+        let mut received = 0usize;
         loop {
             let msg = match reader.recv().await {
                 Ok(m) => m,
@@ -398,6 +417,18 @@ impl Shared {
                 Message::Mining(MiningOwned::SubmitSharesExtended(sh)) => {
                     let answer = self.share(&mut channel, sh)?;
                     writer.send(answer).await.map_err(|e| e.to_string())?;
+                    received += 1;
+                    if self.misbehave == PoolMisbehave::CloseAfterShares(received) {
+                        writer
+                            .send(Message::Mining(MiningOwned::CloseChannel(
+                                CloseChannelOwned {
+                                    channel_id: 7,
+                                    reason_code: sv2_str("pool-shutting-down")?,
+                                },
+                            )))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
                 }
                 other => return Err(format!("unexpected message {other:?}")),
             }

@@ -277,3 +277,75 @@ async fn mines_solo_when_no_upstream_is_reachable() -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// The first pool closes our channel: the declarator moves to the second upstream of the list;
+/// devices stay connected, get its extranonce prefix (`SetExtranoncePrefix`) and new jobs, and
+/// their shares and blocks go to the second pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_over_to_the_next_upstream_without_reconnecting_devices() -> anyhow::Result<()> {
+    let jds1 = TestJds::start(Misbehave::No).await?;
+    // The first pool stops after a few shares: our device is mining for it by then.
+    let pool1 =
+        TestPool::start_with_jds_prefix(PoolMisbehave::CloseAfterShares(3), &jds1, [0x11, 0x11])
+            .await?;
+    let jds2 = TestJds::start(Misbehave::No).await?;
+    let pool2 = TestPool::start_with_jds_prefix(PoolMisbehave::No, &jds2, [0x22, 0x22]).await?;
+    let entry = |pool: &TestPool, jds: &TestJds| {
+        format!(
+            "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\n",
+            pool.addr,
+            jds.addr,
+            encode_authority_public_key(&jds.keys.public_key())
+        )
+    };
+    let upstreams = entry(&pool1, &jds1) + &entry(&pool2, &jds2);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let node = Bitcoind::start()?;
+        node.create_wallet("miner")?;
+        let funding = node.new_address()?;
+        node.generate_to(&funding, 101)?;
+        let start = node.rpc()?.get_block_count()?;
+        let mut stack = Stack::new(&node, &funding.to_string(), &upstreams)?;
+        stack.start(
+            "declarator",
+            &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
+            "SV2 mining server listening",
+        )?;
+        stack.start("tx-selector", &[], "bus publisher bound")?;
+        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_miner(
+            "miner",
+            &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],
+        )?;
+        stack
+            .get("declarator")?
+            .wait_for_log("mining for the next upstream", Duration::from_secs(20))?;
+        let rpc = node.rpc()?;
+        wait_until("blocks after the switch", Duration::from_secs(60), || {
+            Ok((rpc.get_block_count()? >= start + 3 && !pool2.jobs().is_empty()).then_some(()))
+        })?;
+        wait_until(
+            "a share accepted by the second pool",
+            Duration::from_secs(30),
+            || Ok(pool2.shares().iter().any(Result::is_ok).then_some(())),
+        )?;
+        let miner = stack.get("miner")?;
+        let events = miner.events();
+        if events.iter().any(|e| e["event"] == "disconnected") {
+            bail!("the device was disconnected by the switch");
+        }
+        let moved = events.iter().any(|e| {
+            e["event"] == "set-extranonce-prefix"
+                && e["extranonce_prefix"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("2222"))
+        });
+        if !moved {
+            bail!("the device never got the second pool's extranonce prefix");
+        }
+        Ok(())
+    })?;
+    assert!(pool2.violations().is_empty(), "{:?}", pool2.violations());
+    assert!(jds2.violations().is_empty(), "{:?}", jds2.violations());
+    Ok(())
+}

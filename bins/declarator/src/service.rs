@@ -114,7 +114,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     // Mining for a pool: connect before serving devices, whose extranonces live under the
     // pool's prefix.
-    let upstream = crate::upstream::connect_first(&specs, &config.declarator.coinbase_tag).await;
+    let upstream =
+        crate::upstream::connect_first(&specs, 0, &config.declarator.coinbase_tag, None).await;
     let rollable = config.declarator.rollable_extranonce_size.clamp(1, 16);
     let allocator = match &upstream {
         Some((up, _)) => {
@@ -156,7 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         );
     }
     let (shares_tx, shares_rx) = mpsc::channel(UPSTREAM_SHARE_QUEUE);
-    let (solo_tx, solo_rx) = mpsc::unbounded_channel::<String>();
+    let (switch_tx, switch_rx) = mpsc::unbounded_channel::<crate::upstream::runner::HubSwitch>();
     let (hashrate_tx, hashrate_rx) = watch::channel(0.0f32);
 
     let (work_tx, work_rx) = watch::channel::<Option<WorkState>>(None);
@@ -185,7 +186,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     publisher.set_state("ok");
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(server.serve(listener, shutdown.clone()));
+    tasks.spawn(server.clone().serve(listener, shutdown.clone()));
     if let Some((up, _)) = upstream {
         tasks.spawn(crate::upstream::runner::run(
             up,
@@ -193,7 +194,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 work: work_tx.subscribe(),
                 catalog: catalog.clone(),
                 shares: shares_rx,
-                failed: solo_tx,
+                switch: switch_tx,
+                server: server.clone(),
+                specs: specs.clone(),
+                coinbase_tag: config.declarator.coinbase_tag.clone(),
                 hashrate: hashrate_rx,
                 bus: publisher.clone(),
             },
@@ -208,7 +212,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         catalog: catalog.clone(),
         stats: stats.clone(),
         bus: publisher.clone(),
-        solo: solo_rx,
+        switch: switch_rx,
     }));
     tasks.spawn(submitter(
         block_rx,
@@ -244,8 +248,8 @@ struct Hub {
     catalog: Arc<Mutex<Catalog>>,
     stats: Arc<BusStats>,
     bus: Publisher,
-    /// The upstream failed: mine solo.
-    solo: mpsc::UnboundedReceiver<String>,
+    /// The upstream changed: another pool, or solo.
+    switch: mpsc::UnboundedReceiver<crate::upstream::runner::HubSwitch>,
 }
 
 /// Receives tips, templates and selections and publishes the resulting work.
@@ -263,7 +267,7 @@ async fn hub(hub: Hub) {
         catalog,
         stats,
         bus,
-        mut solo,
+        mut switch,
     } = hub;
     let (prepared_tx, mut prepared_rx) = mpsc::unbounded_channel::<Prepared>();
     let (template_tx, mut template_rx) =
@@ -324,10 +328,18 @@ async fn hub(hub: Hub) {
                     Err(e) => Err(e),
                 }
             }
-            Some(why) = solo.recv() => {
-                // The upstream failed: pay ourselves, from the current job on.
-                tracing::warn!(reason = %why, "mining solo");
-                book.set_pool_outputs(None);
+            Some(to) = switch.recv() => {
+                // The upstream changed: pay the new pool, or ourselves, from the current job on.
+                match to {
+                    crate::upstream::runner::HubSwitch::Solo(why) => {
+                        tracing::warn!(reason = %why, "mining solo");
+                        book.set_pool_outputs(None);
+                    }
+                    crate::upstream::runner::HubSwitch::Pool { name, outputs } => {
+                        tracing::warn!(upstream = %name, "mining for the next upstream");
+                        book.set_pool_outputs(Some(outputs));
+                    }
+                }
                 let body = book.current().and_then(|c| {
                     catalog.lock().ok().and_then(|cat| cat.get(c.job.template_id))
                 });

@@ -206,42 +206,59 @@ pub fn specs(
         .collect()
 }
 
-/// Connects to the first configured upstream that works (pool, then JDS, then a first token
-/// for the pool's outputs); logs each failure with its cause. `None`: none works, mine solo.
+/// Connects to upstream `index` of the list: pool, then JDS, then a first token for the
+/// pool's outputs.
+pub async fn connect_one(
+    index: usize,
+    spec: &UpstreamSpec,
+    coinbase_tag: &str,
+) -> Result<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>), UpstreamError> {
+    let pool = pool::PoolClient::connect(&spec.pool).await?;
+    let mut jds = jds::JdsClient::connect(spec.jds.clone()).await?;
+    jds.wait_for_tokens(1).await?;
+    let outputs = jds.pool_outputs().map(<[_]>::to_vec).unwrap_or_default();
+    let name = format!("upstream {}", index + 1);
+    tracing::info!(upstream = %name, pool = %spec.pool.address, jds = %spec.jds.address, mode = ?spec.jds.mode, "mining for the pool with our own templates");
+    let factory = stratum_core::channels_sv2::server::jobs::factory::JobFactory::new(
+        true,
+        None,
+        Some(coinbase_tag.to_string()),
+    );
+    Ok((
+        runner::Upstream {
+            index,
+            name,
+            pool,
+            jds,
+            mode: spec.jds.mode,
+            factory,
+        },
+        outputs,
+    ))
+}
+
+/// Connects to the first upstream from `from` on that works (logging each failure with its
+/// cause) and, when `full_extranonce` is given, whose extranonce layout matches it (devices
+/// keep their extranonce sizes across a switch). `None`: none works.
 pub async fn connect_first(
     specs: &[UpstreamSpec],
+    from: usize,
     coinbase_tag: &str,
+    full_extranonce: Option<usize>,
 ) -> Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)> {
-    for (i, spec) in specs.iter().enumerate() {
-        let name = format!("upstream {}", i + 1);
-        let attempt = async {
-            let pool = pool::PoolClient::connect(&spec.pool).await?;
-            let mut jds = jds::JdsClient::connect(spec.jds.clone()).await?;
-            jds.wait_for_tokens(1).await?;
-            let outputs = jds.pool_outputs().map(<[_]>::to_vec).unwrap_or_default();
-            Ok::<_, UpstreamError>((pool, jds, outputs))
-        };
-        match attempt.await {
-            Ok((pool, jds, outputs)) => {
-                tracing::info!(upstream = %name, pool = %spec.pool.address, jds = %spec.jds.address, mode = ?spec.jds.mode, "mining for the pool with our own templates");
-                let factory = stratum_core::channels_sv2::server::jobs::factory::JobFactory::new(
-                    true,
-                    None,
-                    Some(coinbase_tag.to_string()),
-                );
-                return Some((
-                    runner::Upstream {
-                        name,
-                        pool,
-                        jds,
-                        mode: spec.jds.mode,
-                        factory,
-                    },
-                    outputs,
-                ));
+    for (i, spec) in specs.iter().enumerate().skip(from) {
+        match connect_one(i, spec, coinbase_tag).await {
+            Ok((up, outputs)) => {
+                let ch = up.pool.channel();
+                let size = ch.extranonce_prefix.len() + usize::from(ch.extranonce_size);
+                if full_extranonce.is_some_and(|want| want != size) {
+                    tracing::warn!(upstream = %up.name, size, want = ?full_extranonce, "upstream's extranonce layout differs from our devices'; trying the next");
+                    continue;
+                }
+                return Some((up, outputs));
             }
             Err(e) => {
-                tracing::warn!(upstream = %name, error = %e, "upstream unusable; trying the next")
+                tracing::warn!(upstream = i + 1, error = %e, "upstream unusable; trying the next")
             }
         }
     }

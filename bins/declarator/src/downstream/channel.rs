@@ -2,7 +2,7 @@
 //! the jobs from our work; our [`ShareBook`] validates and accounts the shares.
 
 use jdc_shared::bitcoin::{BlockHash, Target};
-use stratum_core::binary_sv2::{Str0255Owned, U256Owned};
+use stratum_core::binary_sv2::{B032Owned, Str0255Owned, U256Owned};
 use stratum_core::channels_sv2::seen_shares_budget;
 use stratum_core::channels_sv2::server::{
     extended::ExtendedChannel,
@@ -11,8 +11,8 @@ use stratum_core::channels_sv2::server::{
     standard::StandardChannel,
 };
 use stratum_core::mining_sv2::{
-    SetNewPrevHashOwned, SubmitSharesErrorOwned, SubmitSharesExtendedOwned,
-    SubmitSharesStandardOwned, SubmitSharesSuccessOwned,
+    SetExtranoncePrefixOwned, SetNewPrevHashOwned, SubmitSharesErrorOwned,
+    SubmitSharesExtendedOwned, SubmitSharesStandardOwned, SubmitSharesSuccessOwned,
 };
 use stratum_core::parsers_sv2::{AnyMessageOwned, MiningOwned};
 
@@ -132,6 +132,31 @@ impl Channel {
             SriChannel::Standard(c) => *c.get_target(),
             SriChannel::Extended(c) => *c.get_target(),
         }
+    }
+
+    /// Moves the channel's extranonce under a new pool prefix (keeping our part and the
+    /// device's size); returns the `SetExtranoncePrefix` for the device.
+    pub fn set_upstream_prefix(&mut self, prefix: &[u8]) -> Result<AnyMessageOwned, String> {
+        let channel_id = self.id();
+        let bytes = match &mut self.sri {
+            SriChannel::Standard(c) => {
+                c.set_upstream_extranonce_prefix(prefix)
+                    .map_err(|e| format!("{e:?}"))?;
+                c.get_extranonce_prefix().to_vec()
+            }
+            SriChannel::Extended(c) => {
+                c.set_upstream_extranonce_prefix(prefix)
+                    .map_err(|e| format!("{e:?}"))?;
+                c.get_extranonce_prefix().to_vec()
+            }
+        };
+        Ok(AnyMessageOwned::Mining(MiningOwned::SetExtranoncePrefix(
+            SetExtranoncePrefixOwned {
+                channel_id,
+                extranonce_prefix: B032Owned::new(bytes)
+                    .map_err(|e| format!("prefix does not fit B0_32: {e:?}"))?,
+            },
+        )))
     }
 
     /// The device's nominal hashrate (H/s), as announced.

@@ -82,6 +82,9 @@ pub struct Server {
     /// Nominal hashrate of each open channel, and their sum for the pool channel.
     hashrates: Mutex<HashMap<u32, f32>>,
     total_hashrate: watch::Sender<f32>,
+    /// The pool's part of every extranonce, and how often it changed (connections move their
+    /// channels to it before their next job).
+    upstream_prefix: Mutex<(u64, Vec<u8>)>,
 }
 
 /// Why a connection ended.
@@ -142,7 +145,33 @@ impl Server {
             upstream_shares,
             hashrates: Mutex::new(HashMap::new()),
             total_hashrate,
+            upstream_prefix: Mutex::new((0, Vec::new())),
         })
+    }
+
+    /// Moves every extranonce to a new pool's prefix: new channels at once, open channels
+    /// before their next job (with `SetExtranoncePrefix`).
+    pub fn set_upstream_prefix(&self, prefix: &[u8]) -> Result<(), String> {
+        self.allocator
+            .lock()
+            .map_err(|_| "allocator lock poisoned".to_string())?
+            .set_upstream_prefix(prefix.to_vec())
+            .map_err(|e| format!("{e:?}"))?;
+        let mut current = self
+            .upstream_prefix
+            .lock()
+            .map_err(|_| "prefix lock poisoned".to_string())?;
+        current.0 += 1;
+        current.1 = prefix.to_vec();
+        Ok(())
+    }
+
+    /// The pool's prefix generation and bytes.
+    fn upstream_prefix(&self) -> (u64, Vec<u8>) {
+        self.upstream_prefix
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     /// Records a channel's nominal hashrate (`None`: the channel closed) and publishes the sum.
@@ -255,6 +284,7 @@ impl Server {
             channels: HashMap::new(),
             tip_seq: 0,
             template_id: 0,
+            prefix_generation: self.upstream_prefix().0,
         };
         let mut work = self.work.clone();
         work.mark_changed();
@@ -331,6 +361,8 @@ struct Connection {
     channels: HashMap<u32, Channel>,
     tip_seq: u64,
     template_id: u64,
+    /// Generation of the pool prefix this connection's channels use.
+    prefix_generation: u64,
 }
 
 impl Drop for Connection {
@@ -359,6 +391,19 @@ impl Connection {
             return Ok(());
         }
         let mut out = Vec::with_capacity(self.channels.len() * 2);
+        // A new pool: channels move to its extranonce prefix before the job.
+        let (generation, prefix) = self.server.upstream_prefix();
+        if generation != self.prefix_generation {
+            self.prefix_generation = generation;
+            for ch in self.channels.values_mut() {
+                match ch.set_upstream_prefix(&prefix) {
+                    Ok(msg) => out.push(msg),
+                    Err(e) => {
+                        tracing::error!(peer = %self.peer, channel = ch.id(), error = %e, "cannot move channel to the pool's extranonce prefix")
+                    }
+                }
+            }
+        }
         for ch in self.channels.values_mut() {
             let msgs = if new_tip {
                 ch.on_new_tip(state)

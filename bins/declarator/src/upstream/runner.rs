@@ -28,6 +28,20 @@ const HELD_PER_JOB: usize = 100;
 const REJECT_WINDOW: usize = 50;
 const REJECT_MAX: f64 = 0.5;
 
+/// What the hub must do when the upstream changes.
+#[derive(Debug)]
+pub enum HubSwitch {
+    /// Mine for another pool: its outputs (the devices' extranonce prefix is already moved).
+    Pool {
+        /// Which upstream.
+        name: String,
+        /// The pool's coinbase outputs, payout first.
+        outputs: Vec<jdc_shared::bitcoin::TxOut>,
+    },
+    /// No upstream works: mine solo.
+    Solo(String),
+}
+
 /// What the runner needs from the rest of the declarator.
 pub struct RunnerLinks {
     /// The work devices mine.
@@ -36,8 +50,14 @@ pub struct RunnerLinks {
     pub catalog: Arc<Mutex<Catalog>>,
     /// Accepted shares from the devices.
     pub shares: mpsc::Receiver<AcceptedShare>,
-    /// Told once when the upstream fails: mine solo from now on.
-    pub failed: mpsc::UnboundedSender<String>,
+    /// Told when the upstream changes (another pool, or solo).
+    pub switch: mpsc::UnboundedSender<HubSwitch>,
+    /// The device server, whose extranonces move to a new pool's prefix.
+    pub server: Arc<crate::downstream::Server>,
+    /// The configured upstreams, to fall over to.
+    pub specs: Vec<super::UpstreamSpec>,
+    /// Coinbase tag of our jobs.
+    pub coinbase_tag: String,
     /// Summed nominal hashrate of our devices.
     pub hashrate: watch::Receiver<f32>,
     /// Bus, for operator events.
@@ -46,6 +66,8 @@ pub struct RunnerLinks {
 
 /// A connected upstream.
 pub struct Upstream {
+    /// Its position in the configured list.
+    pub index: usize,
     /// Its name for logs (`upstream 1`).
     pub name: String,
     /// The pool side.
@@ -65,8 +87,73 @@ struct InFlight {
     body: BlockBody,
 }
 
-/// Runs until the upstream fails or `shutdown`.
-pub async fn run(mut up: Upstream, mut links: RunnerLinks, shutdown: CancellationToken) {
+/// Mines for `up` and, when it fails, for the next configured upstream that works (devices
+/// move to its extranonce prefix without reconnecting), or solo when none does.
+pub async fn run(up: Upstream, mut links: RunnerLinks, shutdown: CancellationToken) {
+    let ch = up.pool.channel();
+    let full_extranonce = ch.extranonce_prefix.len() + usize::from(ch.extranonce_size);
+    let mut current = up;
+    loop {
+        let Some(failure) = mine_for(&mut current, &mut links, &shutdown).await else {
+            return;
+        };
+        let why = format!("{}: {failure}", current.name);
+        tracing::error!(reason = %why, "leaving the pool");
+        let next = super::connect_first(
+            &links.specs,
+            current.index + 1,
+            &links.coinbase_tag,
+            Some(full_extranonce),
+        )
+        .await;
+        let Some((up, outputs)) = next else {
+            tracing::error!(reason = %why, "leaving the pool: mining solo from now on");
+            publish(
+                &links.bus,
+                "error",
+                "fallback",
+                format!("{why}; mining solo"),
+            );
+            let _ = links.switch.send(HubSwitch::Solo(why));
+            return;
+        };
+        let prefix = up.pool.channel().extranonce_prefix.clone();
+        if let Err(e) = links.server.set_upstream_prefix(&prefix) {
+            tracing::error!(upstream = %up.name, error = %e, "cannot move our devices to the pool's extranonce prefix; mining solo");
+            let _ = links.switch.send(HubSwitch::Solo(why));
+            return;
+        }
+        publish(
+            &links.bus,
+            "warn",
+            "fallback",
+            format!("{why}; mining for {}", up.name),
+        );
+        let _ = links.switch.send(HubSwitch::Pool {
+            name: up.name.clone(),
+            outputs,
+        });
+        current = up;
+    }
+}
+
+fn publish(bus: &Publisher, level: &str, kind: &str, message: String) {
+    let _ = bus.publish(
+        Topic::Event,
+        &Event {
+            level: level.into(),
+            kind: kind.into(),
+            message,
+        },
+    );
+}
+
+/// Mines for `up` until it fails (the reason) or `shutdown` (`None`).
+async fn mine_for(
+    up: &mut Upstream,
+    links: &mut RunnerLinks,
+    shutdown: &CancellationToken,
+) -> Option<Trigger> {
     let pool_prefix_len = up.pool.channel().extranonce_prefix.len();
     let full_extranonce = pool_prefix_len + usize::from(up.pool.channel().extranonce_size);
     let mut next_request_id: u32 = 1;
@@ -82,17 +169,18 @@ pub async fn run(mut up: Upstream, mut links: RunnerLinks, shutdown: Cancellatio
     let mut tip_seq: Option<u64> = None;
     let mut prev_hash = [0u8; 32];
     let mut nbits = 0u32;
-    // Work may already be there.
+    // Work may already be there; the pool must hear our hashrate.
     links.work.mark_changed();
+    links.hashrate.mark_changed();
     // Hashrate last announced to the pool (the configured value at open).
     let mut announced: f32 = 0.0;
     let mut hashrate_open = true;
     let failure: Trigger = 'run: loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return None,
             changed = links.work.changed() => {
                 if changed.is_err() {
-                    return;
+                    return None;
                 }
                 let Some(state) = links.work.borrow_and_update().clone() else { continue };
                 if last_template == Some(state.job.template_id) {
@@ -258,7 +346,7 @@ pub async fn run(mut up: Upstream, mut links: RunnerLinks, shutdown: Cancellatio
                 }
             }
             share = links.shares.recv() => {
-                let Some(share) = share else { return };
+                let share = share?;
                 if share.is_block {
                     let solution = Solution {
                         full_extranonce: share.full_extranonce.clone(),
@@ -305,17 +393,8 @@ pub async fn run(mut up: Upstream, mut links: RunnerLinks, shutdown: Cancellatio
             }
         }
     };
-    let why = format!("{}: {failure}", up.name);
-    tracing::error!(reason = %why, held = ?held.counts(), "leaving the pool: mining solo from now on");
-    let _ = links.bus.publish(
-        Topic::Event,
-        &Event {
-            level: "error".into(),
-            kind: "fallback".into(),
-            message: format!("{why}; mining solo"),
-        },
-    );
-    let _ = links.failed.send(why);
+    tracing::warn!(upstream = %up.name, held = ?held.counts(), "upstream failed: {failure}");
+    Some(failure)
 }
 
 fn upstream_lost(name: &str, e: super::UpstreamError) -> Trigger {
