@@ -24,8 +24,8 @@ use stratum_core::common_messages_sv2::{
 use stratum_core::mining_sv2::{
     CloseChannelOwned, OpenExtendedMiningChannelOwned, OpenExtendedMiningChannelSuccessOwned,
     OpenMiningChannelErrorOwned, SetCustomMiningJobErrorOwned, SetCustomMiningJobOwned,
-    SetCustomMiningJobSuccessOwned, SetTargetOwned, SubmitSharesErrorOwned,
-    SubmitSharesExtendedOwned, SubmitSharesSuccessOwned,
+    SetCustomMiningJobSuccessOwned, SetExtranoncePrefixOwned, SetTargetOwned,
+    SubmitSharesErrorOwned, SubmitSharesExtendedOwned, SubmitSharesSuccessOwned,
 };
 
 use crate::jds::{AcceptedDeclaration, TestJds};
@@ -45,6 +45,8 @@ pub enum PoolMisbehave {
     CloseChannel,
     /// Closes the channel once it has received this many shares (devices are mining by then).
     CloseAfterShares(usize),
+    /// Gives our channel a new extranonce prefix (same length) after this many shares.
+    ChangePrefixAfterShares(usize),
 }
 
 /// The pool's extranonce prefix length for our channel (as an SRI pool with a 4-byte static
@@ -65,6 +67,8 @@ pub struct TestPool {
     pub shares: Arc<Mutex<Vec<Result<(), String>>>>,
     /// Custom jobs accepted, in order.
     pub jobs: Arc<Mutex<Vec<AcceptedJob>>>,
+    /// Extranonce prefix changes sent.
+    pub prefix_changes: Arc<Mutex<usize>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -137,8 +141,10 @@ impl TestPool {
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let shares: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
         let jobs: Arc<Mutex<Vec<AcceptedJob>>> = Arc::default();
+        let prefix_changes: Arc<Mutex<usize>> = Arc::default();
         let shared = Shared {
             jobs: jobs.clone(),
+            prefix_changes: prefix_changes.clone(),
             keys: keys.clone(),
             misbehave,
             hashrates: hashrates.clone(),
@@ -166,6 +172,7 @@ impl TestPool {
             violations,
             shares,
             jobs,
+            prefix_changes,
             task,
         })
     }
@@ -202,6 +209,7 @@ struct Shared {
     violations: Arc<Mutex<Vec<String>>>,
     shares: Arc<Mutex<Vec<Result<(), String>>>>,
     jobs: Arc<Mutex<Vec<AcceptedJob>>>,
+    prefix_changes: Arc<Mutex<usize>>,
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
     /// Tokens the JDS allocated on Coinbase-only connections (used directly, undeclared).
     allocated: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -253,10 +261,11 @@ impl Shared {
             Ok(other) => return Err(format!("expected OpenExtendedMiningChannel, got {other:?}")),
             Err(e) => return Err(format!("reading OpenExtendedMiningChannel: {e}")),
         };
-        let Some(channel) = self.open(&open, &mut writer).await? else {
+        let Some((channel, allocator, rollable)) = self.open(&open, &mut writer).await? else {
             return Ok(());
         };
-        self.serve_channel(channel, &mut reader, &mut writer).await
+        self.serve_channel(channel, allocator, rollable, &mut reader, &mut writer)
+            .await
     }
 
     async fn setup(&self, s: &SetupConnectionOwned, writer: &mut Sv2Writer) -> Result<(), String> {
@@ -302,7 +311,7 @@ impl Shared {
         &self,
         o: &OpenExtendedMiningChannelOwned,
         writer: &mut Sv2Writer,
-    ) -> Result<Option<ExtendedChannel>, String> {
+    ) -> Result<Option<(ExtendedChannel, ExtranonceAllocator, u16)>, String> {
         let user = String::from_utf8_lossy(o.user_identity.as_bytes()).into_owned();
         if user.is_empty() {
             return Err("OpenExtendedMiningChannel without a user identity".into());
@@ -374,12 +383,14 @@ impl Shared {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(Some(channel))
+        Ok(Some((channel, allocator, rollable)))
     }
 
     async fn serve_channel(
         &self,
         mut channel: ExtendedChannel,
+        mut allocator: ExtranonceAllocator,
+        rollable: u16,
         reader: &mut Sv2Reader,
         writer: &mut Sv2Writer,
     ) -> Result<(), String> {
@@ -418,6 +429,28 @@ impl Shared {
                     let answer = self.share(&mut channel, sh)?;
                     writer.send(answer).await.map_err(|e| e.to_string())?;
                     received += 1;
+                    if self.misbehave == PoolMisbehave::ChangePrefixAfterShares(received) {
+                        let prefix = allocator
+                            .allocate_extended(usize::from(rollable))
+                            .map_err(|e| format!("new prefix: {e:?}"))?;
+                        let bytes = prefix.as_bytes().to_vec();
+                        channel
+                            .set_extranonce_prefix(prefix)
+                            .map_err(|e| format!("channels_sv2 refused the new prefix: {e:?}"))?;
+                        writer
+                            .send(Message::Mining(MiningOwned::SetExtranoncePrefix(
+                                SetExtranoncePrefixOwned {
+                                    channel_id: 7,
+                                    extranonce_prefix: B032Owned::new(bytes)
+                                        .map_err(|e| format!("{e:?}"))?,
+                                },
+                            )))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if let Ok(mut c) = self.prefix_changes.lock() {
+                            *c += 1;
+                        }
+                    }
                     if self.misbehave == PoolMisbehave::CloseAfterShares(received) {
                         writer
                             .send(Message::Mining(MiningOwned::CloseChannel(

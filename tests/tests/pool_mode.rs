@@ -349,3 +349,62 @@ async fn falls_over_to_the_next_upstream_without_reconnecting_devices() -> anyho
     assert!(jds2.violations().is_empty(), "{:?}", jds2.violations());
     Ok(())
 }
+
+/// The pool gives our channel a new extranonce prefix: devices follow (`SetExtranoncePrefix`,
+/// new jobs) and their shares keep being accepted, with no fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_new_extranonce_prefix_from_the_pool() -> anyhow::Result<()> {
+    let jds = TestJds::start(Misbehave::No).await?;
+    let pool = TestPool::start_with_jds_prefix(
+        PoolMisbehave::ChangePrefixAfterShares(3),
+        &jds,
+        [0x33, 0x33],
+    )
+    .await?;
+    let upstream = format!(
+        "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\n",
+        pool.addr,
+        jds.addr,
+        encode_authority_public_key(&jds.keys.public_key())
+    );
+    let accepted = || pool.shares().iter().filter(|s| s.is_ok()).count();
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let node = Bitcoind::start()?;
+        node.create_wallet("miner")?;
+        let funding = node.new_address()?;
+        node.generate_to(&funding, 101)?;
+        let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
+        stack.start(
+            "declarator",
+            &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
+            "SV2 mining server listening",
+        )?;
+        stack.start("tx-selector", &[], "bus publisher bound")?;
+        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_miner(
+            "miner",
+            &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],
+        )?;
+        let miner = stack.get("miner")?;
+        miner.wait_for_event(0, Duration::from_secs(30), |e| {
+            e["event"] == "set-extranonce-prefix"
+                && e["extranonce_prefix"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("33330001"))
+        })?;
+        let before = accepted();
+        wait_until(
+            "shares accepted on the new prefix",
+            Duration::from_secs(30),
+            || Ok((accepted() > before).then_some(())),
+        )?;
+        let log = stack.get("declarator")?.log_lines().join("\n");
+        if log.contains("leaving the pool") {
+            bail!("a new prefix made the declarator leave the pool");
+        }
+        Ok(())
+    })?;
+    assert!(pool.violations().is_empty(), "{:?}", pool.violations());
+    assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+    Ok(())
+}

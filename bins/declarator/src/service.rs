@@ -339,6 +339,9 @@ async fn hub(hub: Hub) {
                         tracing::warn!(upstream = %name, "mining for the next upstream");
                         book.set_pool_outputs(Some(outputs));
                     }
+                    crate::upstream::runner::HubSwitch::Rebuild(why) => {
+                        tracing::info!(reason = %why, "new jobs for the current tip");
+                    }
                 }
                 let body = book.current().and_then(|c| {
                     catalog.lock().ok().and_then(|cat| cat.get(c.job.template_id))

@@ -40,6 +40,9 @@ pub enum HubSwitch {
     },
     /// No upstream works: mine solo.
     Solo(String),
+    /// Same pool, new extranonce prefix (already given to the device server): the current job
+    /// again, so that devices move to it.
+    Rebuild(String),
 }
 
 /// What the runner needs from the rest of the declarator.
@@ -319,9 +322,21 @@ async fn mine_for(
                     }
                 }
                 Ok(PoolEvent::Closed { reason }) => break 'run Trigger::ChannelClosed(reason),
-                Ok(PoolEvent::ExtranoncePrefix(_)) => {
-                    // Our devices' extranonce layout is built on the prefix given at open.
-                    break 'run Trigger::ExtranoncePrefixChanged;
+                Ok(PoolEvent::ExtranoncePrefix(prefix)) => {
+                    // Devices keep their extranonce sizes: a prefix of another length cannot
+                    // be followed.
+                    if prefix.len() != pool_prefix_len {
+                        break 'run Trigger::ExtranoncePrefixChanged;
+                    }
+                    if let Err(e) = links.server.set_upstream_prefix(&prefix) {
+                        tracing::error!(upstream = %up.name, error = %e, "cannot move our devices to the new prefix");
+                        break 'run Trigger::ExtranoncePrefixChanged;
+                    }
+                    tracing::info!(upstream = %up.name, prefix = %hex::encode(&prefix), "pool changed our extranonce prefix; devices follow");
+                    // Jobs declared on the old prefix would not match what devices now mine.
+                    job_ids.clear();
+                    held.on_new_tip();
+                    let _ = links.switch.send(HubSwitch::Rebuild(format!("{}: new extranonce prefix", up.name)));
                 }
                 Ok(PoolEvent::Target(t)) => {
                     tracing::debug!(upstream = %up.name, target = %t, "pool target");
