@@ -377,6 +377,10 @@ pub struct DeclaratorConfig {
     pub upstream_timeout_secs: u64,
     /// Mining job tokens kept allocated ahead of need.
     pub upstream_tokens_ahead: usize,
+    /// Least seconds between two switches back to a recovered higher-ranked upstream.
+    pub upstream_hold_down_secs: u64,
+    /// Seconds before a failed upstream is first probed again (then doubling, up to 300).
+    pub upstream_probe_secs: u64,
 }
 
 /// One `[[declarator.upstream]]`: a pool and its Job Declarator Server.
@@ -417,6 +421,8 @@ impl Default for DeclaratorConfig {
             upstream_nominal_hash_rate: 1.0e12,
             upstream_timeout_secs: 5,
             upstream_tokens_ahead: 2,
+            upstream_hold_down_secs: 300,
+            upstream_probe_secs: 10,
         }
     }
 }

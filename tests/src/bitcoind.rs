@@ -37,9 +37,27 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts with fresh ports when bitcoind cannot bind one (another test took it meanwhile).
 const START_ATTEMPTS: usize = 3;
 
-/// A free TCP port on 127.0.0.1 (bound to port 0, then released). Another process may take it
-/// before it is used; callers that bind it should retry on conflict.
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768 and up): a port
+/// taken from that range and released can be handed out again at once as the source port of
+/// any outgoing connection (the tests make thousands), and the process meant to bind it then
+/// fails. Candidates are spread by process id and a counter, and each is checked bindable.
+/// Another process may still take it before it is used; callers that bind it should retry on
+/// conflict.
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = LOW + seed.wrapping_add(n.wrapping_mul(7_919)) % SPAN;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

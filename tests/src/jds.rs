@@ -306,7 +306,7 @@ impl Shared {
             let msg = match reader.recv().await {
                 Ok(m) => m,
                 // The client hung up: the end of the session, not a violation.
-                Err(Sv2Error::Closed) => return Ok(()),
+                Err(Sv2Error::Closed | Sv2Error::Io(_)) => return Ok(()),
                 Err(e) => return Err(format!("reading from the client: {e}")),
             };
             let req = match msg {

@@ -47,6 +47,9 @@ pub enum PoolMisbehave {
     CloseAfterShares(usize),
     /// Gives our channel a new extranonce prefix (same length) after this many shares.
     ChangePrefixAfterShares(usize),
+    /// Like `CloseAfterShares` on the first connection only; later ones behave (a pool that
+    /// recovers).
+    CloseAfterSharesOnce(usize),
 }
 
 /// The pool's extranonce prefix length for our channel (as an SRI pool with a 4-byte static
@@ -153,6 +156,7 @@ impl TestPool {
             declared,
             allocated,
             tag,
+            connections: Arc::default(),
             used_tokens: Arc::default(),
         };
         let task = tokio::spawn(async move {
@@ -215,6 +219,8 @@ struct Shared {
     allocated: Arc<Mutex<Vec<Vec<u8>>>>,
     /// First bytes of every extranonce prefix this pool gives.
     tag: [u8; 2],
+    /// Channels served so far.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     used_tokens: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -395,10 +401,14 @@ impl Shared {
         writer: &mut Sv2Writer,
     ) -> Result<(), String> {
         let mut received = 0usize;
+        let first_connection = self
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            == 0;
         loop {
             let msg = match reader.recv().await {
                 Ok(m) => m,
-                Err(Sv2Error::Closed) => return Ok(()),
+                Err(Sv2Error::Closed | Sv2Error::Io(_)) => return Ok(()),
                 Err(e) => return Err(format!("reading from the client: {e}")),
             };
             match msg {
@@ -429,6 +439,8 @@ impl Shared {
                     let answer = self.share(&mut channel, sh)?;
                     writer.send(answer).await.map_err(|e| e.to_string())?;
                     received += 1;
+                    let close_once = first_connection
+                        && self.misbehave == PoolMisbehave::CloseAfterSharesOnce(received);
                     if self.misbehave == PoolMisbehave::ChangePrefixAfterShares(received) {
                         let prefix = allocator
                             .allocate_extended(usize::from(rollable))
@@ -451,7 +463,7 @@ impl Shared {
                             *c += 1;
                         }
                     }
-                    if self.misbehave == PoolMisbehave::CloseAfterShares(received) {
+                    if close_once || self.misbehave == PoolMisbehave::CloseAfterShares(received) {
                         writer
                             .send(Message::Mining(MiningOwned::CloseChannel(
                                 CloseChannelOwned {

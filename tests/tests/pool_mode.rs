@@ -408,3 +408,88 @@ async fn follows_a_new_extranonce_prefix_from_the_pool() -> anyhow::Result<()> {
     assert!(jds.violations().is_empty(), "{:?}", jds.violations());
     Ok(())
 }
+
+/// The first pool fails, then recovers: the declarator falls over to the second, probes the
+/// first with backoff and, after the hold-down, returns to it; devices follow each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_to_a_recovered_higher_ranked_upstream() -> anyhow::Result<()> {
+    let jds1 = TestJds::start(Misbehave::No).await?;
+    let pool1 = TestPool::start_with_jds_prefix(
+        PoolMisbehave::CloseAfterSharesOnce(3),
+        &jds1,
+        [0x11, 0x11],
+    )
+    .await?;
+    let jds2 = TestJds::start(Misbehave::No).await?;
+    let pool2 = TestPool::start_with_jds_prefix(PoolMisbehave::No, &jds2, [0x22, 0x22]).await?;
+    let entry = |pool: &TestPool, jds: &TestJds| {
+        format!(
+            "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\n",
+            pool.addr,
+            jds.addr,
+            encode_authority_public_key(&jds.keys.public_key())
+        )
+    };
+    let upstreams = entry(&pool1, &jds1) + &entry(&pool2, &jds2);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let node = Bitcoind::start()?;
+        node.create_wallet("miner")?;
+        let funding = node.new_address()?;
+        node.generate_to(&funding, 101)?;
+        let mut stack = Stack::new(&node, &funding.to_string(), &upstreams)?;
+        stack.start(
+            "declarator",
+            &[
+                "--set",
+                "declarator.upstream_nominal_hash_rate=1.0",
+                "--set",
+                "declarator.upstream_hold_down_secs=2",
+                "--set",
+                "declarator.upstream_probe_secs=1",
+            ],
+            "SV2 mining server listening",
+        )?;
+        stack.start("tx-selector", &[], "bus publisher bound")?;
+        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_miner(
+            "miner",
+            &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],
+        )?;
+        let prefix_event = |from: usize, start: &'static str| {
+            stack
+                .get("miner")?
+                .wait_for_event(from, Duration::from_secs(30), |e| {
+                    e["event"] == "set-extranonce-prefix"
+                        && e["extranonce_prefix"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with(start))
+                })
+        };
+        let (at, _) = prefix_event(0, "2222")?;
+        prefix_event(at + 1, "1111")?;
+        stack.get("declarator")?.wait_for_log(
+            "returning to a higher-ranked upstream",
+            Duration::from_secs(5),
+        )?;
+        let before = pool1.shares().iter().filter(|s| s.is_ok()).count();
+        wait_until(
+            "shares for the first pool again",
+            Duration::from_secs(30),
+            || Ok((pool1.shares().iter().filter(|s| s.is_ok()).count() > before).then_some(())),
+        )?;
+        let events = stack.get("miner")?.events();
+        if events.iter().any(|e| e["event"] == "disconnected") {
+            bail!("the device was disconnected by a switch");
+        }
+        Ok(())
+    })?;
+    for (name, v) in [
+        ("pool1", pool1.violations()),
+        ("pool2", pool2.violations()),
+        ("jds1", jds1.violations()),
+        ("jds2", jds2.violations()),
+    ] {
+        assert!(v.is_empty(), "{name}: {v:?}");
+    }
+    Ok(())
+}

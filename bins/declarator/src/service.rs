@@ -114,8 +114,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     // Mining for a pool: connect before serving devices, whose extranonces live under the
     // pool's prefix.
-    let upstream =
-        crate::upstream::connect_first(&specs, 0, &config.declarator.coinbase_tag, None).await;
+    let policy = crate::upstream::fallback::FallbackPolicy {
+        hold_down: Duration::from_secs(config.declarator.upstream_hold_down_secs),
+        probe_min: Duration::from_secs(config.declarator.upstream_probe_secs.max(1)),
+        probe_max: Duration::from_secs(300),
+    };
+    let upstream = crate::upstream::connect_first(
+        &specs,
+        0,
+        &config.declarator.coinbase_tag,
+        None,
+        &crate::upstream::fallback::Fallback::new(specs.len(), policy, std::time::Instant::now()),
+    )
+    .await;
     let rollable = config.declarator.rollable_extranonce_size.clamp(1, 16);
     let allocator = match &upstream {
         Some((up, _)) => {
@@ -198,6 +209,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 server: server.clone(),
                 specs: specs.clone(),
                 coinbase_tag: config.declarator.coinbase_tag.clone(),
+                policy,
                 hashrate: hashrate_rx,
                 bus: publisher.clone(),
             },

@@ -237,16 +237,21 @@ pub async fn connect_one(
     ))
 }
 
-/// Connects to the first upstream from `from` on that works (logging each failure with its
-/// cause) and, when `full_extranonce` is given, whose extranonce layout matches it (devices
-/// keep their extranonce sizes across a switch). `None`: none works.
+/// Connects to the first upstream from `from` on that works and is not known to be down
+/// (logging each failure with its cause) and, when `full_extranonce` is given, whose
+/// extranonce layout matches it (devices keep their extranonce sizes across a switch).
+/// `None`: none works.
 pub async fn connect_first(
     specs: &[UpstreamSpec],
     from: usize,
     coinbase_tag: &str,
     full_extranonce: Option<usize>,
+    fallback: &fallback::Fallback,
 ) -> Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)> {
     for (i, spec) in specs.iter().enumerate().skip(from) {
+        if !fallback.is_healthy(i) {
+            continue;
+        }
         match connect_one(i, spec, coinbase_tag).await {
             Ok((up, outputs)) => {
                 let ch = up.pool.channel();

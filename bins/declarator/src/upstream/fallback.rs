@@ -205,6 +205,38 @@ impl Fallback {
         self.switch_back_due(now)
     }
 
+    /// When and which failed upstream ranked above the active source to probe next: its
+    /// backoff has run out and the hold-down since the last switch has passed.
+    pub fn next_probe(&self) -> Option<(usize, Instant)> {
+        let rank = match self.active {
+            Source::Upstream(i) => i,
+            Source::Solo => self.down.len(),
+        };
+        let earliest = self.last_switch + self.policy.hold_down;
+        self.down
+            .iter()
+            .enumerate()
+            .take(rank)
+            .filter_map(|(i, d)| d.map(|d| (i, d.next_probe.max(earliest))))
+            .min_by_key(|(_, at)| *at)
+    }
+
+    /// Whether upstream `idx` is not known to be down.
+    pub fn is_healthy(&self, idx: usize) -> bool {
+        self.down.get(idx).is_some_and(Option::is_none)
+    }
+
+    /// Records a switch the caller made (to an upstream it connected to, or solo).
+    pub fn switched(&mut self, to: Source, now: Instant) {
+        if let Source::Upstream(i) = to {
+            if let Some(slot) = self.down.get_mut(i) {
+                *slot = None;
+            }
+        }
+        self.active = to;
+        self.last_switch = now;
+    }
+
     /// Switches back to a higher-ranked healthy upstream once the hold-down has passed.
     pub fn switch_back_due(&mut self, now: Instant) -> Option<Switch> {
         let best = self.best_healthy();

@@ -5,6 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use jdc_shared::bitcoin::TxOut;
 
 use jdc_shared::bitcoin::Target;
 use jdc_shared::bus::{Publisher, Topic};
@@ -14,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::declare::{declaration, Declaration};
-use super::fallback::{RejectRate, Trigger};
+use super::fallback::{Fallback, FallbackPolicy, RejectRate, Source, Trigger};
 use super::held_shares::{HeldShare, HeldShares};
 use super::jds::{JdsClient, JdsEvent, Mode, Solution};
 use super::pool::{PoolClient, PoolEvent, UpstreamShare};
@@ -61,6 +64,8 @@ pub struct RunnerLinks {
     pub specs: Vec<super::UpstreamSpec>,
     /// Coinbase tag of our jobs.
     pub coinbase_tag: String,
+    /// When to fall back and come back.
+    pub policy: FallbackPolicy,
     /// Summed nominal hashrate of our devices.
     pub hashrate: watch::Receiver<f32>,
     /// Bus, for operator events.
@@ -90,53 +95,203 @@ struct InFlight {
     body: BlockBody,
 }
 
+/// How mining for one upstream ended.
+enum Outcome {
+    /// Shutdown, or the rest of the declarator is gone.
+    Shutdown,
+    /// The upstream failed.
+    Failed(Trigger),
+    /// A higher-ranked upstream is healthy again (probed after the hold-down): connected.
+    Better(Box<(Upstream, Vec<TxOut>)>),
+}
+
 /// Mines for `up` and, when it fails, for the next configured upstream that works (devices
-/// move to its extranonce prefix without reconnecting), or solo when none does.
+/// move to its extranonce prefix without reconnecting), or solo when none does. Failed
+/// upstreams ranked higher are probed with backoff and taken back after the hold-down.
 pub async fn run(up: Upstream, mut links: RunnerLinks, shutdown: CancellationToken) {
     let ch = up.pool.channel();
     let full_extranonce = ch.extranonce_prefix.len() + usize::from(ch.extranonce_size);
-    let mut current = up;
+    let now = Instant::now();
+    let mut fallback = Fallback::new(links.specs.len(), links.policy, now);
+    // Upstreams skipped at start failed then.
+    for i in 0..up.index {
+        fallback.on_failure(i, &Trigger::Disconnected, now);
+    }
+    fallback.switched(Source::Upstream(up.index), now);
+    let mut current = Some(up);
     loop {
-        let Some(failure) = mine_for(&mut current, &mut links, &shutdown).await else {
-            return;
+        let outcome = match current.as_mut() {
+            Some(up) => mine_for(up, &mut links, &shutdown, &mut fallback, full_extranonce).await,
+            None => solo(&mut links, &shutdown, &mut fallback, full_extranonce).await,
         };
-        let why = format!("{}: {failure}", current.name);
-        tracing::error!(reason = %why, "leaving the pool");
-        let next = super::connect_first(
-            &links.specs,
-            current.index + 1,
-            &links.coinbase_tag,
-            Some(full_extranonce),
-        )
-        .await;
-        let Some((up, outputs)) = next else {
-            tracing::error!(reason = %why, "leaving the pool: mining solo from now on");
-            publish(
-                &links.bus,
-                "error",
-                "fallback",
-                format!("{why}; mining solo"),
-            );
-            let _ = links.switch.send(HubSwitch::Solo(why));
-            return;
-        };
-        let prefix = up.pool.channel().extranonce_prefix.clone();
-        if let Err(e) = links.server.set_upstream_prefix(&prefix) {
-            tracing::error!(upstream = %up.name, error = %e, "cannot move our devices to the pool's extranonce prefix; mining solo");
-            let _ = links.switch.send(HubSwitch::Solo(why));
-            return;
+        match outcome {
+            Outcome::Shutdown => return,
+            Outcome::Better(better) => {
+                let (up, outputs) = *better;
+                let why = format!("{} is healthy again", up.name);
+                if let Some(old) = current.take() {
+                    tracing::info!(from = %old.name, to = %up.name, "returning to a higher-ranked upstream");
+                }
+                current = switch_to(&mut links, &mut fallback, up, outputs, why);
+            }
+            Outcome::Failed(failure) => {
+                let Some(failed) = current.take() else {
+                    continue;
+                };
+                let why = format!("{}: {failure}", failed.name);
+                tracing::error!(reason = %why, "leaving the pool");
+                let now = Instant::now();
+                fallback.on_failure(failed.index, &failure, now);
+                drop(failed);
+                let next = super::connect_first(
+                    &links.specs,
+                    0,
+                    &links.coinbase_tag,
+                    Some(full_extranonce),
+                    &fallback,
+                )
+                .await;
+                current = match next {
+                    Some((up, outputs)) => switch_to(&mut links, &mut fallback, up, outputs, why),
+                    None => {
+                        go_solo(&mut links, &mut fallback, why);
+                        None
+                    }
+                };
+            }
         }
-        publish(
-            &links.bus,
-            "warn",
-            "fallback",
-            format!("{why}; mining for {}", up.name),
-        );
-        let _ = links.switch.send(HubSwitch::Pool {
-            name: up.name.clone(),
-            outputs,
-        });
-        current = up;
+    }
+}
+
+/// Moves devices and the work book to `up`; `None` (and solo) if the devices cannot follow.
+fn switch_to(
+    links: &mut RunnerLinks,
+    fallback: &mut Fallback,
+    up: Upstream,
+    outputs: Vec<TxOut>,
+    why: String,
+) -> Option<Upstream> {
+    let prefix = up.pool.channel().extranonce_prefix.clone();
+    if let Err(e) = links.server.set_upstream_prefix(&prefix) {
+        tracing::error!(upstream = %up.name, error = %e, "cannot move our devices to the pool's extranonce prefix");
+        go_solo(links, fallback, why);
+        return None;
+    }
+    fallback.switched(Source::Upstream(up.index), Instant::now());
+    publish(
+        &links.bus,
+        "warn",
+        "fallback",
+        format!("{why}; mining for {}", up.name),
+    );
+    let _ = links.switch.send(HubSwitch::Pool {
+        name: up.name.clone(),
+        outputs,
+    });
+    Some(up)
+}
+
+fn go_solo(links: &mut RunnerLinks, fallback: &mut Fallback, why: String) {
+    tracing::error!(reason = %why, "leaving the pool: mining solo from now on");
+    fallback.switched(Source::Solo, Instant::now());
+    publish(
+        &links.bus,
+        "error",
+        "fallback",
+        format!("{why}; mining solo"),
+    );
+    let _ = links.switch.send(HubSwitch::Solo(why));
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection attempt to upstream `index` in the background.
+type Probe = tokio::task::JoinHandle<Result<(Upstream, Vec<TxOut>), super::UpstreamError>>;
+
+fn start_probe(links: &RunnerLinks, index: usize) -> Option<(usize, Probe)> {
+    let spec = links.specs.get(index)?.clone();
+    let tag = links.coinbase_tag.clone();
+    tracing::info!(upstream = index + 1, "probing a failed upstream");
+    Some((
+        index,
+        tokio::spawn(async move { super::connect_one(index, &spec, &tag).await }),
+    ))
+}
+
+async fn probe_result(
+    probe: &mut Option<(usize, Probe)>,
+) -> (usize, Option<(Upstream, Vec<TxOut>)>) {
+    match probe {
+        Some((index, handle)) => {
+            let index = *index;
+            let result = handle.await;
+            match result {
+                Ok(Ok(connected)) => (index, Some(connected)),
+                Ok(Err(e)) => {
+                    tracing::info!(upstream = index + 1, error = %e, "still unusable");
+                    (index, None)
+                }
+                Err(_) => (index, None),
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The probe's verdict: the connected upstream if usable (same extranonce layout).
+fn probe_verdict(
+    fallback: &mut Fallback,
+    index: usize,
+    connected: Option<(Upstream, Vec<TxOut>)>,
+    full_extranonce: usize,
+) -> Option<(Upstream, Vec<TxOut>)> {
+    let usable = connected.filter(|(up, _)| {
+        let ch = up.pool.channel();
+        ch.extranonce_prefix.len() + usize::from(ch.extranonce_size) == full_extranonce
+    });
+    fallback.on_probe(index, usable.is_some(), Instant::now());
+    usable
+}
+
+/// Solo mining: shares are not forwarded; failed upstreams are probed until one is back.
+async fn solo(
+    links: &mut RunnerLinks,
+    shutdown: &CancellationToken,
+    fallback: &mut Fallback,
+    full_extranonce: usize,
+) -> Outcome {
+    let mut probe: Option<(usize, Probe)> = None;
+    loop {
+        let next = if probe.is_none() {
+            fallback.next_probe()
+        } else {
+            None
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Outcome::Shutdown,
+            share = links.shares.recv() => {
+                if share.is_none() {
+                    return Outcome::Shutdown;
+                }
+            }
+            _ = sleep_until(next.map(|n| n.1)) => {
+                if let Some((index, _)) = next {
+                    probe = start_probe(links, index);
+                }
+            }
+            (index, connected) = probe_result(&mut probe) => {
+                probe = None;
+                if let Some((up, outputs)) = probe_verdict(fallback, index, connected, full_extranonce) {
+                    return Outcome::Better(Box::new((up, outputs)));
+                }
+            }
+        }
     }
 }
 
@@ -151,12 +306,15 @@ fn publish(bus: &Publisher, level: &str, kind: &str, message: String) {
     );
 }
 
-/// Mines for `up` until it fails (the reason) or `shutdown` (`None`).
+/// Mines for `up` until it fails, `shutdown`, or a probe finds a higher-ranked upstream back.
 async fn mine_for(
     up: &mut Upstream,
     links: &mut RunnerLinks,
     shutdown: &CancellationToken,
-) -> Option<Trigger> {
+    fallback: &mut Fallback,
+    full_extranonce_check: usize,
+) -> Outcome {
+    let mut probe: Option<(usize, Probe)> = None;
     let pool_prefix_len = up.pool.channel().extranonce_prefix.len();
     let full_extranonce = pool_prefix_len + usize::from(up.pool.channel().extranonce_size);
     let mut next_request_id: u32 = 1;
@@ -179,11 +337,29 @@ async fn mine_for(
     let mut announced: f32 = 0.0;
     let mut hashrate_open = true;
     let failure: Trigger = 'run: loop {
+        let next_probe = if probe.is_none() {
+            fallback.next_probe()
+        } else {
+            None
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Outcome::Shutdown,
+            _ = sleep_until(next_probe.map(|n| n.1)) => {
+                if let Some((index, _)) = next_probe {
+                    probe = start_probe(links, index);
+                }
+            }
+            (index, connected) = probe_result(&mut probe) => {
+                probe = None;
+                if let Some((better, outputs)) =
+                    probe_verdict(fallback, index, connected, full_extranonce_check)
+                {
+                    return Outcome::Better(Box::new((better, outputs)));
+                }
+            }
             changed = links.work.changed() => {
                 if changed.is_err() {
-                    return None;
+                    return Outcome::Shutdown;
                 }
                 let Some(state) = links.work.borrow_and_update().clone() else { continue };
                 if last_template == Some(state.job.template_id) {
@@ -361,7 +537,7 @@ async fn mine_for(
                 }
             }
             share = links.shares.recv() => {
-                let share = share?;
+                let Some(share) = share else { return Outcome::Shutdown };
                 if share.is_block {
                     let solution = Solution {
                         full_extranonce: share.full_extranonce.clone(),
@@ -409,7 +585,7 @@ async fn mine_for(
         }
     };
     tracing::warn!(upstream = %up.name, held = ?held.counts(), "upstream failed: {failure}");
-    Some(failure)
+    Outcome::Failed(failure)
 }
 
 fn upstream_lost(name: &str, e: super::UpstreamError) -> Trigger {
