@@ -50,6 +50,8 @@ pub enum PoolMisbehave {
     /// Like `CloseAfterShares` on the first connection only; later ones behave (a pool that
     /// recovers).
     CloseAfterSharesOnce(usize),
+    /// Refuses every custom job (`SetCustomMiningJob.Error` `invalid-job`).
+    RefuseCustomJobs,
 }
 
 /// The pool's extranonce prefix length for our channel (as an SRI pool with a 4-byte static
@@ -498,6 +500,9 @@ impl Shared {
         };
         if channel_id != 7 {
             return Err(format!("SetCustomMiningJob for channel {channel_id}"));
+        }
+        if self.misbehave == PoolMisbehave::RefuseCustomJobs {
+            return error("invalid-job");
         }
         let token = m.token.as_bytes().to_vec();
         let declared = self

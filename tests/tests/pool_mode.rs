@@ -243,6 +243,16 @@ async fn falls_back_to_solo_when_the_pool_closes_the_channel() -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_solo_when_the_pool_refuses_custom_jobs() -> anyhow::Result<()> {
+    falls_back_to_solo(
+        Misbehave::No,
+        PoolMisbehave::RefuseCustomJobs,
+        "SetCustomMiningJob refused (invalid-job)",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn falls_back_to_solo_when_the_jds_refuses_declarations() -> anyhow::Result<()> {
     falls_back_to_solo(
         Misbehave::RefuseDeclarations,
