@@ -459,8 +459,11 @@ impl Bitcoind {
 
     /// Sends `sats` from the default wallet to `addr`.
     pub fn send_to_address(&self, addr: &Address, sats: u64) -> anyhow::Result<Txid> {
-        self.default_wallet_rpc()?
-            .send_to_address(
+        // The wallet learns of newly mined (matured) coins asynchronously after
+        // `generatetoaddress` returns: retry "Insufficient funds" for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let sent = self.default_wallet_rpc()?.send_to_address(
                 addr,
                 Amount::from_sat(sats),
                 None,
@@ -469,8 +472,16 @@ impl Bitcoind {
                 None,
                 None,
                 None,
-            )
-            .context("sendtoaddress")
+            );
+            match sent {
+                Err(bitcoincore_rpc::Error::JsonRpc(bitcoincore_rpc::jsonrpc::Error::Rpc(e)))
+                    if e.code == -6 && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other.context("sendtoaddress"),
+            }
+        }
     }
 
     /// Runs `bitcoin-cli` against this node and returns its trimmed stdout.
