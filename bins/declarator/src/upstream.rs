@@ -16,10 +16,12 @@ pub mod runner;
 
 use std::time::Duration;
 
-use jdc_shared::sv2::{Message, Sv2Error, Sv2Reader, Sv2Writer};
+use jdc_shared::bitcoin::secp256k1::XOnlyPublicKey;
+use jdc_shared::sv2::{connect, Message, Sv2Error, Sv2Reader, Sv2Writer};
 use stratum_core::binary_sv2::Str0255Owned;
 use stratum_core::common_messages_sv2::{Protocol, SetupConnectionOwned};
 use stratum_core::parsers_sv2::CommonMessagesOwned;
+use tokio::net::TcpStream;
 
 /// What the declarator tells upstreams it is (`SetupConnection.vendor`).
 pub const VENDOR: &str = "jdc";
@@ -75,17 +77,35 @@ pub enum UpstreamError {
     },
 }
 
-/// Sends `SetupConnection` for `protocol` with `flags` and waits for the answer; returns the
-/// flags of `SetupConnection.Success`.
-pub(crate) async fn setup_connection(
+/// Opens a session with an upstream: TCP to `address`, the Noise NX handshake verifying
+/// `authority`, then `SetupConnection` for `protocol` with `flags`. Every error names
+/// `upstream`.
+pub(crate) async fn open_session(
     upstream: &str,
-    endpoint: (&str, u16),
+    address: &str,
+    authority: XOnlyPublicKey,
     protocol: Protocol,
     flags: u32,
-    reader: &mut Sv2Reader,
-    writer: &mut Sv2Writer,
     timeout: Duration,
-) -> Result<u32, UpstreamError> {
+) -> Result<(Sv2Reader, Sv2Writer), UpstreamError> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|source| UpstreamError::Connect {
+            upstream: upstream.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) =
+        connect(stream, Some(authority), timeout)
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                upstream: upstream.to_string(),
+                source,
+            })?;
+    let endpoint = address
+        .rsplit_once(':')
+        .map(|(h, p)| (h, p.parse::<u16>().unwrap_or(0)))
+        .unwrap_or((address, 0));
     let protocol_error = |detail: String| UpstreamError::Protocol {
         upstream: upstream.to_string(),
         detail,
@@ -118,7 +138,7 @@ pub(crate) async fn setup_connection(
         })?
         .map_err(|e| protocol_error(format!("connection failed during setup: {e}")))?;
     match answer {
-        Message::Common(CommonMessagesOwned::SetupConnectionSuccess(ok)) => Ok(ok.flags),
+        Message::Common(CommonMessagesOwned::SetupConnectionSuccess(_)) => Ok((reader, writer)),
         Message::Common(CommonMessagesOwned::SetupConnectionError(e)) => {
             Err(UpstreamError::SetupRefused {
                 upstream: upstream.to_string(),

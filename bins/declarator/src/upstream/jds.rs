@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, TxOut};
-use jdc_shared::sv2::{connect, Message, Sv2Reader, Sv2Writer};
+use jdc_shared::sv2::{Message, Sv2Reader, Sv2Writer};
 use stratum_core::binary_sv2::{B016MOwned, B032Owned, Seq064KOwned, Str0255Owned, U256Owned};
 use stratum_core::channels_sv2::outputs::deserialize_outputs;
 use stratum_core::common_messages_sv2::Protocol;
@@ -15,9 +15,8 @@ use stratum_core::job_declaration_sv2::{
     ProvideMissingTransactionsSuccessOwned, PushSolutionOwned,
 };
 use stratum_core::parsers_sv2::JobDeclarationOwned;
-use tokio::net::TcpStream;
 
-use super::{setup_connection, UpstreamError};
+use super::{open_session, UpstreamError};
 
 /// `SetupConnection` flag of the Job Declaration protocol: the JDC declares its transactions
 /// (Full-Template mode). Without it: Coinbase-only mode.
@@ -129,35 +128,16 @@ impl JdsClient {
     /// asks for the first tokens.
     pub async fn connect(settings: JdsSettings) -> Result<JdsClient, UpstreamError> {
         let name = format!("jds {}", settings.address);
-        let stream = TcpStream::connect(&settings.address)
-            .await
-            .map_err(|source| UpstreamError::Connect {
-                upstream: name.clone(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = connect(stream, Some(settings.authority), settings.timeout)
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                upstream: name.clone(),
-                source,
-            })?;
-        let (host, port) = settings
-            .address
-            .rsplit_once(':')
-            .map(|(h, p)| (h, p.parse::<u16>().unwrap_or(0)))
-            .unwrap_or((settings.address.as_str(), 0));
         let flags = match settings.mode {
             Mode::FullTemplate => DECLARE_TX_DATA,
             Mode::CoinbaseOnly => 0,
         };
-        setup_connection(
+        let (reader, writer) = open_session(
             &name,
-            (host, port),
+            &settings.address,
+            settings.authority,
             Protocol::JobDeclarationProtocol,
             flags,
-            &mut reader,
-            &mut writer,
             settings.timeout,
         )
         .await?;

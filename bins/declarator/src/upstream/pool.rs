@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, Target};
-use jdc_shared::sv2::{connect, Message, Sv2Reader, Sv2Writer};
+use jdc_shared::sv2::{Message, Sv2Reader, Sv2Writer};
 use stratum_core::binary_sv2::{B0255Owned, B032Owned, Str0255Owned, U256Owned};
 use stratum_core::common_messages_sv2::Protocol;
 use stratum_core::mining_sv2::{
@@ -13,9 +13,8 @@ use stratum_core::mining_sv2::{
     UpdateChannelOwned,
 };
 use stratum_core::parsers_sv2::MiningOwned;
-use tokio::net::TcpStream;
 
-use super::{setup_connection, UpstreamError};
+use super::{open_session, UpstreamError};
 
 /// Mining `SetupConnection` flag: the client selects its own work (custom jobs).
 pub const REQUIRES_WORK_SELECTION: u32 = 0b10;
@@ -125,31 +124,12 @@ impl PoolClient {
     /// opens the extended channel.
     pub async fn connect(settings: &PoolSettings) -> Result<PoolClient, UpstreamError> {
         let name = format!("pool {}", settings.address);
-        let stream = TcpStream::connect(&settings.address)
-            .await
-            .map_err(|source| UpstreamError::Connect {
-                upstream: name.clone(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = connect(stream, Some(settings.authority), settings.timeout)
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                upstream: name.clone(),
-                source,
-            })?;
-        let (host, port) = settings
-            .address
-            .rsplit_once(':')
-            .map(|(h, p)| (h, p.parse::<u16>().unwrap_or(0)))
-            .unwrap_or((settings.address.as_str(), 0));
-        setup_connection(
+        let (mut reader, mut writer) = open_session(
             &name,
-            (host, port),
+            &settings.address,
+            settings.authority,
             Protocol::MiningProtocol,
             REQUIRES_WORK_SELECTION | REQUIRES_VERSION_ROLLING,
-            &mut reader,
-            &mut writer,
             settings.timeout,
         )
         .await?;
