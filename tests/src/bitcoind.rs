@@ -138,6 +138,16 @@ impl std::fmt::Debug for Bitcoind {
 
 impl Bitcoind {
     /// Starts a node with cookie authentication.
+    /// A node with a wallet `miner` holding 101 blocks of coinbases (one spendable), and that
+    /// wallet's address.
+    pub fn start_funded() -> anyhow::Result<(Bitcoind, Address)> {
+        let node = Bitcoind::start()?;
+        node.create_wallet("miner")?;
+        let funding = node.new_address()?;
+        node.generate_to(&funding, 101)?;
+        Ok((node, funding))
+    }
+
     pub fn start() -> anyhow::Result<Bitcoind> {
         Self::start_with(Options::default())
     }

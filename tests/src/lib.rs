@@ -10,3 +10,22 @@ pub mod pool;
 
 /// Running the jdc binaries as processes.
 pub mod stack;
+
+/// Polls `f` (blocking, every 50 ms) until it returns `Some` or `timeout` passes; the error
+/// names `what` was awaited.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -418,9 +418,15 @@ listen = "127.0.0.1:{m}"
     /// Starts the four services: watcher, selector, declarator, metrics.
     pub fn start_services(&mut self) -> anyhow::Result<()> {
         self.start("declarator", &[], "SV2 mining server listening")?;
+        self.start_template_source()?;
+        self.start("metrics", &[], "listening")?;
+        Ok(())
+    }
+
+    /// Starts the tx-selector and the template-watcher (for a declarator started on its own).
+    pub fn start_template_source(&mut self) -> anyhow::Result<()> {
         self.start("tx-selector", &[], "bus publisher bound")?;
         self.start("template-watcher", &[], "bus publisher bound")?;
-        self.start("metrics", &[], "listening")?;
         Ok(())
     }
 

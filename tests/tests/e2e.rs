@@ -2,38 +2,17 @@
 //! processes over real sockets. bitcoind's `submitblock` is the judge.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bitcoincore_rpc::RpcApi;
 use jdc_tests::bitcoind::Bitcoind;
 use jdc_tests::stack::{Proc, Stack};
+use jdc_tests::wait_until;
 use serde_json::Value;
 
-/// Polls `f` until it returns `Some` or the deadline passes.
-fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn funded_node() -> anyhow::Result<(Bitcoind, bitcoincore_rpc::bitcoin::Address)> {
-    let node = Bitcoind::start()?;
-    node.create_wallet("miner")?;
-    let funding = node.new_address()?;
-    node.generate_to(&funding, 101)?;
-    Ok((node, funding))
+    Bitcoind::start_funded()
 }
 
 fn height(node: &Bitcoind) -> anyhow::Result<u64> {

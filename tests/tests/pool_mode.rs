@@ -3,7 +3,7 @@
 //! peers on SRI's crates, in this process. Blocks go to bitcoind (the judge) paying the pool,
 //! every job is declared and set as a custom job, shares reach the pool, blocks reach the JDS.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bitcoincore_rpc::RpcApi;
@@ -12,23 +12,17 @@ use jdc_tests::bitcoind::Bitcoind;
 use jdc_tests::jds::{pool_payout_script, Misbehave, TestJds};
 use jdc_tests::pool::{PoolMisbehave, TestPool};
 use jdc_tests::stack::Stack;
+use jdc_tests::wait_until;
 
-/// Polls `f` (blocking) until it returns `Some` or the deadline passes.
-fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The `[[declarator.upstream]]` entry of a test pool and its JDS (one authority key, as a
+/// real pool has).
+fn upstream_entry(pool: &TestPool, jds: &TestJds, mode: &str) -> String {
+    format!(
+        "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\nmode = \"{mode}\"\n",
+        pool.addr,
+        jds.addr,
+        encode_authority_public_key(&jds.keys.public_key())
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,24 +39,9 @@ async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
     let jds = TestJds::start(Misbehave::No).await?;
     // One authority key for the pool and its JDS, as a real pool has.
     let pool = TestPool::start_with_jds(PoolMisbehave::No, &jds).await?;
-    let upstream = format!(
-        r#"
-[[declarator.upstream]]
-pool = "{pool}"
-jds = "{jds}"
-authority_public_key = "{pool_key}"
-user_identity = "operator.rig"
-mode = "{mode}"
-"#,
-        pool = pool.addr,
-        jds = jds.addr,
-        pool_key = encode_authority_public_key(&pool.keys.public_key()),
-    );
+    let upstream = upstream_entry(&pool, &jds, mode);
     let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        let node = Bitcoind::start()?;
-        node.create_wallet("miner")?;
-        let funding = node.new_address()?;
-        node.generate_to(&funding, 101)?;
+        let (node, funding) = Bitcoind::start_funded()?;
         for _ in 0..3 {
             node.send_to_address(&funding, 100_000)?;
         }
@@ -77,8 +56,7 @@ mode = "{mode}"
         stack
             .get("declarator")?
             .wait_for_log("mining for the pool", Duration::from_secs(5))?;
-        stack.start("tx-selector", &[], "bus publisher bound")?;
-        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_template_source()?;
         // A tiny device hashrate (announced to the pool) keeps the pool's target easy enough
         // for the sim-miner's shares.
         stack.start_miner(
@@ -170,28 +148,13 @@ async fn falls_back_to_solo(
 ) -> anyhow::Result<()> {
     let jds = TestJds::start(jds_misbehave).await?;
     let pool = TestPool::start_with_jds(pool_misbehave, &jds).await?;
-    let upstream = format!(
-        r#"
-[[declarator.upstream]]
-pool = "{pool}"
-jds = "{jds}"
-authority_public_key = "{key}"
-user_identity = "operator.rig"
-"#,
-        pool = pool.addr,
-        jds = jds.addr,
-        key = encode_authority_public_key(&jds.keys.public_key()),
-    );
+    let upstream = upstream_entry(&pool, &jds, "full-template");
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        let node = Bitcoind::start()?;
-        node.create_wallet("miner")?;
-        let funding = node.new_address()?;
-        node.generate_to(&funding, 101)?;
+        let (node, funding) = Bitcoind::start_funded()?;
         let start = node.rpc()?.get_block_count()?;
         let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
         stack.start("declarator", &[], "SV2 mining server listening")?;
-        stack.start("tx-selector", &[], "bus publisher bound")?;
-        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_template_source()?;
         stack.start_miner("miner", &["--max-shares-per-sec", "10"])?;
         stack
             .get("declarator")?
@@ -300,20 +263,10 @@ async fn falls_over_to_the_next_upstream_without_reconnecting_devices() -> anyho
             .await?;
     let jds2 = TestJds::start(Misbehave::No).await?;
     let pool2 = TestPool::start_with_jds_prefix(PoolMisbehave::No, &jds2, [0x22, 0x22]).await?;
-    let entry = |pool: &TestPool, jds: &TestJds| {
-        format!(
-            "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\n",
-            pool.addr,
-            jds.addr,
-            encode_authority_public_key(&jds.keys.public_key())
-        )
-    };
-    let upstreams = entry(&pool1, &jds1) + &entry(&pool2, &jds2);
+    let upstreams = upstream_entry(&pool1, &jds1, "full-template")
+        + &upstream_entry(&pool2, &jds2, "full-template");
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        let node = Bitcoind::start()?;
-        node.create_wallet("miner")?;
-        let funding = node.new_address()?;
-        node.generate_to(&funding, 101)?;
+        let (node, funding) = Bitcoind::start_funded()?;
         let start = node.rpc()?.get_block_count()?;
         let mut stack = Stack::new(&node, &funding.to_string(), &upstreams)?;
         stack.start(
@@ -321,8 +274,7 @@ async fn falls_over_to_the_next_upstream_without_reconnecting_devices() -> anyho
             &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
             "SV2 mining server listening",
         )?;
-        stack.start("tx-selector", &[], "bus publisher bound")?;
-        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_template_source()?;
         stack.start_miner(
             "miner",
             &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],
@@ -371,26 +323,17 @@ async fn follows_a_new_extranonce_prefix_from_the_pool() -> anyhow::Result<()> {
         [0x33, 0x33],
     )
     .await?;
-    let upstream = format!(
-        "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\n",
-        pool.addr,
-        jds.addr,
-        encode_authority_public_key(&jds.keys.public_key())
-    );
+    let upstream = upstream_entry(&pool, &jds, "full-template");
     let accepted = || pool.shares().iter().filter(|s| s.is_ok()).count();
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        let node = Bitcoind::start()?;
-        node.create_wallet("miner")?;
-        let funding = node.new_address()?;
-        node.generate_to(&funding, 101)?;
+        let (node, funding) = Bitcoind::start_funded()?;
         let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
         stack.start(
             "declarator",
             &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
             "SV2 mining server listening",
         )?;
-        stack.start("tx-selector", &[], "bus publisher bound")?;
-        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_template_source()?;
         stack.start_miner(
             "miner",
             &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],
@@ -432,20 +375,10 @@ async fn returns_to_a_recovered_higher_ranked_upstream() -> anyhow::Result<()> {
     .await?;
     let jds2 = TestJds::start(Misbehave::No).await?;
     let pool2 = TestPool::start_with_jds_prefix(PoolMisbehave::No, &jds2, [0x22, 0x22]).await?;
-    let entry = |pool: &TestPool, jds: &TestJds| {
-        format!(
-            "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\n",
-            pool.addr,
-            jds.addr,
-            encode_authority_public_key(&jds.keys.public_key())
-        )
-    };
-    let upstreams = entry(&pool1, &jds1) + &entry(&pool2, &jds2);
+    let upstreams = upstream_entry(&pool1, &jds1, "full-template")
+        + &upstream_entry(&pool2, &jds2, "full-template");
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        let node = Bitcoind::start()?;
-        node.create_wallet("miner")?;
-        let funding = node.new_address()?;
-        node.generate_to(&funding, 101)?;
+        let (node, funding) = Bitcoind::start_funded()?;
         let mut stack = Stack::new(&node, &funding.to_string(), &upstreams)?;
         stack.start(
             "declarator",
@@ -459,8 +392,7 @@ async fn returns_to_a_recovered_higher_ranked_upstream() -> anyhow::Result<()> {
             ],
             "SV2 mining server listening",
         )?;
-        stack.start("tx-selector", &[], "bus publisher bound")?;
-        stack.start("template-watcher", &[], "bus publisher bound")?;
+        stack.start_template_source()?;
         stack.start_miner(
             "miner",
             &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],
