@@ -209,19 +209,7 @@ impl Shared {
     }
 
     async fn serve(&self, stream: tokio::net::TcpStream) -> Result<(), String> {
-        let (mut reader, mut writer) = accept(
-            stream,
-            &self.keys,
-            Duration::from_secs(3600),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-        let setup = match reader.recv().await {
-            Ok(Message::Common(CommonMessagesOwned::SetupConnection(s))) => s,
-            Ok(other) => return Err(format!("first message is not SetupConnection: {other:?}")),
-            Err(e) => return Err(format!("reading SetupConnection: {e}")),
-        };
+        let (mut reader, mut writer, setup) = accept_setup(stream, &self.keys).await?;
         if !self.setup(&setup, &mut writer).await? {
             return Ok(());
         }
@@ -587,6 +575,27 @@ struct Awaiting {
     coinbase: Transaction,
     wtxids: Vec<[u8; 32]>,
     missing: Vec<u16>,
+}
+
+/// A test peer's side of a new connection: the Noise handshake under `keys`, then the
+/// client's first message, which must be `SetupConnection`.
+pub(crate) async fn accept_setup(
+    stream: tokio::net::TcpStream,
+    keys: &AuthorityKeys,
+) -> Result<(Sv2Reader, Sv2Writer, SetupConnectionOwned), String> {
+    let (mut reader, writer) = accept(
+        stream,
+        keys,
+        Duration::from_secs(3600),
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| format!("handshake: {e}"))?;
+    match reader.recv().await {
+        Ok(Message::Common(CommonMessagesOwned::SetupConnection(s))) => Ok((reader, writer, s)),
+        Ok(other) => Err(format!("first message is not SetupConnection: {other:?}")),
+        Err(e) => Err(format!("reading SetupConnection: {e}")),
+    }
 }
 
 /// `DeclareMiningJob.Error` with `code`.

@@ -7,11 +7,10 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jdc_shared::bitcoin::consensus::deserialize;
 use jdc_shared::bitcoin::{Target, TxOut};
-use jdc_shared::sv2::{accept, AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Writer};
+use jdc_shared::sv2::{AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Writer};
 use stratum_core::binary_sv2::{B032Owned, Str0255Owned, U256Owned};
 use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
 use stratum_core::channels_sv2::server::extended::ExtendedChannel;
@@ -28,7 +27,7 @@ use stratum_core::mining_sv2::{
     SubmitSharesErrorOwned, SubmitSharesExtendedOwned, SubmitSharesSuccessOwned,
 };
 
-use crate::jds::{AcceptedDeclaration, TestJds};
+use crate::jds::{accept_setup, AcceptedDeclaration, TestJds};
 use stratum_core::parsers_sv2::{CommonMessagesOwned, MiningOwned};
 use tokio::net::TcpListener;
 
@@ -250,19 +249,7 @@ impl Shared {
     }
 
     async fn serve(&self, stream: tokio::net::TcpStream) -> Result<(), String> {
-        let (mut reader, mut writer) = accept(
-            stream,
-            &self.keys,
-            Duration::from_secs(3600),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-        let setup = match reader.recv().await {
-            Ok(Message::Common(CommonMessagesOwned::SetupConnection(s))) => s,
-            Ok(other) => return Err(format!("first message is not SetupConnection: {other:?}")),
-            Err(e) => return Err(format!("reading SetupConnection: {e}")),
-        };
+        let (mut reader, mut writer, setup) = accept_setup(stream, &self.keys).await?;
         self.setup(&setup, &mut writer).await?;
         let open = match reader.recv().await {
             Ok(Message::Mining(MiningOwned::OpenExtendedMiningChannel(o))) => o,
