@@ -40,6 +40,8 @@ pub enum SriChannel {
 pub struct Channel {
     sri: SriChannel,
     shares: ShareBook,
+    /// Whether accepted shares are handed back for the pool (only when mining for one).
+    forward: bool,
 }
 
 /// A share that solved a block: what the block submitter needs.
@@ -98,6 +100,7 @@ impl Channel {
         Self {
             sri: SriChannel::Standard(Box::new(c)),
             shares: ShareBook::new(batch_size, budget),
+            forward: false,
         }
     }
 
@@ -107,6 +110,7 @@ impl Channel {
         Self {
             sri: SriChannel::Extended(Box::new(c)),
             shares: ShareBook::new(batch_size, budget),
+            forward: false,
         }
     }
 
@@ -157,6 +161,13 @@ impl Channel {
                     .map_err(|e| format!("prefix does not fit B0_32: {e:?}"))?,
             },
         )))
+    }
+
+    /// Hands accepted shares back in [`ShareOutcome::accepted`] (for the pool), or not (solo:
+    /// no per-share copy of the extranonce on the hot path).
+    pub fn with_forwarding(mut self, forward: bool) -> Self {
+        self.forward = forward;
+        self
     }
 
     /// The device's nominal hashrate (H/s), as announced.
@@ -368,7 +379,7 @@ impl Channel {
                 rejected: None,
                 difficulty,
                 block: None,
-                accepted: Some(self.accepted(header, template_id, hash, false, device_extranonce)),
+                accepted: self.accepted(header, template_id, hash, false, device_extranonce),
                 close: false,
             },
             Verdict::Block {
@@ -376,8 +387,7 @@ impl Channel {
                 template_id,
                 hash,
             } => {
-                let accepted =
-                    Some(self.accepted(header, template_id, hash, true, device_extranonce));
+                let accepted = self.accepted(header, template_id, hash, true, device_extranonce);
                 let reply = self.shares.take_ack(true).map(|a| header.ack(a));
                 let block = match sri_validate(&mut self.sri) {
                     Some(Ok(ShareValidationResult::BlockFound(
@@ -420,14 +430,17 @@ impl Channel {
         hash: [u8; 32],
         is_block: bool,
         device_extranonce: &[u8],
-    ) -> AcceptedShare {
+    ) -> Option<AcceptedShare> {
+        if !self.forward {
+            return None;
+        }
         let prefix = match &self.sri {
             SriChannel::Standard(c) => c.get_extranonce_prefix(),
             SriChannel::Extended(c) => c.get_extranonce_prefix(),
         };
         let mut full_extranonce = prefix.to_vec();
         full_extranonce.extend_from_slice(device_extranonce);
-        AcceptedShare {
+        Some(AcceptedShare {
             template_id,
             nonce: header.solution.nonce,
             ntime: header.solution.ntime,
@@ -435,7 +448,7 @@ impl Channel {
             full_extranonce,
             hash,
             is_block,
-        }
+        })
     }
 }
 

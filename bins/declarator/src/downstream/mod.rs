@@ -545,7 +545,8 @@ impl Connection {
             group_channel_id: 0,
         };
         Ok((
-            Channel::standard(channel, s.share_batch_size),
+            Channel::standard(channel, s.share_batch_size)
+                .with_forwarding(self.server.upstream_shares.is_some()),
             AnyMessageOwned::Mining(MiningOwned::OpenStandardMiningChannelSuccess(success)),
         ))
     }
@@ -601,7 +602,8 @@ impl Connection {
             group_channel_id: 0,
         };
         Ok((
-            Channel::extended(channel, s.share_batch_size),
+            Channel::extended(channel, s.share_batch_size)
+                .with_forwarding(self.server.upstream_shares.is_some()),
             AnyMessageOwned::Mining(MiningOwned::OpenExtendedMiningChannelSuccess(success)),
         ))
     }
