@@ -58,11 +58,13 @@ pub enum Topic {
     Heartbeat,
     /// [`crate::messages::Event`] (every process).
     Event,
+    /// [`crate::messages::UpstreamState`] (declarator): which pool we mine for, or solo.
+    Upstream,
 }
 
 impl Topic {
     /// All topics.
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 10] = [
         Topic::Tip,
         Topic::Template,
         Topic::Summary,
@@ -72,6 +74,7 @@ impl Topic {
         Topic::Block,
         Topic::Heartbeat,
         Topic::Event,
+        Topic::Upstream,
     ];
 
     /// The topic frame as sent on the wire.
@@ -86,6 +89,7 @@ impl Topic {
             Topic::Block => "block",
             Topic::Heartbeat => "heartbeat",
             Topic::Event => "event",
+            Topic::Upstream => "upstream",
         }
     }
 
@@ -102,6 +106,7 @@ impl Topic {
             Topic::Block => "resend:block",
             Topic::Heartbeat => "resend:heartbeat",
             Topic::Event => "resend:event",
+            Topic::Upstream => "resend:upstream",
         }
     }
 
@@ -126,7 +131,7 @@ impl Topic {
     pub fn is_state(self) -> bool {
         matches!(
             self,
-            Topic::Tip | Topic::Template | Topic::Summary | Topic::Selection
+            Topic::Tip | Topic::Template | Topic::Summary | Topic::Selection | Topic::Upstream
         )
     }
 }

@@ -271,3 +271,41 @@ pub struct Event {
     /// Human-readable detail.
     pub message: String,
 }
+
+/// Which upstream the declarator mines for (or solo), and how every configured upstream is
+/// doing. Published at start and on every transition; a state topic (re-sent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamState {
+    /// Grows with every published state (consumers drop re-sent duplicates by it).
+    pub id: u64,
+    /// `pool` (mining for the active upstream) or `solo` (to our own payout).
+    pub mode: String,
+    /// Rank (1-based, in configuration order) of the upstream mined for; 0 when solo.
+    pub active: u32,
+    /// Transitions (fall-overs, falls to solo, returns) since the declarator started.
+    pub switches: u64,
+    /// Why the last transition happened; empty before the first.
+    pub reason: String,
+    /// When the current mode began (unix microseconds).
+    pub since_us: u64,
+    /// Every configured upstream, in rank order (empty when none is configured).
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+/// One configured upstream in [`UpstreamState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    /// Rank, 1-based.
+    pub rank: u32,
+    /// The pool's address.
+    pub pool: String,
+    /// Its JDS's address.
+    pub jds: String,
+    /// `full-template` or `coinbase-only`.
+    pub mode: String,
+    /// `active` (mined for now), `standby` (not known to be down) or `down` (failed; probed
+    /// with backoff).
+    pub state: String,
+    /// The last failure, empty if none.
+    pub last_error: String,
+}

@@ -18,7 +18,8 @@ use jdc_shared::bitcoin::hashes::Hash;
 use jdc_shared::bitcoin::{
     Amount, BlockHash, CompactTarget, ScriptBuf, Target, Transaction, TxMerkleNode, TxOut,
 };
-use jdc_shared::sv2::{accept, AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Writer};
+use jdc_shared::sv2::transport::accept_at;
+use jdc_shared::sv2::{AuthorityKeys, Message, Sv2Error, Sv2Reader, Sv2Writer};
 use stratum_core::binary_sv2::{B0255Owned, B064KOwned, Str0255Owned};
 use stratum_core::binary_sv2::{B064KOwned as Details, Seq064KOwned};
 use stratum_core::common_messages_sv2::{
@@ -47,6 +48,9 @@ pub enum Misbehave {
     Stall,
     /// Refuses every declaration (`DeclareMiningJob.Error` `invalid-job`).
     RefuseDeclarations,
+    /// Presents an expired certificate (issued two hours ago, valid for a minute); a client
+    /// that completes the handshake anyway is a violation.
+    ExpiredCertificate,
 }
 
 /// A running test JDS.
@@ -112,7 +116,13 @@ pub fn pool_payout_script() -> ScriptBuf {
 impl TestJds {
     /// Starts listening on 127.0.0.1 (any port).
     pub async fn start(misbehave: Misbehave) -> anyhow::Result<TestJds> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(misbehave, 0).await
+    }
+
+    /// Starts listening on 127.0.0.1:`port` (0: any port), e.g. a port a client was told about
+    /// before the JDS came up (pick it with [`crate::bitcoind::free_port`]).
+    pub async fn start_on(misbehave: Misbehave, port: u16) -> anyhow::Result<TestJds> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let keys = AuthorityKeys::generate();
         let tokens: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -209,7 +219,12 @@ impl Shared {
     }
 
     async fn serve(&self, stream: tokio::net::TcpStream) -> Result<(), String> {
-        let (mut reader, mut writer, setup) = accept_setup(stream, &self.keys).await?;
+        let expired = self.misbehave == Misbehave::ExpiredCertificate;
+        let Some((mut reader, mut writer, setup)) =
+            accept_setup(stream, &self.keys, expired).await?
+        else {
+            return Ok(());
+        };
         if !self.setup(&setup, &mut writer).await? {
             return Ok(());
         }
@@ -577,22 +592,44 @@ struct Awaiting {
     missing: Vec<u16>,
 }
 
+/// Validity of the test peers' certificates.
+const CERT_VALIDITY: Duration = Duration::from_secs(3600);
+/// An expired certificate was issued this long ago...
+const EXPIRED_CERT_AGE: Duration = Duration::from_secs(2 * 3600);
+/// ...and was valid for this long.
+const EXPIRED_CERT_VALIDITY: Duration = Duration::from_secs(60);
+
 /// A test peer's side of a new connection: the Noise handshake under `keys`, then the
 /// client's first message, which must be `SetupConnection`.
+///
+/// With `expired_certificate` the certificate presented was issued [`EXPIRED_CERT_AGE`] ago,
+/// valid for [`EXPIRED_CERT_VALIDITY`]: a client that refuses it (the handshake fails) gives
+/// `Ok(None)`, one that completes the handshake is a violation.
 pub(crate) async fn accept_setup(
     stream: tokio::net::TcpStream,
     keys: &AuthorityKeys,
-) -> Result<(Sv2Reader, Sv2Writer, SetupConnectionOwned), String> {
-    let (mut reader, writer) = accept(
-        stream,
-        keys,
-        Duration::from_secs(3600),
-        Duration::from_secs(5),
-    )
-    .await
-    .map_err(|e| format!("handshake: {e}"))?;
+    expired_certificate: bool,
+) -> Result<Option<(Sv2Reader, Sv2Writer, SetupConnectionOwned)>, String> {
+    let (validity, issued_at) = if expired_certificate {
+        let issued_at =
+            jdc_shared::time::now_secs_u32().saturating_sub(EXPIRED_CERT_AGE.as_secs() as u32);
+        (EXPIRED_CERT_VALIDITY, Some(issued_at))
+    } else {
+        (CERT_VALIDITY, None)
+    };
+    let handshake = accept_at(stream, keys, validity, Duration::from_secs(5), issued_at).await;
+    let (mut reader, writer) = match handshake {
+        Ok(halves) => halves,
+        Err(_) if expired_certificate => return Ok(None),
+        Err(e) => return Err(format!("handshake: {e}")),
+    };
+    if expired_certificate {
+        return Err("the client completed the handshake despite an expired certificate".into());
+    }
     match reader.recv().await {
-        Ok(Message::Common(CommonMessagesOwned::SetupConnection(s))) => Ok((reader, writer, s)),
+        Ok(Message::Common(CommonMessagesOwned::SetupConnection(s))) => {
+            Ok(Some((reader, writer, s)))
+        }
         Ok(other) => Err(format!("first message is not SetupConnection: {other:?}")),
         Err(e) => Err(format!("reading SetupConnection: {e}")),
     }

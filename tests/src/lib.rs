@@ -1,10 +1,12 @@
 //! `jdc-tests`: support for end-to-end tests that run the jdc binaries as real processes.
 //!
 //! - [`bitcoind`]: a real regtest `bitcoind` on free ports with ZMQ notifications, killed on drop.
+//! - [`device`]: a scripted SV2 mining device (one extended channel, blocks on demand).
 //! - [`jds`]: a strict test Job Declarator Server on SRI's crates.
 //! - [`pool`]: a strict test pool (Mining protocol, SRI's server channel).
 
 pub mod bitcoind;
+pub mod device;
 pub mod jds;
 pub mod pool;
 

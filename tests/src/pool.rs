@@ -51,6 +51,12 @@ pub enum PoolMisbehave {
     CloseAfterSharesOnce(usize),
     /// Refuses every custom job (`SetCustomMiningJob.Error` `invalid-job`).
     RefuseCustomJobs,
+    /// Rejects every share (`SubmitShares.Error` `invalid-share`, recorded in
+    /// [`TestPool::shares`]) without looking at it.
+    RejectShares,
+    /// Presents an expired certificate (see [`crate::jds::Misbehave::ExpiredCertificate`]); a
+    /// client that completes the handshake anyway is a violation.
+    ExpiredCertificate,
 }
 
 /// The pool's extranonce prefix length for our channel (as an SRI pool with a 4-byte static
@@ -73,6 +79,7 @@ pub struct TestPool {
     pub jobs: Arc<Mutex<Vec<AcceptedJob>>>,
     /// Extranonce prefix changes sent.
     pub prefix_changes: Arc<Mutex<usize>>,
+    crash: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -102,6 +109,7 @@ impl TestPool {
             Arc::default(),
             AuthorityKeys::generate(),
             [0xaa, 0xbb],
+            0,
         )
         .await
     }
@@ -122,12 +130,25 @@ impl TestPool {
         jds: &TestJds,
         tag: [u8; 2],
     ) -> anyhow::Result<TestPool> {
+        Self::start_with_jds_on(misbehave, jds, tag, 0).await
+    }
+
+    /// [`TestPool::start_with_jds_prefix`] listening on 127.0.0.1:`port` (0: any port), e.g. a
+    /// port a client was told about before the pool came up (pick it with
+    /// [`crate::bitcoind::free_port`]).
+    pub async fn start_with_jds_on(
+        misbehave: PoolMisbehave,
+        jds: &TestJds,
+        tag: [u8; 2],
+        port: u16,
+    ) -> anyhow::Result<TestPool> {
         Self::start_inner(
             misbehave,
             jds.declared.clone(),
             jds.coinbase_only_tokens.clone(),
             jds.keys.clone(),
             tag,
+            port,
         )
         .await
     }
@@ -138,8 +159,9 @@ impl TestPool {
         allocated: Arc<Mutex<Vec<Vec<u8>>>>,
         keys: AuthorityKeys,
         tag: [u8; 2],
+        port: u16,
     ) -> anyhow::Result<TestPool> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let hashrates: Arc<Mutex<Vec<f32>>> = Arc::default();
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -160,12 +182,20 @@ impl TestPool {
             connections: Arc::default(),
             used_tokens: Arc::default(),
         };
+        let (crash, crashed) = tokio::sync::watch::channel(0u64);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
+                let mut crashed = crashed.clone();
+                crashed.mark_unchanged();
                 tokio::spawn(async move {
-                    if let Err(why) = shared.serve(stream).await {
-                        shared.violation(why);
+                    tokio::select! {
+                        served = shared.serve(stream) => {
+                            if let Err(why) = served {
+                                shared.violation(why);
+                            }
+                        }
+                        _ = crashed.changed() => {}
                     }
                 });
             }
@@ -178,8 +208,15 @@ impl TestPool {
             shares,
             jobs,
             prefix_changes,
+            crash,
             task,
         })
+    }
+
+    /// Drops every open connection at once, as a crashed pool would; the listener stays up,
+    /// so the pool is back for new connections.
+    pub fn drop_connections(&self) {
+        self.crash.send_modify(|n| *n += 1);
     }
 
     /// Violations recorded so far.
@@ -249,7 +286,12 @@ impl Shared {
     }
 
     async fn serve(&self, stream: tokio::net::TcpStream) -> Result<(), String> {
-        let (mut reader, mut writer, setup) = accept_setup(stream, &self.keys).await?;
+        let expired = self.misbehave == PoolMisbehave::ExpiredCertificate;
+        let Some((mut reader, mut writer, setup)) =
+            accept_setup(stream, &self.keys, expired).await?
+        else {
+            return Ok(());
+        };
         self.setup(&setup, &mut writer).await?;
         let open = match reader.recv().await {
             Ok(Message::Mining(MiningOwned::OpenExtendedMiningChannel(o))) => o,
@@ -559,25 +601,17 @@ impl Shared {
         }
     }
 
-    /// Validates a share with SRI's channel.
+    /// Answers a share with SRI's channel's verdict (or a rejection, as told) and records it.
     fn share(
         &self,
         channel: &mut ExtendedChannel,
         sh: SubmitSharesExtendedOwned,
     ) -> Result<Message, String> {
         let (channel_id, seq) = (sh.channel_id, sh.sequence_number);
-        let verdict = match channel.validate_share(sh) {
-            Ok(ShareValidationResult::Valid(_) | ShareValidationResult::BlockFound(..)) => Ok(()),
-            Err(
-                ShareValidationError::Invalid(c)
-                | ShareValidationError::Stale(c)
-                | ShareValidationError::InvalidJobId(c)
-                | ShareValidationError::DoesNotMeetTarget(c)
-                | ShareValidationError::VersionRollingNotAllowed(c)
-                | ShareValidationError::DuplicateShare(c)
-                | ShareValidationError::BadExtranonceSize(c),
-            ) => Err(c.to_string()),
-            Err(other) => Err(format!("{other:?}")),
+        let verdict = if self.misbehave == PoolMisbehave::RejectShares {
+            Err("invalid-share".to_string())
+        } else {
+            channel_verdict(channel, sh)
         };
         if let Ok(mut s) = self.shares.lock() {
             s.push(verdict.clone());
@@ -595,5 +629,25 @@ impl Shared {
                 error_code: sv2_str(&code)?,
             }),
         }))
+    }
+}
+
+/// SRI's channel's verdict on a share: `Err(code)` when it is refused.
+fn channel_verdict(
+    channel: &mut ExtendedChannel,
+    sh: SubmitSharesExtendedOwned,
+) -> Result<(), String> {
+    match channel.validate_share(sh) {
+        Ok(ShareValidationResult::Valid(_) | ShareValidationResult::BlockFound(..)) => Ok(()),
+        Err(
+            ShareValidationError::Invalid(c)
+            | ShareValidationError::Stale(c)
+            | ShareValidationError::InvalidJobId(c)
+            | ShareValidationError::DoesNotMeetTarget(c)
+            | ShareValidationError::VersionRollingNotAllowed(c)
+            | ShareValidationError::DuplicateShare(c)
+            | ShareValidationError::BadExtranonceSize(c),
+        ) => Err(c.to_string()),
+        Err(other) => Err(format!("{other:?}")),
     }
 }

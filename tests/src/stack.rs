@@ -457,6 +457,33 @@ listen = "127.0.0.1:{m}"
         self.get(name)
     }
 
+    /// Subscribes to the watcher, selector and declarator bus streams for `topics`; cancel the
+    /// token to stop.
+    pub fn subscribe(
+        &self,
+        topics: Vec<jdc_shared::bus::Topic>,
+    ) -> (
+        tokio::sync::mpsc::Receiver<jdc_shared::bus::Received>,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stream = |name: &str, port: u16| (name.to_string(), format!("tcp://127.0.0.1:{port}"));
+        let (inbox, _tasks) = jdc_shared::bus::subscribe(
+            jdc_shared::bus::SubscribeOptions {
+                streams: vec![
+                    stream("watcher", self.ports.watcher),
+                    stream("selector", self.ports.selector),
+                    stream("declarator", self.ports.declarator),
+                ],
+                topics,
+                silence_timeout: Duration::from_secs(5),
+            },
+            std::sync::Arc::new(jdc_shared::bus::BusStats::default()),
+            shutdown.clone(),
+        );
+        (inbox, shutdown)
+    }
+
     /// A running process by name.
     pub fn get(&self, name: &str) -> anyhow::Result<&Proc> {
         self.procs

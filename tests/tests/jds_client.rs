@@ -80,6 +80,17 @@ async fn a_wrong_authority_key_is_refused_naming_the_upstream() {
 }
 
 #[tokio::test]
+async fn an_expired_certificate_is_refused_naming_the_upstream() {
+    let jds = TestJds::start(Misbehave::ExpiredCertificate).await.unwrap();
+    let e = expect_err(JdsClient::connect(settings(&jds, Mode::FullTemplate)).await);
+    assert!(matches!(e, UpstreamError::Handshake { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&format!("jds {}", jds.addr)), "{text}");
+    assert!(text.contains("outside its validity window"), "{text}");
+    assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+}
+
+#[tokio::test]
 async fn a_refused_mode_is_a_clear_error() {
     let jds = TestJds::start(Misbehave::RefuseFullTemplate).await.unwrap();
     let e = expect_err(JdsClient::connect(settings(&jds, Mode::FullTemplate)).await);

@@ -89,3 +89,16 @@ async fn refusals_are_clear_errors_naming_the_pool() {
     assert!(matches!(e, UpstreamError::Handshake { .. }), "{e}");
     assert!(e.to_string().contains(&format!("pool {}", pool.addr)));
 }
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_naming_the_pool() {
+    let pool = TestPool::start(PoolMisbehave::ExpiredCertificate)
+        .await
+        .unwrap();
+    let e = expect_err(PoolClient::connect(&settings(&pool)).await);
+    assert!(matches!(e, UpstreamError::Handshake { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&format!("pool {}", pool.addr)), "{text}");
+    assert!(text.contains("outside its validity window"), "{text}");
+    assert!(pool.violations().is_empty(), "{:?}", pool.violations());
+}

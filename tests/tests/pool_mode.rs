@@ -139,13 +139,35 @@ async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Extra arguments of the declarator and the sim-miner in a fallback test.
+struct Load {
+    declarator: &'static [&'static str],
+    miner: &'static [&'static str],
+}
+
+/// The default hashrates (and so pool target), 10 shares a second.
+const STEADY: Load = Load {
+    declarator: &[],
+    miner: &["--max-shares-per-sec", "10"],
+};
+
+/// Every share reaches the pool: a hashrate so tiny, announced to the pool and by the device,
+/// that the pool's target is the easiest, and 30 shares a second, so that a window of the
+/// pool's verdicts fills within seconds.
+const SHARES_TO_THE_POOL: Load = Load {
+    declarator: &["--set", "declarator.upstream_nominal_hash_rate=0.1"],
+    miner: &["--max-shares-per-sec", "30", "--nominal-hashrate", "0.1"],
+};
+
 /// The pool or its JDS stops taking our work: the declarator leaves it and mines solo to its
-/// own payout without the devices reconnecting, and every block still reaches bitcoind.
+/// own payout without the devices reconnecting, and every block still reaches bitcoind. Returns
+/// the pool for further checks.
 async fn falls_back_to_solo(
     jds_misbehave: Misbehave,
     pool_misbehave: PoolMisbehave,
     reason: &str,
-) -> anyhow::Result<()> {
+    load: Load,
+) -> anyhow::Result<TestPool> {
     let jds = TestJds::start(jds_misbehave).await?;
     let pool = TestPool::start_with_jds(pool_misbehave, &jds).await?;
     let upstream = upstream_entry(&pool, &jds, "full-template");
@@ -153,9 +175,9 @@ async fn falls_back_to_solo(
         let (node, funding) = Bitcoind::start_funded()?;
         let start = node.rpc()?.get_block_count()?;
         let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
-        stack.start("declarator", &[], "SV2 mining server listening")?;
+        stack.start("declarator", load.declarator, "SV2 mining server listening")?;
         stack.start_template_source()?;
-        stack.start_miner("miner", &["--max-shares-per-sec", "10"])?;
+        stack.start_miner("miner", load.miner)?;
         stack
             .get("declarator")?
             .wait_for_log("leaving the pool: mining solo", Duration::from_secs(20))?;
@@ -192,7 +214,8 @@ async fn falls_back_to_solo(
             bail!("the fallback reason `{reason}` is not logged");
         }
         Ok(())
-    })
+    })?;
+    Ok(pool)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,8 +224,10 @@ async fn falls_back_to_solo_when_the_pool_closes_the_channel() -> anyhow::Result
         Misbehave::No,
         PoolMisbehave::CloseChannel,
         "channel closed by the pool (pool-shutting-down)",
+        STEADY,
     )
     .await
+    .map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,8 +236,10 @@ async fn falls_back_to_solo_when_the_pool_refuses_custom_jobs() -> anyhow::Resul
         Misbehave::No,
         PoolMisbehave::RefuseCustomJobs,
         "SetCustomMiningJob refused (invalid-job)",
+        STEADY,
     )
     .await
+    .map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,8 +248,31 @@ async fn falls_back_to_solo_when_the_jds_refuses_declarations() -> anyhow::Resul
         Misbehave::RefuseDeclarations,
         PoolMisbehave::No,
         "DeclareMiningJob refused (invalid-job)",
+        STEADY,
     )
     .await
+    .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_solo_when_the_pool_rejects_shares() -> anyhow::Result<()> {
+    let pool = falls_back_to_solo(
+        Misbehave::No,
+        PoolMisbehave::RejectShares,
+        "50 of the last 50 shares rejected",
+        SHARES_TO_THE_POOL,
+    )
+    .await?;
+    // The verdicts came from the pool: it rejected (at least) a full window of our shares.
+    let rejected = pool.shares().iter().filter(|s| s.is_err()).count();
+    if rejected < 50 {
+        bail!("the pool rejected only {rejected} shares");
+    }
+    let violations = pool.violations();
+    if !violations.is_empty() {
+        bail!("pool violations: {violations:?}");
+    }
+    Ok(())
 }
 
 /// No upstream answers: the declarator says so and mines solo from the start.
@@ -249,6 +299,50 @@ async fn mines_solo_when_no_upstream_is_reachable() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The pool presents an expired certificate: the declarator refuses it, says why naming the
+/// pool, and mines solo to its own payout from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mines_solo_when_the_pool_certificate_is_expired() -> anyhow::Result<()> {
+    let jds = TestJds::start(Misbehave::No).await?;
+    let pool = TestPool::start_with_jds(PoolMisbehave::ExpiredCertificate, &jds).await?;
+    let upstream = upstream_entry(&pool, &jds, "full-template");
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let (node, funding) = Bitcoind::start_funded()?;
+        let start = node.rpc()?.get_block_count()?;
+        let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
+        stack.start("declarator", &[], "no upstream is usable: mining solo")?;
+        let log = stack.get("declarator")?.log_lines().join("\n");
+        let refused = log.lines().any(|l| {
+            l.contains("upstream unusable")
+                && l.contains(&format!("pool {}", pool.addr))
+                && l.contains("outside its validity window")
+        });
+        if !refused {
+            bail!("the pool's expired certificate is not reported, naming the pool:\n{log}");
+        }
+        stack.start_template_source()?;
+        stack.start_miner("miner", &["--max-shares-per-sec", "10"])?;
+        let rpc = node.rpc()?;
+        let ours = funding.script_pubkey();
+        wait_until("a block paying our payout", Duration::from_secs(60), || {
+            let tip = rpc.get_block_count()?;
+            if tip <= start {
+                return Ok(None);
+            }
+            let block = rpc.get_block(&rpc.get_block_hash(tip)?)?;
+            let pays_us = block.txdata[0]
+                .output
+                .iter()
+                .any(|o| o.script_pubkey == ours && o.value.to_sat() > 0);
+            Ok(pays_us.then_some(()))
+        })?;
+        Ok(())
+    })?;
+    assert!(pool.violations().is_empty(), "{:?}", pool.violations());
+    assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+    Ok(())
 }
 
 /// The first pool closes our channel: the declarator moves to the second upstream of the list;

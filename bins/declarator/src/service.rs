@@ -119,9 +119,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         probe_min: Duration::from_secs(config.declarator.upstream_probe_secs.max(1)),
         probe_max: Duration::from_secs(300),
     };
-    let upstream = crate::upstream::connect_first(
+    let (upstream, failures) = crate::upstream::connect_first(
         &specs,
-        0,
         &config.declarator.coinbase_tag,
         None,
         &crate::upstream::fallback::Fallback::new(specs.len(), policy, std::time::Instant::now()),
@@ -147,26 +146,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         )
     })?;
     let mut book = WorkBook::new(network, payout);
-    if let Some((up, outputs)) = &upstream {
+    if let Some((_, outputs)) = &upstream {
         book.set_pool_outputs(Some(outputs.clone()));
-        let _ = publisher.publish(
-            Topic::Event,
-            &Event {
-                level: "info".into(),
-                kind: "upstream-connected".into(),
-                message: format!("{}: mining for {} ({:?})", up.name, up.pool.name(), up.mode),
-            },
-        );
-    } else if !specs.is_empty() {
-        let _ = publisher.publish(
-            Topic::Event,
-            &Event {
-                level: "error".into(),
-                kind: "fallback".into(),
-                message: "no upstream is usable; mining solo".into(),
-            },
-        );
     }
+    // Extranonce bytes under an upstream's prefix that our devices' layout takes: the first
+    // pool's, or (starting solo) what we ask pools for.
+    let layout = match &upstream {
+        Some((up, _)) => up.pool.channel().extranonce_size,
+        None => crate::upstream::CHANNEL_INDEX_BYTES + rollable,
+    };
     let (shares_tx, shares_rx) = mpsc::channel(UPSTREAM_SHARE_QUEUE);
     let (switch_tx, switch_rx) = mpsc::unbounded_channel::<crate::upstream::runner::HubSwitch>();
     let (hashrate_tx, hashrate_rx) = watch::channel(0.0f32);
@@ -190,7 +178,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             work: work_rx,
             blocks: block_tx,
             bus: publisher.clone(),
-            upstream_shares: upstream.is_some().then_some(shares_tx),
+            upstream_shares: (!specs.is_empty()).then_some(shares_tx),
             total_hashrate: hashrate_tx,
         },
     );
@@ -198,9 +186,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.clone().serve(listener, shutdown.clone()));
-    if let Some((up, _)) = upstream {
+    if !specs.is_empty() {
         tasks.spawn(crate::upstream::runner::run(
-            up,
+            upstream.map(|(up, _)| up),
+            layout,
+            failures,
             crate::upstream::runner::RunnerLinks {
                 work: work_tx.subscribe(),
                 catalog: catalog.clone(),

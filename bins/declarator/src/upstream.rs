@@ -1,11 +1,12 @@
-//! Mining for a pool with our own templates (issue 4, in progress; not yet wired into the
-//! service, which still mines solo):
+//! Mining for a pool with our own templates, with fallback to the next upstream and to solo:
 //!
 //! - [`jds`]: Job Declarator Server client (tokens ahead, declarations, missing transactions).
 //! - [`pool`]: the pool's Mining protocol client (one extended channel, custom jobs, shares).
 //! - [`declare`]: a job as `DeclareMiningJob` + `SetCustomMiningJob` with the pool's outputs.
 //! - [`held_shares`]: shares of a declared job held until the pool acknowledges it.
 //! - [`fallback`]: which upstream to mine for, when to fall back and when to return.
+//! - [`runner`]: the task that mines for an upstream and switches between them.
+//! - [`state`]: the upstream state published for operators.
 
 pub mod declare;
 pub mod fallback;
@@ -13,6 +14,7 @@ pub mod held_shares;
 pub mod jds;
 pub mod pool;
 pub mod runner;
+pub mod state;
 
 use std::time::Duration;
 
@@ -257,38 +259,52 @@ pub async fn connect_one(
     ))
 }
 
-/// Connects to the first upstream from `from` on that works and is not known to be down
-/// (logging each failure with its cause) and, when `full_extranonce` is given, whose
-/// extranonce layout matches it (devices keep their extranonce sizes across a switch).
-/// `None`: none works.
+/// Connects to the first upstream of the list that works and is not known to be down (logging
+/// each failure with its cause) and whose extranonce space under its prefix is `layout` bytes
+/// when given (devices keep their extranonce sizes across a switch). Returns it with the
+/// failures met on the way, by position.
 pub async fn connect_first(
     specs: &[UpstreamSpec],
-    from: usize,
     coinbase_tag: &str,
-    full_extranonce: Option<usize>,
+    layout: Option<u16>,
     fallback: &fallback::Fallback,
-) -> Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)> {
-    for (i, spec) in specs.iter().enumerate().skip(from) {
+) -> (
+    Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)>,
+    Vec<(usize, String)>,
+) {
+    let mut failures = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
         if !fallback.is_healthy(i) {
             continue;
         }
         match connect_one(i, spec, coinbase_tag).await {
-            Ok((up, outputs)) => {
-                let ch = up.pool.channel();
-                let size = ch.extranonce_prefix.len() + usize::from(ch.extranonce_size);
-                if full_extranonce.is_some_and(|want| want != size) {
-                    tracing::warn!(upstream = %up.name, size, want = ?full_extranonce, "upstream's extranonce layout differs from our devices'; trying the next");
-                    continue;
+            Ok((up, outputs)) => match layout_mismatch(&up, layout) {
+                None => return (Some((up, outputs)), failures),
+                Some(why) => {
+                    tracing::warn!(upstream = %up.name, reason = %why, "upstream unusable; trying the next");
+                    failures.push((i, why));
                 }
-                return Some((up, outputs));
-            }
+            },
             Err(e) => {
-                tracing::warn!(upstream = i + 1, error = %e, "upstream unusable; trying the next")
+                tracing::warn!(upstream = i + 1, error = %e, "upstream unusable; trying the next");
+                failures.push((i, e.to_string()));
             }
         }
     }
     if !specs.is_empty() {
         tracing::warn!("no upstream is usable: mining solo to our own payout");
     }
-    None
+    (None, failures)
+}
+
+/// Why a connected upstream cannot take our devices' work: its extranonce space under its
+/// prefix differs from the `layout` (bytes) our devices were given.
+pub fn layout_mismatch(up: &runner::Upstream, layout: Option<u16>) -> Option<String> {
+    let size = up.pool.channel().extranonce_size;
+    match layout {
+        Some(want) if want != size => Some(format!(
+            "the pool gives {size} extranonce bytes under its prefix, our devices' layout needs exactly {want} (restart the declarator to adopt this pool's layout)"
+        )),
+        _ => None,
+    }
 }

@@ -29,7 +29,7 @@ use registry::Metrics;
 pub const STREAMS: [&str; 3] = ["watcher", "selector", "declarator"];
 
 /// Topics read: every one but the full `template` (megabytes; its `summary` says enough).
-pub const TOPICS: [Topic; 8] = [
+pub const TOPICS: [Topic; 9] = [
     Topic::Tip,
     Topic::Summary,
     Topic::Selection,
@@ -38,6 +38,7 @@ pub const TOPICS: [Topic; 8] = [
     Topic::Block,
     Topic::Heartbeat,
     Topic::Event,
+    Topic::Upstream,
 ];
 
 /// Why the metrics process stopped.

@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicU64;
 use jdc_shared::bus::{BusError, BusStats, Dedup, HeartbeatWithStats, Received, Topic};
 use jdc_shared::messages::{
     BlockEvent, BlockStage, Dropped, Event, JobSent, ShareResult, TemplateSummary, Tip,
+    UpstreamState,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -73,6 +74,8 @@ pub enum Message {
     Heartbeat(HeartbeatWithStats),
     /// An operator event.
     Event(Event),
+    /// The declarator's upstream state.
+    Upstream(UpstreamState),
     /// A topic the metrics do not read (full templates: their summary is read instead).
     Ignored,
 }
@@ -91,6 +94,7 @@ impl Message {
             Topic::Block => Message::Block(msg.decode()?),
             Topic::Heartbeat => Message::Heartbeat(msg.decode()?),
             Topic::Event => Message::Event(msg.decode()?),
+            Topic::Upstream => Message::Upstream(msg.decode()?),
         })
     }
 }
@@ -116,6 +120,23 @@ struct ShareLabels {
 struct StageLabel {
     stage: String,
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    mode: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    state: String,
+}
+
+/// Values of `jdc_upstream_state`'s `state` label.
+const UPSTREAM_STATES: [&str; 3] = ["active", "standby", "down"];
+
+/// Values of `jdc_mining_mode`'s `mode` label.
+const MINING_MODES: [&str; 2] = ["pool", "solo"];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcessLabel {
@@ -181,6 +202,11 @@ pub struct Metrics {
     shares: Family<ShareLabels, Counter>,
     blocks: Family<StageLabel, Counter>,
     events: Family<EventLabels, Counter>,
+    mining_mode: Family<ModeLabel, Gauge>,
+    upstream_active: Gauge,
+    upstream_state: Family<UpstreamLabels, Gauge>,
+    upstream_switches: Counter,
+    last_switches: u64,
     process_up: Family<ProcessLabel, Gauge>,
     process_last_seen: Family<ProcessLabel, SecondsGauge>,
     bus_messages: Family<StreamLabel, Counter>,
@@ -221,6 +247,11 @@ impl Metrics {
             shares: Family::default(),
             blocks: Family::default(),
             events: Family::default(),
+            mining_mode: Family::default(),
+            upstream_active: Gauge::default(),
+            upstream_state: Family::default(),
+            upstream_switches: Counter::default(),
+            last_switches: 0,
             process_up: Family::default(),
             process_last_seen: Family::default(),
             bus_messages: Family::default(),
@@ -301,6 +332,26 @@ impl Metrics {
             "jdc_events",
             "Operator events published on the bus, by process and level",
             m.events.clone(),
+        );
+        registry.register(
+            "jdc_mining_mode",
+            "1 for the declarator's current mode: pool (mining for an upstream) or solo (own payout)",
+            m.mining_mode.clone(),
+        );
+        registry.register(
+            "jdc_upstream_active",
+            "Rank (1-based, configuration order) of the upstream the declarator mines for; 0 when solo",
+            m.upstream_active.clone(),
+        );
+        registry.register(
+            "jdc_upstream_state",
+            "1 for each configured upstream's state: active, standby (not known down) or down (probed with backoff)",
+            m.upstream_state.clone(),
+        );
+        registry.register(
+            "jdc_upstream_switches",
+            "Changes of upstream by the declarator (fall-overs, falls to solo, returns)",
+            m.upstream_switches.clone(),
         );
         registry.register(
             "jdc_process_up",
@@ -462,7 +513,37 @@ impl Metrics {
                 };
                 self.events.get_or_create(&labels).inc();
             }
+            Message::Upstream(state) => self.apply_upstream(state),
         }
+    }
+
+    /// Sets the upstream gauges from the declarator's state (re-sends are harmless) and counts
+    /// new switches (a declarator restart starts its count again).
+    fn apply_upstream(&mut self, state: &UpstreamState) {
+        for mode in MINING_MODES {
+            self.mining_mode
+                .get_or_create(&ModeLabel {
+                    mode: mode.to_string(),
+                })
+                .set(i64::from(state.mode == mode));
+        }
+        self.upstream_active.set(i64::from(state.active));
+        for u in &state.upstreams {
+            let upstream = self.label("upstream", &u.rank.to_string());
+            for s in UPSTREAM_STATES {
+                self.upstream_state
+                    .get_or_create(&UpstreamLabels {
+                        upstream: upstream.clone(),
+                        state: s.to_string(),
+                    })
+                    .set(i64::from(u.state == s));
+            }
+        }
+        if state.switches > self.last_switches {
+            self.upstream_switches
+                .inc_by(state.switches - self.last_switches);
+        }
+        self.last_switches = state.switches;
     }
 
     /// Brings the time- and stats-derived metrics up to date and encodes everything in the

@@ -140,10 +140,24 @@ impl std::fmt::Debug for Sv2Writer {
 /// `keys` and valid for `cert_validity`, and waits for the peer's first frame header to decrypt
 /// (see the module docs). All of it must finish within `handshake_timeout`.
 pub async fn accept(
+    stream: TcpStream,
+    keys: &AuthorityKeys,
+    cert_validity: Duration,
+    handshake_timeout: Duration,
+) -> Result<(Sv2Reader, Sv2Writer), Sv2Error> {
+    accept_at(stream, keys, cert_validity, handshake_timeout, None).await
+}
+
+/// [`accept`], presenting a certificate issued at `issued_at_unix_secs` (seconds since the Unix
+/// epoch) instead of now: valid from then for `cert_validity`. `None` is now, as [`accept`].
+/// For tests that play a server whose certificate is expired or not yet valid; a client
+/// refuses such a certificate, so the handshake then fails on this side too.
+pub async fn accept_at(
     mut stream: TcpStream,
     keys: &AuthorityKeys,
     cert_validity: Duration,
     handshake_timeout: Duration,
+    issued_at_unix_secs: Option<u32>,
 ) -> Result<(Sv2Reader, Sv2Writer), Sv2Error> {
     let mut responder = Responder::from_authority_kp(
         &keys.public_key_bytes(),
@@ -163,9 +177,12 @@ pub async fn accept(
         let mut act1 = [0u8; ELLSWIFT_ENCODING_SIZE];
         act1.copy_from_slice(&rx[..ELLSWIFT_ENCODING_SIZE]);
         rx.advance(ELLSWIFT_ENCODING_SIZE);
-        let (act2, engine) = responder
-            .step_1(act1)
-            .map_err(|e| Sv2Error::Handshake(format!("cannot build handshake reply: {e}")))?;
+        let reply = match issued_at_unix_secs {
+            Some(now) => responder.step_1_with_now_rng(act1, now, &mut rand::thread_rng()),
+            None => responder.step_1(act1),
+        };
+        let (act2, engine) =
+            reply.map_err(|e| Sv2Error::Handshake(format!("cannot build handshake reply: {e}")))?;
         stream.write_all(&act2).await?;
         let (mut reader, writer) = split(stream, rx, engine.into_split())?;
         // Prove the peer holds the session keys: its first frame header must decrypt.

@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 use bitcoincore_rpc::bitcoin::{Address, Network};
 use bitcoincore_rpc::RpcApi;
 use clap::{Parser, Subcommand};
-use jdc_shared::bus::{self, BusStats, Envelope, SubscribeOptions, Topic};
+use jdc_shared::bus::{self, Envelope, Topic};
 use jdc_shared::messages::{JobKind, JobSent, Selection, Template, Tip};
 use jdc_tests::bitcoind::Bitcoind;
 use jdc_tests::stack::Stack;
@@ -137,40 +137,6 @@ async fn listen_hashblock(endpoint: String) -> anyhow::Result<HashblockTimes> {
     Ok(times)
 }
 
-/// Subscribes to the watcher and declarator streams of `stack` for `topics`.
-fn subscribe_to_stack(
-    stack: &Stack,
-    topics: Vec<Topic>,
-) -> (
-    tokio::sync::mpsc::Receiver<bus::Received>,
-    tokio_util::sync::CancellationToken,
-) {
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (inbox, _tasks) = bus::subscribe(
-        SubscribeOptions {
-            streams: vec![
-                (
-                    "watcher".into(),
-                    format!("tcp://127.0.0.1:{}", stack.ports.watcher),
-                ),
-                (
-                    "selector".into(),
-                    format!("tcp://127.0.0.1:{}", stack.ports.selector),
-                ),
-                (
-                    "declarator".into(),
-                    format!("tcp://127.0.0.1:{}", stack.ports.declarator),
-                ),
-            ],
-            topics,
-            silence_timeout: Duration::from_secs(5),
-        },
-        Arc::new(BusStats::default()),
-        shutdown.clone(),
-    );
-    (inbox, shutdown)
-}
-
 /// Waits for the sim-miner's `SetNewPrevHash` for block `hash` and bitcoind's `hashblock` for
 /// it; returns (miner receipt, hashblock receipt) in unix µs.
 async fn tip_at_miner(
@@ -215,7 +181,7 @@ struct TipStages {
 impl TipStages {
     /// Starts collecting the stack's `Tip` and new-tip `Job` messages.
     fn collect(stack: &Stack) -> (TipStages, tokio_util::sync::CancellationToken) {
-        let (mut inbox, shutdown) = subscribe_to_stack(stack, vec![Topic::Tip, Topic::Job]);
+        let (mut inbox, shutdown) = stack.subscribe(vec![Topic::Tip, Topic::Job]);
         let stages = TipStages::default();
         let tt = stages.tip_times.clone();
         let jt = stages.job_times.clone();
@@ -368,7 +334,7 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
     eprintln!("mempool holds {mempool} transactions");
 
     let (mut inbox, shutdown) =
-        subscribe_to_stack(&stack, vec![Topic::Template, Topic::Selection, Topic::Job]);
+        stack.subscribe(vec![Topic::Template, Topic::Selection, Topic::Job]);
     tokio::time::sleep(Duration::from_secs(3)).await; // past the refresh debounce
     while inbox.try_recv().is_ok() {}
 
@@ -526,7 +492,7 @@ async fn jd_latency(txs: usize, tips: usize) -> anyhow::Result<()> {
     let hashblock = listen_hashblock(node.zmq_hashblock()).await?;
     let (mut stages, shutdown) = TipStages::collect(&stack);
     // getblocktemplate time of each tip's template, from the watcher's summaries.
-    let (mut summaries, summaries_stop) = subscribe_to_stack(&stack, vec![Topic::Summary]);
+    let (mut summaries, summaries_stop) = stack.subscribe(vec![Topic::Summary]);
     let gbt: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let g = gbt.clone();
     tokio::spawn(async move {

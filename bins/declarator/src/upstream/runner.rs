@@ -21,6 +21,7 @@ use super::fallback::{Fallback, FallbackPolicy, RejectRate, Source, Trigger};
 use super::held_shares::{HeldShare, HeldShares};
 use super::jds::{JdsClient, JdsEvent, Mode, Solution};
 use super::pool::{PoolClient, PoolEvent, UpstreamShare};
+use super::state::StateBoard;
 use crate::downstream::channel::AcceptedShare;
 use crate::work::{BlockBody, Catalog, WorkState};
 
@@ -105,24 +106,54 @@ enum Outcome {
     Better(Box<(Upstream, Vec<TxOut>)>),
 }
 
-/// Mines for `up` and, when it fails, for the next configured upstream that works (devices
-/// move to its extranonce prefix without reconnecting), or solo when none does. Failed
-/// upstreams ranked higher are probed with backoff and taken back after the hold-down.
-pub async fn run(up: Upstream, mut links: RunnerLinks, shutdown: CancellationToken) {
-    let ch = up.pool.channel();
-    let full_extranonce = ch.extranonce_prefix.len() + usize::from(ch.extranonce_size);
+/// Mines for `first` (or solo when no upstream was usable at start) and, when it fails, for the
+/// next configured upstream that works (devices move to its extranonce prefix without
+/// reconnecting), or solo when none does. Failed upstreams ranked higher are probed with
+/// backoff and taken back after the hold-down. `layout` is the extranonce space under a pool's
+/// prefix that our devices' layout takes (an upstream giving another size cannot be used);
+/// `failures` are the upstreams that failed at start.
+pub async fn run(
+    first: Option<Upstream>,
+    layout: u16,
+    failures: Vec<(usize, String)>,
+    mut links: RunnerLinks,
+    shutdown: CancellationToken,
+) {
     let now = Instant::now();
     let mut fallback = Fallback::new(links.specs.len(), links.policy, now);
-    // Upstreams skipped at start failed then.
-    for i in 0..up.index {
+    let mut board = StateBoard::new(links.bus.clone(), &links.specs);
+    for (i, error) in failures {
         fallback.on_failure(i, &Trigger::Disconnected, now);
+        board.failed(i, error);
     }
-    fallback.switched(Source::Upstream(up.index), now);
-    let mut current = Some(up);
+    match &first {
+        Some(up) => {
+            fallback.switched(Source::Upstream(up.index), now);
+            publish(
+                &links.bus,
+                "info",
+                "upstream-connected",
+                format!("{}: mining for {} ({:?})", up.name, up.pool.name(), up.mode),
+            );
+        }
+        None => {
+            fallback.switched(Source::Solo, now);
+            publish(
+                &links.bus,
+                "error",
+                "fallback",
+                "no upstream is usable; mining solo".into(),
+            );
+        }
+    }
+    board.publish(&fallback, "");
+    let mut current = first;
     loop {
         let outcome = match current.as_mut() {
-            Some(up) => mine_for(up, &mut links, &shutdown, &mut fallback, full_extranonce).await,
-            None => solo(&mut links, &shutdown, &mut fallback, full_extranonce).await,
+            Some(up) => {
+                mine_for(up, &mut links, &shutdown, &mut fallback, &mut board, layout).await
+            }
+            None => solo(&mut links, &shutdown, &mut fallback, &mut board, layout).await,
         };
         match outcome {
             Outcome::Shutdown => return,
@@ -132,7 +163,8 @@ pub async fn run(up: Upstream, mut links: RunnerLinks, shutdown: CancellationTok
                 if let Some(old) = current.take() {
                     tracing::info!(from = %old.name, to = %up.name, "returning to a higher-ranked upstream");
                 }
-                current = switch_to(&mut links, &mut fallback, up, outputs, why);
+                current = switch_to(&mut links, &mut fallback, up, outputs, &why);
+                board.publish(&fallback, &why);
             }
             Outcome::Failed(failure) => {
                 let Some(failed) = current.take() else {
@@ -142,22 +174,28 @@ pub async fn run(up: Upstream, mut links: RunnerLinks, shutdown: CancellationTok
                 tracing::error!(reason = %why, "leaving the pool");
                 let now = Instant::now();
                 fallback.on_failure(failed.index, &failure, now);
+                board.failed(failed.index, failure.to_string());
                 drop(failed);
-                let next = super::connect_first(
+                let (next, failures) = super::connect_first(
                     &links.specs,
-                    0,
                     &links.coinbase_tag,
-                    Some(full_extranonce),
+                    Some(layout),
                     &fallback,
                 )
                 .await;
+                let now = Instant::now();
+                for (i, error) in failures {
+                    fallback.on_failure(i, &Trigger::Disconnected, now);
+                    board.failed(i, error);
+                }
                 current = match next {
-                    Some((up, outputs)) => switch_to(&mut links, &mut fallback, up, outputs, why),
+                    Some((up, outputs)) => switch_to(&mut links, &mut fallback, up, outputs, &why),
                     None => {
-                        go_solo(&mut links, &mut fallback, why);
+                        go_solo(&mut links, &mut fallback, &why);
                         None
                     }
                 };
+                board.publish(&fallback, &why);
             }
         }
     }
@@ -169,7 +207,7 @@ fn switch_to(
     fallback: &mut Fallback,
     up: Upstream,
     outputs: Vec<TxOut>,
-    why: String,
+    why: &str,
 ) -> Option<Upstream> {
     let prefix = up.pool.channel().extranonce_prefix.clone();
     if let Err(e) = links.server.set_upstream_prefix(&prefix) {
@@ -191,7 +229,7 @@ fn switch_to(
     Some(up)
 }
 
-fn go_solo(links: &mut RunnerLinks, fallback: &mut Fallback, why: String) {
+fn go_solo(links: &mut RunnerLinks, fallback: &mut Fallback, why: &str) {
     tracing::error!(reason = %why, "leaving the pool: mining solo from now on");
     fallback.switched(Source::Solo, Instant::now());
     publish(
@@ -200,7 +238,7 @@ fn go_solo(links: &mut RunnerLinks, fallback: &mut Fallback, why: String) {
         "fallback",
         format!("{why}; mining solo"),
     );
-    let _ = links.switch.send(HubSwitch::Solo(why));
+    let _ = links.switch.send(HubSwitch::Solo(why.to_string()));
 }
 
 /// Sleeps until `at`, or forever.
@@ -224,39 +262,47 @@ fn start_probe(links: &RunnerLinks, index: usize) -> Option<(usize, Probe)> {
     ))
 }
 
-async fn probe_result(
-    probe: &mut Option<(usize, Probe)>,
-) -> (usize, Option<(Upstream, Vec<TxOut>)>) {
+/// What a probe found: the connected upstream, or why not.
+type ProbeResult = (usize, Result<(Upstream, Vec<TxOut>), String>);
+
+async fn probe_result(probe: &mut Option<(usize, Probe)>) -> ProbeResult {
     match probe {
         Some((index, handle)) => {
             let index = *index;
-            let result = handle.await;
-            match result {
-                Ok(Ok(connected)) => (index, Some(connected)),
-                Ok(Err(e)) => {
-                    tracing::info!(upstream = index + 1, error = %e, "still unusable");
-                    (index, None)
-                }
-                Err(_) => (index, None),
+            match handle.await {
+                Ok(Ok(connected)) => (index, Ok(connected)),
+                Ok(Err(e)) => (index, Err(e.to_string())),
+                Err(e) => (index, Err(format!("probe task failed: {e}"))),
             }
         }
         None => std::future::pending().await,
     }
 }
 
-/// The probe's verdict: the connected upstream if usable (same extranonce layout).
+/// The probe's verdict: the connected upstream if usable (same extranonce layout). A failed
+/// probe backs off and is published (the upstream stays down, with the new error).
 fn probe_verdict(
     fallback: &mut Fallback,
-    index: usize,
-    connected: Option<(Upstream, Vec<TxOut>)>,
-    full_extranonce: usize,
+    board: &mut StateBoard,
+    (index, result): ProbeResult,
+    layout: u16,
 ) -> Option<(Upstream, Vec<TxOut>)> {
-    let usable = connected.filter(|(up, _)| {
-        let ch = up.pool.channel();
-        ch.extranonce_prefix.len() + usize::from(ch.extranonce_size) == full_extranonce
-    });
-    fallback.on_probe(index, usable.is_some(), Instant::now());
-    usable
+    let usable = result.and_then(
+        |(up, outputs)| match super::layout_mismatch(&up, Some(layout)) {
+            None => Ok((up, outputs)),
+            Some(why) => Err(why),
+        },
+    );
+    fallback.on_probe(index, usable.is_ok(), Instant::now());
+    match usable {
+        Ok(up) => Some(up),
+        Err(why) => {
+            tracing::info!(upstream = index + 1, error = %why, "still unusable");
+            board.failed(index, why);
+            board.publish(fallback, "");
+            None
+        }
+    }
 }
 
 /// Solo mining: shares are not forwarded; failed upstreams are probed until one is back.
@@ -264,7 +310,8 @@ async fn solo(
     links: &mut RunnerLinks,
     shutdown: &CancellationToken,
     fallback: &mut Fallback,
-    full_extranonce: usize,
+    board: &mut StateBoard,
+    layout: u16,
 ) -> Outcome {
     let mut probe: Option<(usize, Probe)> = None;
     loop {
@@ -285,10 +332,10 @@ async fn solo(
                     probe = start_probe(links, index);
                 }
             }
-            (index, connected) = probe_result(&mut probe) => {
+            found = probe_result(&mut probe) => {
                 probe = None;
-                if let Some((up, outputs)) = probe_verdict(fallback, index, connected, full_extranonce) {
-                    return Outcome::Better(Box::new((up, outputs)));
+                if let Some(better) = probe_verdict(fallback, board, found, layout) {
+                    return Outcome::Better(Box::new(better));
                 }
             }
         }
@@ -306,22 +353,103 @@ fn publish(bus: &Publisher, level: &str, kind: &str, message: String) {
     );
 }
 
+/// Our jobs on their way to the pool.
+#[derive(Default)]
+struct Jobs {
+    next_request_id: u32,
+    /// Declarations sent to the JDS, by request id.
+    declaring: HashMap<u32, InFlight>,
+    /// Custom jobs sent to the pool, by request id → our template id.
+    setting: HashMap<u32, u64>,
+    /// The latest job, waiting for a mining job token.
+    waiting: Option<WorkState>,
+}
+
+/// What became of a job.
+enum Declared {
+    /// Declared to the JDS (Full-Template) or set on the pool (Coinbase-only).
+    Sent,
+    /// No token in hand: declare it when one arrives.
+    NoToken,
+    /// Cannot be declared (no block body, or the declaration cannot be built): logged.
+    Skipped,
+}
+
+/// Declares the job of `state` (Full-Template) or sets it as a custom job (Coinbase-only).
+async fn declare_job(
+    up: &mut Upstream,
+    links: &RunnerLinks,
+    state: &WorkState,
+    jobs: &mut Jobs,
+    full_extranonce: usize,
+) -> Result<Declared, super::UpstreamError> {
+    let template_id = state.job.template_id;
+    let body = links
+        .catalog
+        .lock()
+        .ok()
+        .and_then(|c| c.get(template_id))
+        .map(|b| (*b).clone());
+    let Some(body) = body else {
+        tracing::warn!(upstream = %up.name, template_id, "no block body for the job; not declared");
+        return Ok(Declared::Skipped);
+    };
+    let Some(token) = up.jds.take_token().await? else {
+        return Ok(Declared::NoToken);
+    };
+    jobs.waiting = None;
+    jobs.next_request_id = jobs.next_request_id.wrapping_add(1).max(1);
+    let request_id = jobs.next_request_id;
+    let d = match declaration(
+        &up.factory,
+        state,
+        &body,
+        &token,
+        request_id,
+        up.pool.channel().channel_id,
+        full_extranonce,
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(upstream = %up.name, error = %e, "cannot build the declaration");
+            return Ok(Declared::Skipped);
+        }
+    };
+    match up.mode {
+        Mode::FullTemplate => {
+            up.jds.declare(d.declare.clone()).await?;
+            jobs.declaring.insert(
+                request_id,
+                InFlight {
+                    template_id,
+                    declaration: d,
+                    body,
+                },
+            );
+        }
+        Mode::CoinbaseOnly => {
+            up.pool
+                .set_custom_job(d.custom.clone(), &token.token)
+                .await?;
+            jobs.setting.insert(request_id, template_id);
+        }
+    }
+    Ok(Declared::Sent)
+}
+
 /// Mines for `up` until it fails, `shutdown`, or a probe finds a higher-ranked upstream back.
 async fn mine_for(
     up: &mut Upstream,
     links: &mut RunnerLinks,
     shutdown: &CancellationToken,
     fallback: &mut Fallback,
-    full_extranonce_check: usize,
+    board: &mut StateBoard,
+    layout: u16,
 ) -> Outcome {
     let mut probe: Option<(usize, Probe)> = None;
     let pool_prefix_len = up.pool.channel().extranonce_prefix.len();
     let full_extranonce = pool_prefix_len + usize::from(up.pool.channel().extranonce_size);
-    let mut next_request_id: u32 = 1;
-    // Declarations sent to the JDS, by request id.
-    let mut declaring: HashMap<u32, InFlight> = HashMap::new();
-    // Custom jobs sent to the pool, by request id → our template id.
-    let mut setting: HashMap<u32, u64> = HashMap::new();
+    let mut jobs = Jobs::default();
     // Our template id → the pool's job id.
     let mut job_ids: HashMap<u64, u32> = HashMap::new();
     let mut held = HeldShares::new(HELD_PER_JOB);
@@ -349,12 +477,10 @@ async fn mine_for(
                     probe = start_probe(links, index);
                 }
             }
-            (index, connected) = probe_result(&mut probe) => {
+            found = probe_result(&mut probe) => {
                 probe = None;
-                if let Some((better, outputs)) =
-                    probe_verdict(fallback, index, connected, full_extranonce_check)
-                {
-                    return Outcome::Better(Box::new((better, outputs)));
+                if let Some(better) = probe_verdict(fallback, board, found, layout) {
+                    return Outcome::Better(Box::new(better));
                 }
             }
             changed = links.work.changed() => {
@@ -373,62 +499,28 @@ async fn mine_for(
                     prev_hash = state.tip.prev_hash;
                     nbits = state.tip.nbits;
                 }
-                let body = links
-                    .catalog
-                    .lock()
-                    .ok()
-                    .and_then(|c| c.get(state.job.template_id))
-                    .map(|b| (*b).clone());
-                let Some(body) = body else {
-                    tracing::warn!(upstream = %up.name, template_id = state.job.template_id, "no block body for the job; not declared");
-                    continue;
-                };
-                let token = match up.jds.take_token().await {
-                    Ok(Some(t)) => t,
-                    Ok(None) => {
-                        tracing::warn!(upstream = %up.name, "no mining job token in hand; job not declared (tokens are requested ahead)");
-                        continue;
+                match declare_job(up, links, &state, &mut jobs, full_extranonce).await {
+                    Ok(Declared::NoToken) => {
+                        tracing::debug!(upstream = %up.name, template_id = state.job.template_id, "no mining job token in hand yet; the job is declared when one arrives");
+                        jobs.waiting = Some(state);
                     }
+                    Ok(Declared::Sent | Declared::Skipped) => {}
                     Err(e) => break 'run upstream_lost(&up.name, e),
-                };
-                let request_id = next_request_id;
-                next_request_id = next_request_id.wrapping_add(1).max(1);
-                let d = match declaration(
-                    &up.factory,
-                    &state,
-                    &body,
-                    &token,
-                    request_id,
-                    up.pool.channel().channel_id,
-                    full_extranonce,
-                ) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!(upstream = %up.name, error = %e, "cannot build the declaration");
-                        continue;
-                    }
-                };
-                let template_id = state.job.template_id;
-                match up.mode {
-                    Mode::FullTemplate => {
-                        if let Err(e) = up.jds.declare(d.declare.clone()).await {
-                            break 'run upstream_lost(&up.name, e);
-                        }
-                        declaring.insert(request_id, InFlight { template_id, declaration: d, body });
-                    }
-                    Mode::CoinbaseOnly => {
-                        if let Err(e) = up.pool.set_custom_job(d.custom.clone(), &token.token).await {
-                            break 'run upstream_lost(&up.name, e);
-                        }
-                        setting.insert(request_id, template_id);
-                    }
                 }
             }
             event = up.jds.next_event() => match event {
                 Err(e) => break 'run upstream_lost(&up.name, e),
-                Ok(JdsEvent::TokenReady) => {}
+                Ok(JdsEvent::TokenReady) => {
+                    if let Some(state) = jobs.waiting.take() {
+                        match declare_job(up, links, &state, &mut jobs, full_extranonce).await {
+                            Ok(Declared::NoToken) => jobs.waiting = Some(state),
+                            Ok(Declared::Sent | Declared::Skipped) => {}
+                            Err(e) => break 'run upstream_lost(&up.name, e),
+                        }
+                    }
+                }
                 Ok(JdsEvent::MissingTransactions { request_id, positions }) => {
-                    let Some(job) = declaring.get(&request_id) else { continue };
+                    let Some(job) = jobs.declaring.get(&request_id) else { continue };
                     let txs: Vec<&[u8]> = job.body.txs().collect();
                     let wanted = positions
                         .iter()
@@ -440,14 +532,14 @@ async fn mine_for(
                     }
                 }
                 Ok(JdsEvent::Declared { request_id, new_token }) => {
-                    let Some(job) = declaring.remove(&request_id) else { continue };
+                    let Some(job) = jobs.declaring.remove(&request_id) else { continue };
                     if let Err(e) = up.pool.set_custom_job(job.declaration.custom, &new_token).await {
                         break 'run upstream_lost(&up.name, e);
                     }
-                    setting.insert(request_id, job.template_id);
+                    jobs.setting.insert(request_id, job.template_id);
                 }
                 Ok(JdsEvent::DeclareRejected { request_id, code }) => {
-                    let job = declaring.remove(&request_id);
+                    let job = jobs.declaring.remove(&request_id);
                     let trigger = Trigger::DeclareRejected(code);
                     if trigger.is_race() {
                         tracing::info!(upstream = %up.name, request_id, "declaration raced a new tip (stale-chain-tip); the next job is declared on the current tip");
@@ -462,7 +554,7 @@ async fn mine_for(
             event = up.pool.recv() => match event {
                 Err(e) => break 'run upstream_lost(&up.name, e),
                 Ok(PoolEvent::CustomJobAccepted { request_id, job_id }) => {
-                    let Some(template_id) = setting.remove(&request_id) else { continue };
+                    let Some(template_id) = jobs.setting.remove(&request_id) else { continue };
                     job_ids.insert(template_id, job_id);
                     tracing::debug!(upstream = %up.name, template_id, job_id, "custom job accepted");
                     for share in held.release(template_id, job_id) {
@@ -472,7 +564,7 @@ async fn mine_for(
                     }
                 }
                 Ok(PoolEvent::CustomJobRejected { request_id, code }) => {
-                    if let Some(template_id) = setting.remove(&request_id) {
+                    if let Some(template_id) = jobs.setting.remove(&request_id) {
                         held.refuse(template_id);
                     }
                     let trigger = Trigger::CustomJobRejected(code);
@@ -551,8 +643,10 @@ async fn mine_for(
                         tracing::warn!(upstream = %up.name, error = %e, "PushSolution failed (the block goes to our node regardless)");
                     }
                 }
+                // The pool takes shares that meet its target, and blocks whatever its target
+                // (on test networks a block can be easier than the pool's share target).
                 let pool_target: Target = up.pool.channel().target;
-                if Target::from_le_bytes(share.hash) > pool_target {
+                if !share.is_block && Target::from_le_bytes(share.hash) > pool_target {
                     continue;
                 }
                 let Some(extranonce) = share.full_extranonce.get(pool_prefix_len..).map(<[u8]>::to_vec) else {

@@ -1,7 +1,9 @@
 use super::*;
 use bytes::Bytes;
 use jdc_shared::bus::{Envelope, BUS_PROTOCOL_VERSION};
-use jdc_shared::messages::{Heartbeat, JobKind, Selection, Template, TemplateSummary, TemplateTx};
+use jdc_shared::messages::{
+    Heartbeat, JobKind, Selection, Template, TemplateSummary, TemplateTx, UpstreamState,
+};
 
 const PROCESSES: [&str; 3] = ["watcher", "selector", "declarator"];
 
@@ -460,4 +462,93 @@ fn full_messages_decode_into_summaries() {
     assert!(
         matches!(Message::decode(&r).unwrap(), Message::Heartbeat(h) if h.heartbeat.started_at_us == 3)
     );
+}
+
+fn upstream_state(
+    id: u64,
+    mode: &str,
+    active: u32,
+    switches: u64,
+    states: &[&str],
+) -> UpstreamState {
+    UpstreamState {
+        id,
+        mode: mode.into(),
+        active,
+        switches,
+        reason: "upstream 1: connection lost".into(),
+        since_us: 1,
+        upstreams: states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| jdc_shared::messages::UpstreamStatus {
+                rank: i as u32 + 1,
+                pool: format!("127.0.0.1:{}", 3000 + i),
+                jds: format!("127.0.0.1:{}", 4000 + i),
+                mode: "full-template".into(),
+                state: s.to_string(),
+                last_error: String::new(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn upstream_state_drives_mode_rank_state_and_switches() {
+    let mut m = Metrics::new(&PROCESSES);
+    let send = |m: &mut Metrics, s: &UpstreamState| {
+        m.handle(&received("declarator", Topic::Upstream, s), 1)
+            .unwrap()
+    };
+    send(
+        &mut m,
+        &upstream_state(1, "pool", 1, 0, &["active", "standby"]),
+    );
+    let text = render(&m, 1);
+    assert_eq!(value(&text, "jdc_mining_mode{mode=\"pool\"}"), Some(1.0));
+    assert_eq!(value(&text, "jdc_mining_mode{mode=\"solo\"}"), Some(0.0));
+    assert_eq!(value(&text, "jdc_upstream_active"), Some(1.0));
+    assert_eq!(
+        value(&text, "jdc_upstream_state{upstream=\"1\",state=\"active\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "jdc_upstream_state{upstream=\"2\",state=\"standby\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, "jdc_upstream_switches_total"), Some(0.0));
+
+    // Both fail: solo, two switches; the re-sent copy changes nothing.
+    let solo = upstream_state(2, "solo", 0, 2, &["down", "down"]);
+    send(&mut m, &solo);
+    send(&mut m, &solo);
+    let text = render(&m, 1);
+    assert_eq!(value(&text, "jdc_mining_mode{mode=\"solo\"}"), Some(1.0));
+    assert_eq!(value(&text, "jdc_mining_mode{mode=\"pool\"}"), Some(0.0));
+    assert_eq!(value(&text, "jdc_upstream_active"), Some(0.0));
+    assert_eq!(
+        value(&text, "jdc_upstream_state{upstream=\"1\",state=\"active\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_upstream_state{upstream=\"1\",state=\"down\"}"),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, "jdc_upstream_switches_total"), Some(2.0));
+
+    // The declarator restarts (its count starts again), then switches once more.
+    send(
+        &mut m,
+        &upstream_state(1, "pool", 1, 0, &["active", "standby"]),
+    );
+    send(
+        &mut m,
+        &upstream_state(2, "pool", 2, 1, &["down", "active"]),
+    );
+    let text = render(&m, 1);
+    assert_eq!(value(&text, "jdc_upstream_switches_total"), Some(3.0));
+    assert_eq!(value(&text, "jdc_upstream_active"), Some(2.0));
 }
