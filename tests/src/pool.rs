@@ -31,6 +31,16 @@ use crate::jds::{accept_setup, AcceptedDeclaration, TestJds};
 use stratum_core::parsers_sv2::{CommonMessagesOwned, MiningOwned};
 use tokio::net::TcpListener;
 
+/// The `[[declarator.upstream]]` entry of a pool at `pool` (`host:port`) and its JDS (one
+/// authority key, as a real pool has).
+pub fn upstream_entry(pool: &str, jds: &TestJds, mode: &str) -> String {
+    format!(
+        "\n[[declarator.upstream]]\npool = \"{pool}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\nmode = \"{mode}\"\n",
+        jds.addr,
+        jdc_shared::sv2::encode_authority_public_key(&jds.keys.public_key())
+    )
+}
+
 /// How the test pool departs from a correct one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolMisbehave {
@@ -79,7 +89,8 @@ pub struct TestPool {
     pub jobs: Arc<Mutex<Vec<AcceptedJob>>>,
     /// Extranonce prefix changes sent.
     pub prefix_changes: Arc<Mutex<usize>>,
-    crash: tokio::sync::watch::Sender<u64>,
+    /// Open connections, to drop them all at once.
+    crash: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -182,22 +193,20 @@ impl TestPool {
             connections: Arc::default(),
             used_tokens: Arc::default(),
         };
-        let (crash, crashed) = tokio::sync::watch::channel(0u64);
+        let open: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let crash = open.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
-                let mut crashed = crashed.clone();
-                crashed.mark_unchanged();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        served = shared.serve(stream) => {
-                            if let Err(why) = served {
-                                shared.violation(why);
-                            }
-                        }
-                        _ = crashed.changed() => {}
+                let connection = tokio::spawn(async move {
+                    if let Err(why) = shared.serve(stream).await {
+                        shared.violation(why);
                     }
                 });
+                if let Ok(mut open) = open.lock() {
+                    open.retain(|c| !c.is_finished());
+                    open.push(connection.abort_handle());
+                }
             }
         });
         Ok(TestPool {
@@ -216,7 +225,11 @@ impl TestPool {
     /// Drops every open connection at once, as a crashed pool would; the listener stays up,
     /// so the pool is back for new connections.
     pub fn drop_connections(&self) {
-        self.crash.send_modify(|n| *n += 1);
+        if let Ok(mut open) = self.crash.lock() {
+            for connection in open.drain(..) {
+                connection.abort();
+            }
+        }
     }
 
     /// Violations recorded so far.

@@ -14,15 +14,9 @@ use jdc_tests::pool::{PoolMisbehave, TestPool};
 use jdc_tests::stack::Stack;
 use jdc_tests::wait_until;
 
-/// The `[[declarator.upstream]]` entry of a test pool and its JDS (one authority key, as a
-/// real pool has).
+/// The `[[declarator.upstream]]` entry of a test pool and its JDS.
 fn upstream_entry(pool: &TestPool, jds: &TestJds, mode: &str) -> String {
-    format!(
-        "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\nmode = \"{mode}\"\n",
-        pool.addr,
-        jds.addr,
-        encode_authority_public_key(&jds.keys.public_key())
-    )
+    jdc_tests::pool::upstream_entry(&pool.addr.to_string(), jds, mode)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@ use anyhow::{bail, Context};
 use bitcoincore_rpc::RpcApi;
 use jdc_shared::bus::Topic;
 use jdc_shared::messages::UpstreamState;
-use jdc_shared::sv2::encode_authority_public_key;
 use jdc_tests::bitcoind::{free_port, Bitcoind};
 use jdc_tests::device::{Solution, TestDevice};
 use jdc_tests::jds::{pool_payout_script, Misbehave, TestJds};
@@ -20,11 +19,7 @@ use stratum_core::parsers_sv2::MiningOwned;
 
 /// The `[[declarator.upstream]]` entry of a pool at `pool` and its JDS.
 fn upstream_at(pool: &str, jds: &TestJds) -> String {
-    format!(
-        "\n[[declarator.upstream]]\npool = \"{pool}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"operator.rig\"\n",
-        jds.addr,
-        encode_authority_public_key(&jds.keys.public_key())
-    )
+    jdc_tests::pool::upstream_entry(pool, jds, "full-template")
 }
 
 /// Collects the declarator's upstream states from the bus, in order, without re-sends.

@@ -119,13 +119,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         probe_min: Duration::from_secs(config.declarator.upstream_probe_secs.max(1)),
         probe_max: Duration::from_secs(300),
     };
-    let (upstream, failures) = crate::upstream::connect_first(
-        &specs,
-        &config.declarator.coinbase_tag,
-        None,
-        &crate::upstream::fallback::Fallback::new(specs.len(), policy, std::time::Instant::now()),
-    )
-    .await;
+    let (upstream, failures) =
+        crate::upstream::connect_first(&specs, &config.declarator.coinbase_tag, None, None).await;
     let rollable = config.declarator.rollable_extranonce_size.clamp(1, 16);
     let allocator = match &upstream {
         Some((up, _)) => {

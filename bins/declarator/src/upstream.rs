@@ -259,22 +259,22 @@ pub async fn connect_one(
     ))
 }
 
-/// Connects to the first upstream of the list that works and is not known to be down (logging
-/// each failure with its cause) and whose extranonce space under its prefix is `layout` bytes
-/// when given (devices keep their extranonce sizes across a switch). Returns it with the
-/// failures met on the way, by position.
+/// Connects to the first upstream of the list that works (logging each failure with its
+/// cause), but `skip` (the one that just failed), and whose extranonce space under its prefix
+/// is `layout` bytes when given (devices keep their extranonce sizes across a switch). Returns
+/// it with the failures met on the way, by position.
 pub async fn connect_first(
     specs: &[UpstreamSpec],
     coinbase_tag: &str,
     layout: Option<u16>,
-    fallback: &fallback::Fallback,
+    skip: Option<usize>,
 ) -> (
     Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)>,
     Vec<(usize, String)>,
 ) {
     let mut failures = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        if !fallback.is_healthy(i) {
+        if skip == Some(i) {
             continue;
         }
         match connect_one(i, spec, coinbase_tag).await {

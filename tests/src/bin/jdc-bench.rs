@@ -73,6 +73,14 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         tips: usize,
     },
+    /// Fallback: the pool in use crashes → the device's first job for the other upstream
+    /// (a scripted device, two test pools with their JDSs, crashed in turn), then both go for
+    /// good → the first job for solo mining.
+    FallbackLatency {
+        /// Fall-overs to measure.
+        #[arg(long, default_value_t = 30)]
+        rounds: usize,
+    },
 }
 
 /// An address no wallet owns (BIP173 test vector, regtest).
@@ -107,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(template_pipeline(txs, rounds, tips))
         }
         Command::JdLatency { txs, tips } => rt.block_on(jd_latency(txs, tips)),
+        Command::FallbackLatency { rounds } => rt.block_on(fallback_latency(rounds)),
     }
 }
 
@@ -468,12 +477,7 @@ async fn jd_latency(txs: usize, tips: usize) -> anyhow::Result<()> {
     let mut funds = Funds::new(&node)?;
     eprintln!("preparing {txs} coins ...");
     let coins = funds.fan_out(&node, txs)?;
-    let upstream = format!(
-        "\n[[declarator.upstream]]\npool = \"{}\"\njds = \"{}\"\nauthority_public_key = \"{}\"\nuser_identity = \"bench\"\n",
-        pool.addr,
-        jds.addr,
-        jdc_shared::sv2::encode_authority_public_key(&jds.keys.public_key())
-    );
+    let upstream = jdc_tests::pool::upstream_entry(&pool.addr.to_string(), &jds, "full-template");
     let mut stack = Stack::new(&node, &funds.address.to_string(), &upstream)?;
     tokio::task::block_in_place(|| stack.start_services())?;
     tokio::task::block_in_place(|| {
@@ -576,6 +580,98 @@ async fn jd_latency(txs: usize, tips: usize) -> anyhow::Result<()> {
             jds.violations()
         );
     }
+    Ok(())
+}
+
+async fn fallback_latency(rounds: usize) -> anyhow::Result<()> {
+    use jdc_tests::device::TestDevice;
+    use jdc_tests::jds::{Misbehave, TestJds};
+    use jdc_tests::pool::{upstream_entry, PoolMisbehave, TestPool};
+    use stratum_core::parsers_sv2::MiningOwned;
+    let jds1 = TestJds::start(Misbehave::No).await?;
+    let pool1 = TestPool::start_with_jds_prefix(PoolMisbehave::No, &jds1, [0x11, 0x11]).await?;
+    let jds2 = TestJds::start(Misbehave::No).await?;
+    let pool2 = TestPool::start_with_jds_prefix(PoolMisbehave::No, &jds2, [0x22, 0x22]).await?;
+    let upstreams = upstream_entry(&pool1.addr.to_string(), &jds1, "full-template")
+        + &upstream_entry(&pool2.addr.to_string(), &jds2, "full-template");
+    let node = Bitcoind::start()?;
+    // Out of initial block download.
+    node.generate(1)?;
+    let mut stack = Stack::new(&node, FOREIGN_ADDRESS, &upstreams)?;
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        stack.start(
+            "declarator",
+            // No return to a recovered higher-ranked pool during the bench: every job change
+            // the device sees is a fall-over.
+            &["--set", "declarator.upstream_hold_down_secs=3600"],
+            "SV2 mining server listening",
+        )?;
+        stack.start_template_source()
+    })?;
+    let mut device = TestDevice::connect(
+        &format!("127.0.0.1:{}", stack.ports.sv2),
+        &stack.authority_key()?,
+    )
+    .await?;
+    let under = |d: &TestDevice, tag: [u8; 2]| {
+        d.active_job
+            .and_then(|id| d.jobs.get(&id))
+            .is_some_and(|j| j.prefix.starts_with(&tag))
+    };
+    let is_job = |m: &MiningOwned| matches!(m, MiningOwned::NewExtendedMiningJob(_));
+    device
+        .wait_for(
+            "mining for the first pool",
+            Duration::from_secs(30),
+            |d, m| {
+                (is_job(m) || matches!(m, MiningOwned::SetNewPrevHash(_))) && under(d, [0x11, 0x11])
+            },
+        )
+        .await?;
+    // Each round crashes the pool in use; the declarator falls over to the other one (which
+    // is back by then: its listener stayed up).
+    let mut fall_over = Vec::new();
+    let (mut active, mut other) = ((&pool1, [0x11, 0x11]), (&pool2, [0x22, 0x22]));
+    eprintln!("{rounds} fall-overs ...");
+    for _ in 0..rounds {
+        let crash = Instant::now();
+        active.0.drop_connections();
+        device
+            .wait_for(
+                "a job for the other pool",
+                Duration::from_secs(5),
+                |d, m| is_job(m) && under(d, other.1),
+            )
+            .await?;
+        fall_over.push(crash.elapsed().as_micros() as u64);
+        std::mem::swap(&mut active, &mut other);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both pools gone for good (listeners closed): solo.
+    let crash = Instant::now();
+    for pool in [&pool1, &pool2] {
+        pool.drop_connections();
+    }
+    drop((pool1, pool2));
+    device
+        .wait_for("a job for solo mining", Duration::from_secs(10), |_, m| {
+            is_job(m)
+        })
+        .await?;
+    let to_solo = vec![crash.elapsed().as_micros() as u64];
+    println!("\nupstream crash → first job for the new source at the device (ms)\n");
+    println!("| path | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
+    println!(
+        "{}",
+        summary(
+            "the pool in use crashes → job for the other pool",
+            fall_over
+        )
+    );
+    println!(
+        "{}",
+        summary("both pools gone → job for solo mining", to_solo)
+    );
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! to the next healthy one at once; an upstream that failed is probed with backoff and, once
 //! healthy, taken back if it ranks higher, at most once per hold-down period.
 //!
-//! Pure logic (time is passed in), unit tested; the service acts on the [`Switch`]es.
+//! Pure logic (time is passed in), unit tested; the runner connects, switches and tells it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -86,17 +86,6 @@ impl fmt::Display for Trigger {
     }
 }
 
-/// A change of source, to act on, log once and publish.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Switch {
-    /// Previous source.
-    pub from: Source,
-    /// New source.
-    pub to: Source,
-    /// Why.
-    pub reason: String,
-}
-
 /// Timing of the policy.
 #[derive(Debug, Clone, Copy)]
 pub struct FallbackPolicy {
@@ -143,81 +132,60 @@ impl Fallback {
         self.active
     }
 
-    /// The best source believed healthy.
-    fn best_healthy(&self) -> Source {
-        self.down
-            .iter()
-            .position(Option::is_none)
-            .map_or(Source::Solo, Source::Upstream)
-    }
-
-    fn switch_to(&mut self, to: Source, reason: String, now: Instant) -> Option<Switch> {
-        if to == self.active {
-            return None;
+    /// Upstream `idx` failed (the tip race is not a failure): it is down and probed with
+    /// backoff from now on. The caller moves the work and records it with
+    /// [`Fallback::switched`].
+    pub fn on_failure(&mut self, idx: usize, trigger: &Trigger, now: Instant) {
+        if trigger.is_race() {
+            return;
         }
-        let from = self.active;
-        self.active = to;
-        self.last_switch = now;
-        Some(Switch { from, to, reason })
-    }
-
-    /// Upstream `idx` failed. If it is the active one, work moves at once to the best healthy
-    /// source (the next upstream, or solo). The tip race is not a failure.
-    pub fn on_failure(&mut self, idx: usize, trigger: &Trigger, now: Instant) -> Option<Switch> {
-        if trigger.is_race() || idx >= self.down.len() {
-            return None;
+        if let Some(slot) = self.down.get_mut(idx) {
+            *slot = Some(Down {
+                next_probe: now + self.policy.probe_min,
+                backoff: self.policy.probe_min,
+            });
         }
-        self.down[idx] = Some(Down {
-            next_probe: now + self.policy.probe_min,
-            backoff: self.policy.probe_min,
-        });
-        if self.active != Source::Upstream(idx) {
-            return None;
-        }
-        let to = self.best_healthy();
-        self.switch_to(to, format!("{}: {trigger}", Source::Upstream(idx)), now)
-    }
-
-    /// A failed upstream ranked above the active source whose probe is due, if any.
-    pub fn probe_due(&self, now: Instant) -> Option<usize> {
-        let rank = match self.active {
-            Source::Upstream(i) => i,
-            Source::Solo => self.down.len(),
-        };
-        self.down
-            .iter()
-            .take(rank)
-            .position(|d| d.is_some_and(|d| d.next_probe <= now))
     }
 
     /// The result of probing upstream `idx`: a failure backs its next probe off; success
-    /// marks it healthy and, if it ranks higher and the hold-down has passed, switches to it.
-    pub fn on_probe(&mut self, idx: usize, ok: bool, now: Instant) -> Option<Switch> {
-        let slot = self.down.get_mut(idx)?;
-        if !ok {
-            if let Some(d) = slot {
-                d.backoff = (d.backoff * 2).min(self.policy.probe_max);
-                d.next_probe = now + d.backoff;
-            }
-            return None;
+    /// marks it healthy (standby).
+    pub fn on_probe(&mut self, idx: usize, ok: bool, now: Instant) {
+        let Some(slot) = self.down.get_mut(idx) else {
+            return;
+        };
+        if ok {
+            *slot = None;
+        } else if let Some(d) = slot {
+            d.backoff = (d.backoff * 2).min(self.policy.probe_max);
+            d.next_probe = now + d.backoff;
         }
-        *slot = None;
-        self.switch_back_due(now)
     }
 
-    /// When and which failed upstream ranked above the active source to probe next: its
-    /// backoff has run out and the hold-down since the last switch has passed.
+    /// Whether upstream `idx` ranks above the source in use (solo ranks below every upstream).
+    pub fn ranks_above_active(&self, idx: usize) -> bool {
+        match self.active {
+            Source::Upstream(i) => idx < i,
+            Source::Solo => idx < self.down.len(),
+        }
+    }
+
+    /// When and which failed upstream to probe next: its backoff has run out and, if it ranks
+    /// above the source in use (a probe that works means switching back to it), the
+    /// hold-down since the last switch has passed too. Lower-ranked ones are probed so their
+    /// state is known when it matters.
     pub fn next_probe(&self) -> Option<(usize, Instant)> {
-        let rank = match self.active {
-            Source::Upstream(i) => i,
-            Source::Solo => self.down.len(),
-        };
-        let earliest = self.last_switch + self.policy.hold_down;
+        let earliest_return = self.last_switch + self.policy.hold_down;
         self.down
             .iter()
             .enumerate()
-            .take(rank)
-            .filter_map(|(i, d)| d.map(|d| (i, d.next_probe.max(earliest))))
+            .filter_map(|(i, d)| {
+                let d = (*d)?;
+                Some(if self.ranks_above_active(i) {
+                    (i, d.next_probe.max(earliest_return))
+                } else {
+                    (i, d.next_probe)
+                })
+            })
             .min_by_key(|(_, at)| *at)
     }
 
@@ -235,20 +203,6 @@ impl Fallback {
         }
         self.active = to;
         self.last_switch = now;
-    }
-
-    /// Switches back to a higher-ranked healthy upstream once the hold-down has passed.
-    pub fn switch_back_due(&mut self, now: Instant) -> Option<Switch> {
-        let best = self.best_healthy();
-        let better = match (best, self.active) {
-            (Source::Upstream(b), Source::Upstream(a)) => b < a,
-            (Source::Upstream(_), Source::Solo) => true,
-            _ => false,
-        };
-        if !better || now.duration_since(self.last_switch) < self.policy.hold_down {
-            return None;
-        }
-        self.switch_to(best, format!("{best} is healthy again"), now)
     }
 }
 

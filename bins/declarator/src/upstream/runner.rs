@@ -175,12 +175,13 @@ pub async fn run(
                 let now = Instant::now();
                 fallback.on_failure(failed.index, &failure, now);
                 board.failed(failed.index, failure.to_string());
+                let failed_index = failed.index;
                 drop(failed);
                 let (next, failures) = super::connect_first(
                     &links.specs,
                     &links.coinbase_tag,
                     Some(layout),
-                    &fallback,
+                    Some(failed_index),
                 )
                 .await;
                 let now = Instant::now();
@@ -279,8 +280,9 @@ async fn probe_result(probe: &mut Option<(usize, Probe)>) -> ProbeResult {
     }
 }
 
-/// The probe's verdict: the connected upstream if usable (same extranonce layout). A failed
-/// probe backs off and is published (the upstream stays down, with the new error).
+/// The probe's verdict: the connected upstream, if usable (same extranonce layout) and ranked
+/// above the source in use (to switch back to). A usable lower-ranked one is only marked
+/// healthy (standby) and let go; a failed probe backs off. Changes are published.
 fn probe_verdict(
     fallback: &mut Fallback,
     board: &mut StateBoard,
@@ -295,7 +297,12 @@ fn probe_verdict(
     );
     fallback.on_probe(index, usable.is_ok(), Instant::now());
     match usable {
-        Ok(up) => Some(up),
+        Ok(up) if fallback.ranks_above_active(index) => Some(up),
+        Ok(_) => {
+            tracing::info!(upstream = index + 1, "works again; on standby");
+            board.publish(fallback, "");
+            None
+        }
         Err(why) => {
             tracing::info!(upstream = index + 1, error = %why, "still unusable");
             board.failed(index, why);

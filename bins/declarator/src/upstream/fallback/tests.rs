@@ -11,23 +11,25 @@ fn secs(t0: Instant, s: u64) -> Instant {
 }
 
 #[test]
-fn failures_move_down_the_list_then_to_solo() {
+fn failed_upstreams_are_down_until_a_probe_or_a_switch_to_them() {
     let t0 = Instant::now();
     let mut f = Fallback::new(2, POLICY, t0);
     assert_eq!(f.active(), Source::Upstream(0));
-    let s = f.on_failure(0, &Trigger::Disconnected, t0).unwrap();
-    assert_eq!((s.from, s.to), (Source::Upstream(0), Source::Upstream(1)));
-    assert_eq!(s.reason, "upstream 1: connection lost");
-    // A failure of an upstream not in use switches nothing.
-    assert_eq!(f.on_failure(0, &Trigger::Disconnected, t0), None);
-    let s = f
-        .on_failure(1, &Trigger::CustomJobRejected("invalid-job".into()), t0)
-        .unwrap();
-    assert_eq!(s.to, Source::Solo);
-    assert!(s
-        .reason
-        .contains("SetCustomMiningJob refused (invalid-job)"));
     assert_eq!(Fallback::new(0, POLICY, t0).active(), Source::Solo);
+    f.on_failure(0, &Trigger::Disconnected, t0);
+    assert!(!f.is_healthy(0));
+    assert!(f.is_healthy(1));
+    f.switched(Source::Upstream(1), t0);
+    assert!(f.ranks_above_active(0));
+    assert!(!f.ranks_above_active(1));
+    f.on_probe(0, true, secs(t0, 61));
+    assert!(f.is_healthy(0), "a probe that works makes it standby");
+    f.on_failure(1, &Trigger::Disconnected, secs(t0, 62));
+    f.switched(Source::Solo, secs(t0, 62));
+    assert!(f.ranks_above_active(1), "every upstream ranks above solo");
+    f.on_failure(0, &Trigger::Disconnected, secs(t0, 63));
+    f.switched(Source::Upstream(0), secs(t0, 64));
+    assert!(f.is_healthy(0), "switching to an upstream means it works");
 }
 
 #[test]
@@ -39,54 +41,45 @@ fn the_tip_race_is_not_a_failure() {
         Trigger::CustomJobRejected(STALE_CHAIN_TIP.into()),
     ] {
         assert!(t.is_race());
-        assert_eq!(f.on_failure(0, &t, t0), None);
+        f.on_failure(0, &t, t0);
     }
-    assert_eq!(f.active(), Source::Upstream(0));
-    assert_eq!(f.probe_due(secs(t0, 100)), None, "not marked down");
+    assert!(f.is_healthy(0));
+    assert_eq!(f.next_probe(), None, "not marked down");
 }
 
 #[test]
 fn failed_upstreams_are_probed_with_backoff() {
     let t0 = Instant::now();
-    let mut f = Fallback::new(2, POLICY, t0);
+    let policy = FallbackPolicy {
+        hold_down: Duration::ZERO,
+        ..POLICY
+    };
+    let mut f = Fallback::new(2, policy, t0);
     f.on_failure(0, &Trigger::Disconnected, t0);
-    assert_eq!(f.probe_due(t0), None, "not before probe_min");
-    assert_eq!(f.probe_due(secs(t0, 1)), Some(0));
+    f.switched(Source::Upstream(1), t0);
+    assert_eq!(f.next_probe(), Some((0, secs(t0, 1))), "after probe_min");
     // Failed probes back off 2 s, 4 s, 8 s, 8 s.
     let mut at = secs(t0, 1);
     for expected in [2, 4, 8, 8] {
         f.on_probe(0, false, at);
-        assert_eq!(f.probe_due(at + Duration::from_secs(expected - 1)), None);
         at += Duration::from_secs(expected);
-        assert_eq!(f.probe_due(at), Some(0));
+        assert_eq!(f.next_probe(), Some((0, at)));
     }
-    // Only upstreams ranked above the active source are probed.
-    assert_eq!(f.active(), Source::Upstream(1));
-    let mut g = Fallback::new(2, POLICY, t0);
-    g.on_failure(1, &Trigger::Disconnected, t0);
-    assert_eq!(g.probe_due(secs(t0, 100)), None);
 }
 
 #[test]
-fn switch_back_waits_for_the_hold_down() {
+fn switching_back_waits_for_the_hold_down_but_lower_ranked_probes_do_not() {
     let t0 = Instant::now();
-    let mut f = Fallback::new(2, POLICY, t0);
+    let mut f = Fallback::new(3, POLICY, t0);
     f.on_failure(0, &Trigger::ChannelClosed("bye".into()), secs(t0, 10));
-    // Healthy again 5 s after the switch: too soon.
-    assert_eq!(f.on_probe(0, true, secs(t0, 15)), None);
-    assert_eq!(f.active(), Source::Upstream(1));
-    assert_eq!(f.switch_back_due(secs(t0, 69)), None);
-    let s = f.switch_back_due(secs(t0, 70)).unwrap();
-    assert_eq!((s.from, s.to), (Source::Upstream(1), Source::Upstream(0)));
-    assert_eq!(s.reason, "upstream 1 is healthy again");
-    // From solo too.
-    let mut g = Fallback::new(1, POLICY, t0);
-    g.on_failure(0, &Trigger::Disconnected, t0);
-    assert_eq!(g.active(), Source::Solo);
-    assert_eq!(
-        g.on_probe(0, true, secs(t0, 61)).map(|s| s.to),
-        Some(Source::Upstream(0))
-    );
+    f.switched(Source::Upstream(1), secs(t0, 10));
+    // Upstream 1 ranks above the one in use: probed once the hold-down has passed.
+    assert_eq!(f.next_probe(), Some((0, secs(t0, 70))));
+    // Upstream 3 fails while 2 is in use: probed after its backoff alone.
+    f.on_failure(2, &Trigger::Disconnected, secs(t0, 20));
+    assert_eq!(f.next_probe(), Some((2, secs(t0, 21))));
+    f.on_probe(2, true, secs(t0, 21));
+    assert_eq!(f.next_probe(), Some((0, secs(t0, 70))));
 }
 
 #[test]
