@@ -315,6 +315,34 @@ pub struct SelectorConfig {
     pub coinbase_reserve_weight: u64,
     /// Sigops kept free for the coinbase transaction.
     pub coinbase_reserve_sigops: u64,
+    /// Maximum block sigops cost, coinbase included (`fee-rate` only; the template's own
+    /// limit applies too).
+    pub max_block_sigops: u64,
+    /// Transactions never to mine, by txid (RPC hex); their descendants go with them.
+    pub exclude_txids: Vec<String>,
+    /// Transactions paying any of these (addresses of the network, or output scripts in
+    /// hex) are never mined, nor their descendants.
+    pub exclude_scripts: Vec<String>,
+    /// Transactions spending any of these outpoints (`txid:vout`) are never mined, nor
+    /// their descendants.
+    pub exclude_outpoints: Vec<String>,
+    /// Transactions to include first with their ancestors, whatever their fee rate, by txid
+    /// (`fee-rate` only).
+    pub prioritize_txids: Vec<String>,
+    /// Transactions paying any of these (addresses or hex scripts) are included first with
+    /// their ancestors, whatever their fee rate (`fee-rate` only).
+    pub prioritize_scripts: Vec<String>,
+    /// Largest `OP_RETURN` output script allowed, in bytes (as Bitcoin Core's
+    /// `datacarriersize`); unset: no cap.
+    pub max_op_return_bytes: Option<u64>,
+    /// Most `OP_RETURN` outputs a transaction may have; unset: no cap.
+    pub max_op_return_outputs: Option<u64>,
+    /// Drop transactions whose taproot script-path spend carries an inscription-style
+    /// envelope (`OP_FALSE OP_IF ... OP_ENDIF`).
+    pub drop_inscriptions: bool,
+    /// Drop transactions whose tapscripts push more than this many bytes of data in all;
+    /// unset: no cap.
+    pub max_witness_script_push_bytes: Option<u64>,
 }
 
 impl Default for SelectorConfig {
@@ -325,6 +353,16 @@ impl Default for SelectorConfig {
             max_block_weight: 4_000_000,
             coinbase_reserve_weight: 8_000,
             coinbase_reserve_sigops: 400,
+            max_block_sigops: 80_000,
+            exclude_txids: Vec::new(),
+            exclude_scripts: Vec::new(),
+            exclude_outpoints: Vec::new(),
+            prioritize_txids: Vec::new(),
+            prioritize_scripts: Vec::new(),
+            max_op_return_bytes: None,
+            max_op_return_outputs: None,
+            drop_inscriptions: false,
+            max_witness_script_push_bytes: None,
         }
     }
 }

@@ -4,12 +4,16 @@
 //! ([`select`], a pure function) and publishes a `selection` on its own `selector` stream.
 //!
 //! - [`select`]: the pure core (policies, invariants, speed notes).
+//! - [`rules`]: exclusions, priorities and data-carrier filters.
+//! - [`txscan`]: a zero-copy reader of the template's transactions for the rules.
 //! - [`Selector`]: the per-message logic of the shell (decode, dedup, select, fresh ids),
 //!   free of sockets so it is tested directly.
 //! - [`run`]: the I/O shell: bus sockets, the receive loop and shutdown.
 #![forbid(unsafe_code)]
 
+pub mod rules;
 pub mod select;
+pub mod txscan;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +122,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // All of this process is bulk work (choosing transactions): the tip path of the other processes
     // runs first when the CPU is short.
     jdc_shared::priority::lower_process(jdc_shared::priority::BULK_NICE);
-    let policy = Policy::from_config(&config.tx_selector)?;
+    let policy = Policy::from_config(&config.tx_selector, config.network()?)?;
     let endpoint = config.bus.bind_endpoint(STREAM, &config.bus.selector)?;
     let stats = Arc::new(BusStats::default());
     let (publisher, publisher_task) = Publisher::bind(

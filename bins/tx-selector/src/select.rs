@@ -24,8 +24,11 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use jdc_shared::bitcoin::Network;
 use jdc_shared::chain;
 use jdc_shared::config::{ConfigError, SelectorConfig};
+
+use crate::rules::{Rules, Verdicts};
 use jdc_shared::messages::{Dropped, Selection, Template};
 
 /// Name of the policy that keeps bitcoind's choice.
@@ -66,11 +69,17 @@ pub struct Policy {
     pub coinbase_reserve_weight: u64,
     /// Sigops cost kept free for the coinbase (every policy).
     pub coinbase_reserve_sigops: u64,
+    /// Maximum block sigops cost, coinbase included (`fee-rate` only; the template's own
+    /// limit applies too).
+    pub max_block_sigops: u64,
+    /// Exclusions and data-carrier filters (every policy), priorities (`fee-rate` only).
+    pub rules: Rules,
 }
 
 impl Policy {
-    /// Validates the `[tx_selector]` section; errors name the offending key.
-    pub fn from_config(cfg: &SelectorConfig) -> Result<Policy, ConfigError> {
+    /// Validates the `[tx_selector]` section (addresses are of `network`); errors name the
+    /// offending key.
+    pub fn from_config(cfg: &SelectorConfig, network: Network) -> Result<Policy, ConfigError> {
         let kind = match cfg.policy.as_str() {
             PASS_THROUGH => PolicyKind::PassThrough,
             FEE_RATE => PolicyKind::FeeRate,
@@ -99,26 +108,38 @@ impl Policy {
                 ),
             ));
         }
+        if cfg.coinbase_reserve_sigops >= cfg.max_block_sigops {
+            return Err(ConfigError::new(
+                "tx_selector.coinbase_reserve_sigops",
+                format!(
+                    "must be smaller than tx_selector.max_block_sigops ({} >= {})",
+                    cfg.coinbase_reserve_sigops, cfg.max_block_sigops
+                ),
+            ));
+        }
         Ok(Policy {
             kind,
             min_fee_rate_sat_vb: cfg.min_fee_rate_sat_vb,
             max_block_weight: cfg.max_block_weight,
             coinbase_reserve_weight: cfg.coinbase_reserve_weight,
             coinbase_reserve_sigops: cfg.coinbase_reserve_sigops,
+            max_block_sigops: cfg.max_block_sigops,
+            rules: Rules::from_config(cfg, network)?,
         })
     }
 
     /// Weight and sigops the chosen transactions may use in a block built from `template`.
     pub fn limits(&self, template: &Template) -> Limits {
-        let block_weight = match self.kind {
-            PolicyKind::PassThrough => template.weight_limit,
-            PolicyKind::FeeRate => template.weight_limit.min(self.max_block_weight),
+        let (block_weight, block_sigops) = match self.kind {
+            PolicyKind::PassThrough => (template.weight_limit, template.sigop_limit),
+            PolicyKind::FeeRate => (
+                template.weight_limit.min(self.max_block_weight),
+                template.sigop_limit.min(self.max_block_sigops),
+            ),
         };
         Limits {
             weight: block_weight.saturating_sub(self.coinbase_reserve_weight),
-            sigops: template
-                .sigop_limit
-                .saturating_sub(self.coinbase_reserve_sigops),
+            sigops: block_sigops.saturating_sub(self.coinbase_reserve_sigops),
         }
     }
 
@@ -145,16 +166,40 @@ pub enum DropReason {
     BelowMinFeeRate,
     /// Its package does not fit the remaining weight or sigops.
     BlockFull,
-    /// An ancestor was dropped.
+    /// An ancestor was dropped for lack of room.
     ParentDropped,
+    /// Its txid (or an ancestor's) is excluded.
+    ExcludedTxid,
+    /// It (or an ancestor) pays an excluded script or address.
+    ExcludedScript,
+    /// It (or an ancestor) spends an excluded outpoint.
+    ExcludedOutpoint,
+    /// It (or an ancestor) has an `OP_RETURN` output above the size cap.
+    OpReturnSize,
+    /// It (or an ancestor) has more `OP_RETURN` outputs than allowed.
+    OpReturnCount,
+    /// It (or an ancestor) carries an inscription-style envelope in a tapscript.
+    Inscription,
+    /// It (or an ancestor) pushes more tapscript data than allowed.
+    WitnessData,
+    /// Its bytes (or an ancestor's) could not be read (a rule needed them).
+    Unreadable,
 }
 
 impl DropReason {
     /// Every reason, in the order they are reported.
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::BelowMinFeeRate,
         DropReason::BlockFull,
         DropReason::ParentDropped,
+        DropReason::ExcludedTxid,
+        DropReason::ExcludedScript,
+        DropReason::ExcludedOutpoint,
+        DropReason::OpReturnSize,
+        DropReason::OpReturnCount,
+        DropReason::Inscription,
+        DropReason::WitnessData,
+        DropReason::Unreadable,
     ];
 
     /// Machine-readable name, as in `Dropped::reason`.
@@ -163,15 +208,19 @@ impl DropReason {
             DropReason::BelowMinFeeRate => "below-min-fee-rate",
             DropReason::BlockFull => "block-full",
             DropReason::ParentDropped => "parent-dropped",
+            DropReason::ExcludedTxid => "excluded-txid",
+            DropReason::ExcludedScript => "excluded-script",
+            DropReason::ExcludedOutpoint => "excluded-outpoint",
+            DropReason::OpReturnSize => "op-return-size",
+            DropReason::OpReturnCount => "op-return-count",
+            DropReason::Inscription => "inscription",
+            DropReason::WitnessData => "witness-data",
+            DropReason::Unreadable => "unreadable",
         }
     }
 
     fn slot(self) -> usize {
-        match self {
-            DropReason::BelowMinFeeRate => 0,
-            DropReason::BlockFull => 1,
-            DropReason::ParentDropped => 2,
-        }
+        self as usize
     }
 }
 
@@ -236,9 +285,10 @@ fn plan(template: &Template, policy: &Policy) -> Result<Plan, SelectError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let limits = policy.limits(template);
+    let verdicts = policy.rules.judge(template, &graph.parents);
     let outcome = match policy.kind {
-        PolicyKind::PassThrough => pass_through(template, &graph, limits),
-        PolicyKind::FeeRate => by_package_fee_rate(template, &graph, policy, limits),
+        PolicyKind::PassThrough => pass_through(template, &graph, &verdicts, limits),
+        PolicyKind::FeeRate => by_package_fee_rate(template, &graph, &verdicts, policy, limits),
     };
     Ok(Plan { wtxids, outcome })
 }
@@ -293,14 +343,14 @@ impl Graph {
 /// Chosen template indexes in block order, and per-reason (count, fees) of the rest.
 struct Outcome {
     chosen: Vec<usize>,
-    dropped: [(u32, u64); 3],
+    dropped: [(u32, u64); DropReason::ALL.len()],
 }
 
 impl Outcome {
     fn new(capacity: usize) -> Outcome {
         Outcome {
             chosen: Vec::with_capacity(capacity),
-            dropped: [(0, 0); 3],
+            dropped: [(0, 0); DropReason::ALL.len()],
         }
     }
 
@@ -360,11 +410,21 @@ fn assemble(template: &Template, policy: &Policy, plan: Plan) -> Selection {
 
 // === pass-through ===
 
-fn pass_through(template: &Template, graph: &Graph, limits: Limits) -> Outcome {
+fn pass_through(
+    template: &Template,
+    graph: &Graph,
+    verdicts: &Verdicts,
+    limits: Limits,
+) -> Outcome {
     let mut out = Outcome::new(template.txs.len());
     let mut dropped = vec![false; template.txs.len()];
     let (mut weight, mut sigops) = (0u64, 0u64);
     for (i, tx) in template.txs.iter().enumerate() {
+        if let Some(reason) = verdicts.excluded[i] {
+            dropped[i] = true;
+            out.drop_tx(reason, tx.fee);
+            continue;
+        }
         if graph.parents[i].iter().any(|&p| dropped[p]) {
             dropped[i] = true;
             out.drop_tx(DropReason::ParentDropped, tx.fee);
@@ -590,19 +650,22 @@ impl Package {
     }
 }
 
-/// A heap entry: a transaction and the package score it had when pushed. The best rate is
-/// on top; among equal rates the bigger package (so an equal-rate chain goes in one step, not
-/// one transaction per step), then the earlier template position.
+/// A heap entry: a transaction and the package score it had when pushed. Prioritized
+/// transactions are on top, then the best rate; among equal rates the bigger package (so an
+/// equal-rate chain goes in one step, not one transaction per step), then the earlier
+/// template position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Candidate {
+    priority: bool,
     package: Package,
     index: usize,
 }
 
 impl Ord for Candidate {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.package
-            .cmp_rate(&o.package)
+        self.priority
+            .cmp(&o.priority)
+            .then_with(|| self.package.cmp_rate(&o.package))
             .then_with(|| self.package.vsize.cmp(&o.package.vsize))
             .then_with(|| o.index.cmp(&self.index))
     }
@@ -624,6 +687,7 @@ enum Status {
 fn by_package_fee_rate(
     template: &Template,
     graph: &Graph,
+    verdicts: &Verdicts,
     policy: &Policy,
     limits: Limits,
 ) -> Outcome {
@@ -660,13 +724,28 @@ fn by_package_fee_rate(
 
     let mut status = vec![Status::Pending; n];
     let mut pending = n;
-    let mut heap: BinaryHeap<Candidate> = (0..n)
-        .map(|index| Candidate {
-            package: package[index],
-            index,
-        })
-        .collect();
     let mut out = Outcome::new(n);
+    // The rules' exclusions (closed under descendants, so no package left includes them).
+    for (i, reason) in verdicts.excluded.iter().enumerate() {
+        if let Some(reason) = *reason {
+            status[i] = Status::Dropped;
+            out.drop_tx(reason, own[i].fee);
+            pending -= 1;
+            if let Some((c, l)) = clusters.get(i) {
+                clusters.clusters[c].settle(l);
+            }
+        }
+    }
+    let priority = &verdicts.priority;
+    let candidate = |index: usize, package: Package| Candidate {
+        priority: priority[index],
+        package,
+        index,
+    };
+    let mut heap: BinaryHeap<Candidate> = (0..n)
+        .filter(|&i| status[i] == Status::Pending)
+        .map(|index| candidate(index, package[index]))
+        .collect();
     let (mut weight, mut sigops) = (0u64, 0u64);
     let mut batch: Vec<usize> = Vec::new();
     // Descendants whose package changed in this round, with their score before it.
@@ -681,14 +760,11 @@ fn by_package_fee_rate(
         }
         if top.package != package[t] {
             // A stale, too-high score: put it back with the true one.
-            heap.push(Candidate {
-                package: package[t],
-                index: t,
-            });
+            heap.push(candidate(t, package[t]));
             continue;
         }
         let pkg = package[t];
-        if !policy.meets_min_fee_rate(pkg.fee, pkg.vsize) {
+        if !top.priority && !policy.meets_min_fee_rate(pkg.fee, pkg.vsize) {
             // The best package left is below the minimum: so is every other one.
             for (i, s) in status.iter_mut().enumerate() {
                 if *s == Status::Pending {
@@ -770,10 +846,7 @@ fn by_package_fee_rate(
                 // (too high) entry is popped.
                 for &(d, before) in &touched {
                     if package[d].cmp_rate(&before) == Ordering::Greater {
-                        heap.push(Candidate {
-                            package: package[d],
-                            index: d,
-                        });
+                        heap.push(candidate(d, package[d]));
                     }
                 }
             }
@@ -782,10 +855,7 @@ fn by_package_fee_rate(
         if heap.len() > 4 * pending + 64 {
             heap = (0..n)
                 .filter(|&i| status[i] == Status::Pending)
-                .map(|index| Candidate {
-                    package: package[index],
-                    index,
-                })
+                .map(|index| candidate(index, package[index]))
                 .collect();
         }
     }

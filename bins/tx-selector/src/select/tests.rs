@@ -1,4 +1,12 @@
 use super::*;
+use jdc_shared::bitcoin::consensus::serialize;
+use jdc_shared::bitcoin::hashes::Hash;
+use jdc_shared::bitcoin::script::{Builder, PushBytesBuf};
+use jdc_shared::bitcoin::Network;
+use jdc_shared::bitcoin::{
+    absolute, opcodes, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
+    TxOut, Txid, Witness,
+};
 use jdc_shared::messages::TemplateTx;
 use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
@@ -52,6 +60,8 @@ fn policy(kind: PolicyKind, min_rate: f64, max_weight: u64) -> Policy {
         max_block_weight: max_weight,
         coinbase_reserve_weight: 8_000,
         coinbase_reserve_sigops: 400,
+        max_block_sigops: 80_000,
+        rules: Rules::default(),
     }
 }
 
@@ -112,7 +122,11 @@ fn check_invariants(t: &Template, p: &Policy, sel: &Selection) {
         PolicyKind::FeeRate => t.weight_limit.min(p.max_block_weight),
     };
     assert!(weight + p.coinbase_reserve_weight <= block_limit);
-    assert!(sigops + p.coinbase_reserve_sigops <= t.sigop_limit);
+    let sigop_limit = match p.kind {
+        PolicyKind::PassThrough => t.sigop_limit,
+        PolicyKind::FeeRate => t.sigop_limit.min(p.max_block_sigops),
+    };
+    assert!(sigops + p.coinbase_reserve_sigops <= sigop_limit);
     assert_eq!(sel.fees, fees);
     assert_eq!(sel.weight, weight);
     assert_eq!(sel.sigops, sigops);
@@ -154,7 +168,7 @@ fn check_invariants(t: &Template, p: &Policy, sel: &Selection) {
 /// bigger package, then earlier position): the
 /// optimised version must choose exactly the same transactions in the same order.
 #[allow(clippy::needless_range_loop)]
-fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); 3]) {
+fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); DropReason::ALL.len()]) {
     let n = t.txs.len();
     let parents: Vec<BTreeSet<usize>> = t
         .txs
@@ -170,7 +184,7 @@ fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); 3]) {
     }
     let mut st = vec![S::P; n];
     let mut chosen = Vec::new();
-    let mut dropped = [(0u32, 0u64); 3];
+    let mut dropped = [(0u32, 0u64); DropReason::ALL.len()];
     let (mut w, mut s) = (0u64, 0u64);
     let ancestors = |i: usize, st: &[S]| -> BTreeSet<usize> {
         let mut set = BTreeSet::new();
@@ -260,29 +274,32 @@ fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); 3]) {
 #[test]
 fn policy_from_config_names_bad_keys() {
     let mut cfg = SelectorConfig::default();
-    assert_eq!(Policy::from_config(&cfg).unwrap().kind, PolicyKind::FeeRate);
+    assert_eq!(
+        Policy::from_config(&cfg, Network::Regtest).unwrap().kind,
+        PolicyKind::FeeRate
+    );
     cfg.policy = "pass-through".into();
     assert_eq!(
-        Policy::from_config(&cfg).unwrap().kind,
+        Policy::from_config(&cfg, Network::Regtest).unwrap().kind,
         PolicyKind::PassThrough
     );
     cfg.policy = "greedy".into();
     assert_eq!(
-        Policy::from_config(&cfg).unwrap_err().key,
+        Policy::from_config(&cfg, Network::Regtest).unwrap_err().key,
         "tx_selector.policy"
     );
     cfg.policy = "fee-rate".into();
     cfg.min_fee_rate_sat_vb = -1.0;
     assert_eq!(
-        Policy::from_config(&cfg).unwrap_err().key,
+        Policy::from_config(&cfg, Network::Regtest).unwrap_err().key,
         "tx_selector.min_fee_rate_sat_vb"
     );
     cfg.min_fee_rate_sat_vb = f64::NAN;
-    assert!(Policy::from_config(&cfg).is_err());
+    assert!(Policy::from_config(&cfg, Network::Regtest).is_err());
     cfg.min_fee_rate_sat_vb = 1.0;
     cfg.coinbase_reserve_weight = cfg.max_block_weight;
     assert_eq!(
-        Policy::from_config(&cfg).unwrap_err().key,
+        Policy::from_config(&cfg, Network::Regtest).unwrap_err().key,
         "tx_selector.coinbase_reserve_weight"
     );
 }
@@ -616,14 +633,17 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
         10_000u64..4_000_000,
         0u64..9_000,
         0u64..500,
+        1_000u64..100_000,
     )
         .prop_map(
-            |(kind, min_rate, max_weight, reserve_w, reserve_s)| Policy {
+            |(kind, min_rate, max_weight, reserve_w, reserve_s, max_sigops)| Policy {
                 kind,
                 min_fee_rate_sat_vb: min_rate,
                 max_block_weight: max_weight,
                 coinbase_reserve_weight: reserve_w,
                 coinbase_reserve_sigops: reserve_s,
+                max_block_sigops: max_sigops,
+                rules: Rules::default(),
             },
         )
 }
@@ -662,6 +682,8 @@ proptest! {
             max_block_weight: u32::MAX as u64,
             coinbase_reserve_weight: 8_000,
             coinbase_reserve_sigops: 400,
+            max_block_sigops: u32::MAX as u64,
+            rules: Rules::default(),
         };
         let sel = select(&t, &p).unwrap();
         prop_assert_eq!(sel.txids.len(), t.txs.len());
@@ -669,25 +691,161 @@ proptest! {
     }
 }
 
+// === real transactions ===
+
+/// A few payout scripts transactions pay to (so script rules match some of them).
+fn payee(k: u8) -> ScriptBuf {
+    let mut bytes = vec![0x00, 0x14];
+    bytes.extend_from_slice(&[k; 20]);
+    ScriptBuf::from_bytes(bytes)
+}
+
+/// What a generated transaction carries besides payments.
+#[derive(Debug, Clone)]
+struct Carrier {
+    op_returns: Vec<usize>,
+    envelope: bool,
+    tapscript_push: usize,
+}
+
+fn tapscript_spend(envelope: bool, push: usize) -> Vec<Vec<u8>> {
+    let mut b = Builder::new()
+        .push_slice([2u8; 32])
+        .push_opcode(opcodes::all::OP_CHECKSIG);
+    if envelope {
+        b = b
+            .push_opcode(opcodes::OP_FALSE)
+            .push_opcode(opcodes::all::OP_IF)
+            .push_slice(b"ord")
+            .push_opcode(opcodes::all::OP_ENDIF);
+    }
+    if push > 0 {
+        let data = PushBytesBuf::try_from(vec![7u8; push]).unwrap();
+        b = b.push_slice(data).push_opcode(opcodes::all::OP_DROP);
+    }
+    let mut control = vec![0xc0];
+    control.extend_from_slice(&[3u8; 32]);
+    vec![vec![9u8; 64], b.into_script().into_bytes(), control]
+}
+
+/// A real transaction spending output 0 of each parent (or a made-up coin), paying
+/// `payees`, with the data `carrier` asks for.
+fn real_tx(i: usize, parents: &[Txid], payees: &[u8], carrier: &Carrier) -> Transaction {
+    let mut inputs: Vec<OutPoint> = parents
+        .iter()
+        .map(|&txid| OutPoint { txid, vout: 0 })
+        .collect();
+    if inputs.is_empty() {
+        inputs.push(OutPoint {
+            txid: Txid::from_byte_array([(i % 251) as u8 + 1; 32]),
+            vout: i as u32,
+        });
+    }
+    let input = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(k, previous_output)| TxIn {
+            previous_output,
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: if k == 0 && (carrier.envelope || carrier.tapscript_push > 0) {
+                Witness::from_slice(&tapscript_spend(carrier.envelope, carrier.tapscript_push))
+            } else {
+                Witness::from_slice(&[vec![1u8; 71], vec![2u8; 33]])
+            },
+        })
+        .collect();
+    let mut output: Vec<TxOut> = payees
+        .iter()
+        .map(|&k| TxOut {
+            value: Amount::from_sat(10_000),
+            script_pubkey: payee(k),
+        })
+        .collect();
+    for &len in &carrier.op_returns {
+        let data = PushBytesBuf::try_from(vec![5u8; len]).unwrap();
+        output.push(TxOut {
+            value: Amount::ZERO,
+            script_pubkey: ScriptBuf::new_op_return(data),
+        });
+    }
+    Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input,
+        output,
+    }
+}
+
 // === speed ===
 
-/// A 5,000-transaction template: `chains` chains of `depth` with varied rates (plus loners).
+/// A 5,000-transaction template of real transactions: `chains` chains of `depth` with varied
+/// rates (plus loners). Every 10th transaction has an 80-byte `OP_RETURN`, every 25th an
+/// inscription-style envelope pushing 300 bytes; payees rotate over four scripts.
 fn big_template(chains: usize, depth: usize, rate: impl Fn(usize, usize) -> u64) -> Template {
-    let mut txs = Vec::with_capacity(5_000);
+    let mut txs: Vec<TemplateTx> = Vec::with_capacity(5_000);
+    let mut ids: Vec<Txid> = Vec::with_capacity(5_000);
+    let mut push = |rate: u64, parent: Option<usize>| {
+        let i = txs.len();
+        let carrier = Carrier {
+            op_returns: if i.is_multiple_of(10) { vec![80] } else { vec![] },
+            envelope: i.is_multiple_of(25),
+            tapscript_push: if i.is_multiple_of(25) { 300 } else { 0 },
+        };
+        let parents: Vec<Txid> = parent.map(|p| ids[p]).into_iter().collect();
+        let t = real_tx(i, &parents, &[(i % 4) as u8], &carrier);
+        let weight = t.weight().to_wu();
+        ids.push(t.compute_txid());
+        txs.push(TemplateTx {
+            data: serialize(&t),
+            txid: t.compute_txid().to_string(),
+            wtxid: t.compute_wtxid().to_string(),
+            fee: vsize(weight) * rate,
+            weight,
+            sigops: 4,
+            depends: parent.map(|p| p as u32 + 1).into_iter().collect(),
+        });
+    };
     for c in 0..chains {
         for d in 0..depth {
-            let i = txs.len();
-            let depends = if d == 0 { vec![] } else { vec![i as u32] };
-            let mut x = tx(i, 200, rate(c, d), &depends);
-            x.data = vec![0u8; 200];
-            txs.push(x);
+            let i = c * depth + d;
+            push(rate(c, d), (d > 0).then(|| i - 1));
         }
     }
-    while txs.len() < 5_000 {
-        let i = txs.len();
-        txs.push(tx(i, 200, (i % 37) as u64 + 1, &[]));
+    for i in chains * depth..5_000 {
+        push((i % 37) as u64 + 1, None);
     }
     template(txs)
+}
+
+/// Every rule at once, drawn from `t`: 50 excluded txids, 20 excluded outpoints, one excluded
+/// payee, 50 prioritized txids and one prioritized payee, OP_RETURN caps, no inscriptions,
+/// a tapscript push cap.
+fn every_rule(t: &Template) -> Rules {
+    let pick = |step: usize, n: usize| -> Vec<String> {
+        t.txs
+            .iter()
+            .step_by(step)
+            .take(n)
+            .map(|x| x.txid.clone())
+            .collect()
+    };
+    let cfg = jdc_shared::config::SelectorConfig {
+        exclude_txids: pick(97, 50),
+        exclude_outpoints: pick(251, 20)
+            .into_iter()
+            .map(|x| format!("{x}:0"))
+            .collect(),
+        exclude_scripts: vec![hex::encode(payee(3).as_bytes())],
+        prioritize_txids: pick(89, 50),
+        prioritize_scripts: vec![hex::encode(payee(1).as_bytes())],
+        max_op_return_bytes: Some(83),
+        max_op_return_outputs: Some(1),
+        drop_inscriptions: true,
+        max_witness_script_push_bytes: Some(1_000),
+        ..Default::default()
+    };
+    Rules::from_config(&cfg, Network::Regtest).unwrap()
 }
 
 /// Not a timing assertion: prints how long `select` takes on 5,000-transaction templates.
@@ -731,8 +889,21 @@ fn speed_of_select_on_5000_transactions() {
         ),
     ];
     for (name, t) in &cases {
-        for kind in [PolicyKind::PassThrough, PolicyKind::FeeRate] {
-            let p = policy(kind, 1.0, 4_000_000);
+        let rules = every_rule(t);
+        for (kind, rules, label) in [
+            (PolicyKind::PassThrough, Rules::default(), "pass-through"),
+            (PolicyKind::FeeRate, Rules::default(), "fee-rate"),
+            (
+                PolicyKind::PassThrough,
+                rules.clone(),
+                "pass-through + rules",
+            ),
+            (PolicyKind::FeeRate, rules, "fee-rate + rules"),
+        ] {
+            let p = Policy {
+                rules,
+                ..policy(kind, 1.0, 4_000_000)
+            };
             let _ = select(t, &p).unwrap();
             let runs = 20;
             let start = std::time::Instant::now();
@@ -751,10 +922,306 @@ fn speed_of_select_on_5000_transactions() {
                 );
             }
             let per_plan = start.elapsed() / runs;
-            println!(
-                "{name:34} {:13} select {per:>10.2?}  (choosing only {per_plan:>10.2?})",
-                kind.as_str()
-            );
+            println!("{name:34} {label:21} select {per:>10.2?}  (choosing only {per_plan:>10.2?})");
+        }
+    }
+}
+
+// === rules (exclusions, priorities, data-carrier filters) ===
+
+mod rules {
+    use super::*;
+    use crate::rules::Rules;
+    use jdc_shared::bitcoin::script::Instruction as BInstruction;
+    use jdc_shared::config::SelectorConfig;
+
+    /// Random templates of real transactions: chains and fans as in `arb_template`, payees
+    /// drawn from four scripts, some OP_RETURNs, envelopes and tapscript pushes.
+    fn arb_real_template() -> impl Strategy<Value = Template> {
+        (1usize..40)
+            .prop_flat_map(|n| {
+                (
+                    prop::collection::vec(
+                        (
+                            0u64..100_000,
+                            0u64..40,
+                            prop::collection::vec(any::<prop::sample::Index>(), 0..=2),
+                            0u8..4,
+                            prop::collection::vec(0u8..4, 1..3),
+                            prop::collection::vec(0usize..120, 0..3),
+                            prop::bool::weighted(0.15),
+                            prop_oneof![4 => Just(0usize), 1 => 1usize..400],
+                        ),
+                        n,
+                    ),
+                    20_000u64..400_000,
+                    600u64..3_000,
+                )
+            })
+            .prop_map(|(specs, weight_limit, sigop_limit)| {
+                let mut txs: Vec<TemplateTx> = Vec::new();
+                let mut ids: Vec<Txid> = Vec::new();
+                for (i, (fee, sigops, more, link, payees, op_returns, envelope, push)) in
+                    specs.into_iter().enumerate()
+                {
+                    let mut depends: Vec<u32> = if i > 0 && link > 0 {
+                        vec![i as u32]
+                    } else {
+                        Vec::new()
+                    };
+                    if i > 0 && link > 1 {
+                        depends.extend(more.iter().map(|ix| ix.index(i) as u32 + 1));
+                    }
+                    depends.sort_unstable();
+                    depends.dedup();
+                    let parents: Vec<Txid> = depends.iter().map(|&d| ids[d as usize - 1]).collect();
+                    let carrier = Carrier {
+                        op_returns,
+                        envelope,
+                        tapscript_push: push,
+                    };
+                    let t = real_tx(i, &parents, &payees, &carrier);
+                    ids.push(t.compute_txid());
+                    txs.push(TemplateTx {
+                        data: serialize(&t),
+                        txid: t.compute_txid().to_string(),
+                        wtxid: t.compute_wtxid().to_string(),
+                        fee,
+                        weight: t.weight().to_wu(),
+                        sigops,
+                        depends,
+                    });
+                }
+                let mut t = template(txs);
+                t.weight_limit = weight_limit;
+                t.sigop_limit = sigop_limit;
+                t
+            })
+    }
+
+    /// Random rules drawn from the template's own txids, outpoints and payees.
+    fn arb_rules_config(t: &Template) -> impl Strategy<Value = SelectorConfig> {
+        let txids: Vec<String> = t.txs.iter().map(|x| x.txid.clone()).collect();
+        let outpoints: Vec<String> = t.txs.iter().map(|x| format!("{}:0", x.txid)).collect();
+        let scripts: Vec<String> = (0u8..4).map(|k| hex::encode(payee(k).as_bytes())).collect();
+        (
+            prop::sample::subsequence(txids.clone(), 0..=txids.len().min(3)),
+            prop::sample::subsequence(scripts.clone(), 0..=1),
+            prop::sample::subsequence(outpoints.clone(), 0..=outpoints.len().min(2)),
+            prop::sample::subsequence(txids.clone(), 0..=txids.len().min(3)),
+            prop::sample::subsequence(scripts, 0..=1),
+            prop::option::of(3u64..100),
+            prop::option::of(0u64..3),
+            any::<bool>(),
+            prop::option::of(0u64..500),
+        )
+            .prop_map(
+                |(
+                    exclude_txids,
+                    exclude_scripts,
+                    exclude_outpoints,
+                    prioritize_txids,
+                    prioritize_scripts,
+                    max_op_return_bytes,
+                    max_op_return_outputs,
+                    drop_inscriptions,
+                    max_witness_script_push_bytes,
+                )| SelectorConfig {
+                    exclude_txids,
+                    exclude_scripts,
+                    exclude_outpoints,
+                    prioritize_txids,
+                    prioritize_scripts,
+                    max_op_return_bytes,
+                    max_op_return_outputs,
+                    drop_inscriptions,
+                    max_witness_script_push_bytes,
+                    ..SelectorConfig::default()
+                },
+            )
+    }
+
+    fn arb_case() -> impl Strategy<Value = (Template, Policy, SelectorConfig)> {
+        arb_real_template().prop_flat_map(|t| {
+            let rules = arb_rules_config(&t);
+            (Just(t), arb_policy(), rules).prop_map(|(t, p, cfg)| {
+                let rules = Rules::from_config(&cfg, Network::Regtest).unwrap();
+                (t, Policy { rules, ..p }, cfg)
+            })
+        })
+    }
+
+    /// The rule a transaction breaks by its own content, judged with rust-bitcoin (not with
+    /// the selector's reader), in the selector's order of precedence.
+    fn own_violation(x: &TemplateTx, cfg: &SelectorConfig) -> Option<DropReason> {
+        let t: Transaction =
+            jdc_shared::bitcoin::consensus::deserialize(&x.data).expect("generated tx");
+        if cfg.exclude_txids.contains(&x.txid) {
+            return Some(DropReason::ExcludedTxid);
+        }
+        if t.input.iter().any(|i| {
+            cfg.exclude_outpoints.contains(&format!(
+                "{}:{}",
+                i.previous_output.txid, i.previous_output.vout
+            ))
+        }) {
+            return Some(DropReason::ExcludedOutpoint);
+        }
+        let mut op_returns = 0u64;
+        for o in &t.output {
+            if cfg
+                .exclude_scripts
+                .contains(&hex::encode(o.script_pubkey.as_bytes()))
+            {
+                return Some(DropReason::ExcludedScript);
+            }
+            if o.script_pubkey.is_op_return() {
+                op_returns += 1;
+                if cfg
+                    .max_op_return_bytes
+                    .is_some_and(|m| o.script_pubkey.len() as u64 > m)
+                {
+                    return Some(DropReason::OpReturnSize);
+                }
+            }
+        }
+        if cfg.max_op_return_outputs.is_some_and(|m| op_returns > m) {
+            return Some(DropReason::OpReturnCount);
+        }
+        let mut pushed = 0u64;
+        for input in &t.input {
+            // A script-path spend: the last item (an annex aside) is a control block of the
+            // tapscript leaf version.
+            let Some(leaf) = input.witness.taproot_leaf_script() else {
+                continue;
+            };
+            let items: Vec<&[u8]> = input.witness.iter().collect();
+            let control = if items.len() >= 2 && items.last().unwrap()[0] == 0x50 {
+                items[items.len() - 2]
+            } else {
+                items[items.len() - 1]
+            };
+            if control.len() < 33 || (control.len() - 33) % 32 != 0 || control[0] & 0xfe != 0xc0 {
+                continue;
+            }
+            let ins: Vec<_> = leaf.script.instructions().map(|i| i.unwrap()).collect();
+            let envelope = ins.windows(2).any(|w| {
+                matches!(w[0], BInstruction::PushBytes(p) if p.is_empty())
+                    && w[1] == BInstruction::Op(opcodes::all::OP_IF)
+            });
+            if cfg.drop_inscriptions && envelope {
+                return Some(DropReason::Inscription);
+            }
+            pushed += ins
+                .iter()
+                .map(|i| match i {
+                    BInstruction::PushBytes(p) => p.len() as u64,
+                    BInstruction::Op(_) => 0,
+                })
+                .sum::<u64>();
+        }
+        if cfg
+            .max_witness_script_push_bytes
+            .is_some_and(|m| pushed > m)
+        {
+            return Some(DropReason::WitnessData);
+        }
+        None
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+        ))]
+
+        /// Every policy with random rules: the block is valid (the general invariants), no
+        /// chosen transaction breaks a rule or descends from one that does, each rule's
+        /// count and fee is exactly the transactions it (or an ancestor's violation) took
+        /// out, and prioritized packages come first.
+        #[test]
+        fn rules_hold_for_every_policy((t, p, cfg) in arb_case()) {
+            let sel = select(&t, &p).unwrap();
+            check_invariants(&t, &p, &sel);
+            // The exclusions, judged independently: a transaction's own violation, else
+            // its first excluded parent's.
+            let n = t.txs.len();
+            let mut excluded: Vec<Option<DropReason>> = vec![None; n];
+            for i in 0..n {
+                excluded[i] = t.txs[i]
+                    .depends
+                    .iter()
+                    .find_map(|&d| excluded[d as usize - 1])
+                    .or_else(|| own_violation(&t.txs[i], &cfg));
+            }
+            let index_of: HashMap<&str, usize> =
+                t.txs.iter().enumerate().map(|(i, x)| (x.txid.as_str(), i)).collect();
+            let chosen: Vec<usize> = sel.txids.iter().map(|x| index_of[x.as_str()]).collect();
+            for &i in &chosen {
+                prop_assert_eq!(excluded[i], None, "tx {} chosen against a rule", i);
+            }
+            for reason in &DropReason::ALL[3..] {
+                let (count, fee) = excluded
+                    .iter()
+                    .zip(&t.txs)
+                    .filter(|(e, _)| **e == Some(*reason))
+                    .fold((0u32, 0u64), |(c, f), (_, x)| (c + 1, f + x.fee));
+                prop_assert_eq!(dropped(&sel, *reason), (count, fee), "{}", reason.as_str());
+            }
+            // Prioritized packages (the transactions and their ancestors) come first.
+            if p.kind == PolicyKind::FeeRate {
+                let pays_priority = |x: &TemplateTx| {
+                    let tx: Transaction =
+                        jdc_shared::bitcoin::consensus::deserialize(&x.data).unwrap();
+                    tx.output.iter().any(|o| {
+                        cfg.prioritize_scripts
+                            .contains(&hex::encode(o.script_pubkey.as_bytes()))
+                    })
+                };
+                let mut first = vec![false; n];
+                for i in (0..n).rev() {
+                    let x = &t.txs[i];
+                    let prioritized = excluded[i].is_none()
+                        && (cfg.prioritize_txids.contains(&x.txid) || pays_priority(x));
+                    if prioritized && chosen.contains(&i) {
+                        first[i] = true;
+                    }
+                    if first[i] {
+                        for &d in &x.depends {
+                            first[d as usize - 1] = true;
+                        }
+                    }
+                }
+                let flags: Vec<bool> = chosen.iter().map(|&i| first[i]).collect();
+                prop_assert!(
+                    flags.windows(2).all(|w| w[0] || !w[1]),
+                    "prioritized packages are not first: {:?}", flags
+                );
+            }
+        }
+
+        /// With room for everything, every transaction no rule excludes is chosen when it is
+        /// prioritized, whatever its fee rate.
+        #[test]
+        fn prioritized_transactions_ignore_the_minimum_fee_rate((t, p, cfg) in arb_case()) {
+            let mut t = t;
+            t.weight_limit = u32::MAX as u64;
+            t.sigop_limit = u32::MAX as u64;
+            let p = Policy {
+                kind: PolicyKind::FeeRate,
+                min_fee_rate_sat_vb: 1e9,
+                max_block_weight: u32::MAX as u64,
+                max_block_sigops: u32::MAX as u64,
+                ..p
+            };
+            let sel = select(&t, &p).unwrap();
+            check_invariants(&t, &p, &sel);
+            let verdicts = p.rules.judge(&t, &Graph::build(&t).unwrap().parents);
+            for (i, x) in t.txs.iter().enumerate() {
+                if verdicts.priority[i] && verdicts.excluded[i].is_none() {
+                    prop_assert!(sel.txids.contains(&x.txid), "prioritized tx {} left out", i);
+                }
+            }
+            let _ = cfg;
         }
     }
 }
