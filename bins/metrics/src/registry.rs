@@ -202,6 +202,7 @@ pub struct Metrics {
     shares: Family<ShareLabels, Counter>,
     blocks: Family<StageLabel, Counter>,
     events: Family<EventLabels, Counter>,
+    work_refused: Family<KindLabel, Counter>,
     mining_mode: Family<ModeLabel, Gauge>,
     upstream_active: Gauge,
     upstream_state: Family<UpstreamLabels, Gauge>,
@@ -247,6 +248,7 @@ impl Metrics {
             shares: Family::default(),
             blocks: Family::default(),
             events: Family::default(),
+            work_refused: Family::default(),
             mining_mode: Family::default(),
             upstream_active: Gauge::default(),
             upstream_state: Family::default(),
@@ -334,6 +336,11 @@ impl Metrics {
             m.events.clone(),
         );
         registry.register(
+            "jdc_work_refused",
+            "Selections and templates the declarator refused (devices kept the last valid work), by kind",
+            m.work_refused.clone(),
+        );
+        registry.register(
             "jdc_mining_mode",
             "1 for the declarator's current mode: pool (mining for an upstream) or solo (own payout)",
             m.mining_mode.clone(),
@@ -398,6 +405,13 @@ impl Metrics {
             m.jobs.get_or_create(&kind).inc_by(0);
             drop(m.tip_to_job.get_or_create(&kind));
         }
+        for kind in ["selection", "template"] {
+            m.work_refused
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc_by(0);
+        }
         for stage in ["found", "accepted", "rejected"] {
             m.blocks
                 .get_or_create(&StageLabel {
@@ -405,7 +419,19 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
-        for reason in ["below-min-fee-rate", "block-full", "parent-dropped"] {
+        for reason in [
+            "below-min-fee-rate",
+            "block-full",
+            "parent-dropped",
+            "excluded-txid",
+            "excluded-script",
+            "excluded-outpoint",
+            "op-return-size",
+            "op-return-count",
+            "inscription",
+            "witness-data",
+            "unreadable",
+        ] {
             m.dropped
                 .get_or_create(&ReasonLabel {
                     reason: reason.to_string(),
@@ -512,6 +538,18 @@ impl Metrics {
                     level: self.label("event_level", &ev.level),
                 };
                 self.events.get_or_create(&labels).inc();
+                let refused = match ev.kind.as_str() {
+                    "selection-refused" => Some("selection"),
+                    "template-refused" => Some("template"),
+                    _ => None,
+                };
+                if let Some(kind) = refused {
+                    self.work_refused
+                        .get_or_create(&KindLabel {
+                            kind: kind.to_string(),
+                        })
+                        .inc();
+                }
             }
             Message::Upstream(state) => self.apply_upstream(state),
         }

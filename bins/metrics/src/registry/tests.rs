@@ -552,3 +552,38 @@ fn upstream_state_drives_mode_rank_state_and_switches() {
     assert_eq!(value(&text, "jdc_upstream_switches_total"), Some(3.0));
     assert_eq!(value(&text, "jdc_upstream_active"), Some(2.0));
 }
+
+#[test]
+fn refused_work_is_counted_by_kind() {
+    let mut m = Metrics::new(&PROCESSES);
+    let event = |kind: &str| Event {
+        level: "warn".into(),
+        kind: kind.into(),
+        message: "selection 5: witness commitment does not match".into(),
+    };
+    for kind in [
+        "selection-refused",
+        "selection-refused",
+        "template-refused",
+        "fallback",
+    ] {
+        m.handle(&received("declarator", Topic::Event, &event(kind)), 1)
+            .unwrap();
+    }
+    let text = render(&m, 1);
+    assert_eq!(
+        value(&text, "jdc_work_refused_total{kind=\"selection\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_work_refused_total{kind=\"template\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "jdc_selection_dropped_transactions_total{reason=\"inscription\"}"
+        ),
+        Some(0.0)
+    );
+}
