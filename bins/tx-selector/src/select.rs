@@ -8,7 +8,11 @@
 //!   its ancestors not yet in the block), so a high-fee child pays for a low-fee parent
 //!   (CPFP). The best package is included with its ancestors in dependency order, then its
 //!   descendants' packages are updated; packages below the minimum fee rate or that no longer
-//!   fit are dropped, and a dropped transaction takes its descendants with it.
+//!   fit are dropped, and a dropped transaction takes its descendants with it. Prioritized
+//!   transactions ([`Rules`]) go first with their ancestors, whatever their rate.
+//!
+//! Both apply the [`Rules`]' exclusions first (closed under descendants, each counted under
+//! the rule that caught it or its ancestor).
 //!
 //! Invariants of every selection (checked by the property tests): a child never comes before
 //! its parent nor without it; weight + coinbase reserve and sigops + reserve stay within the
@@ -16,10 +20,12 @@
 //! chosen transactions; every template transaction is either chosen or counted in `dropped`.
 //!
 //! Cost: transactions without in-template relatives cost O(log n) each. Related transactions
-//! are grouped into clusters whose ancestor/descendant sets are bitsets (cluster size² bits);
-//! an inclusion updates only the descendants still pending, and a heap entry is re-pushed only
-//! when a package's score goes *up* (a stale, too-high score is fixed when popped), so a long
-//! chain costs little more than its bitsets.
+//! are grouped into clusters whose ancestor/descendant sets are bitsets (cluster size² bits).
+//! An inclusion only marks the included package's pending descendants (one bitset pass: their
+//! scores can only go down, so their heap entries stay upper bounds, and a stale entry is
+//! recomputed when popped); descendants of its other members are recomputed at once and pushed
+//! again only when their score went *up*. Chains of bitcoind's sizes cost little more than
+//! their bitsets; a chain of thousands whose rates fall along it costs about n² log n.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -457,6 +463,8 @@ struct Cluster {
     anc: Vec<u64>,
     desc: Vec<u64>,
     pending: Vec<u64>,
+    /// Pending members whose stored package may still count included ancestors (too high).
+    dirty: Vec<u64>,
 }
 
 impl Cluster {
@@ -488,6 +496,31 @@ impl Cluster {
     }
     fn settle(&mut self, local: usize) {
         self.pending[local / 64] &= !(1u64 << (local % 64));
+    }
+    /// Marks the pending members of `set` as holding a too-high package.
+    fn mark_dirty(&mut self, local: usize) {
+        let words = self.words;
+        for ((d, &x), &p) in self
+            .dirty
+            .iter_mut()
+            .zip(&self.desc[local * words..(local + 1) * words])
+            .zip(&self.pending)
+        {
+            *d |= x & p;
+        }
+    }
+    /// Clears and returns whether member `local` was dirty.
+    fn take_dirty(&mut self, local: usize) -> bool {
+        let bit = 1u64 << (local % 64);
+        let was = self.dirty[local / 64] & bit != 0;
+        self.dirty[local / 64] &= !bit;
+        was
+    }
+    /// The exact package of member `local`: itself and its pending ancestors.
+    fn package_of(&self, local: usize, own: &[Package]) -> Package {
+        let mut sum = Package::default();
+        self.for_each_pending(self.anc(local), |a| sum.add(&own[a]));
+        sum
     }
 }
 
@@ -614,6 +647,7 @@ impl Cluster {
             words,
             anc,
             desc,
+            dirty: vec![0u64; words],
             pending,
         }
     }
@@ -636,12 +670,6 @@ impl Package {
         self.weight = self.weight.saturating_add(o.weight);
         self.vsize = self.vsize.saturating_add(o.vsize);
         self.sigops = self.sigops.saturating_add(o.sigops);
-    }
-    fn sub(&mut self, o: &Package) {
-        self.fee = self.fee.saturating_sub(o.fee);
-        self.weight = self.weight.saturating_sub(o.weight);
-        self.vsize = self.vsize.saturating_sub(o.vsize).max(1);
-        self.sigops = self.sigops.saturating_sub(o.sigops);
     }
     /// Compares fee rates exactly (cross-multiplied).
     fn cmp_rate(&self, o: &Package) -> Ordering {
@@ -748,8 +776,8 @@ fn by_package_fee_rate(
         .collect();
     let (mut weight, mut sigops) = (0u64, 0u64);
     let mut batch: Vec<usize> = Vec::new();
-    // Descendants whose package changed in this round, with their score before it.
-    let mut touched: Vec<(usize, Package)> = Vec::new();
+    // Descendants of other batch members, whose package changed in this round.
+    let mut touched: Vec<usize> = Vec::new();
     let mut touched_in: Vec<u32> = vec![0; n];
     let mut round: u32 = 0;
 
@@ -757,6 +785,12 @@ fn by_package_fee_rate(
         let t = top.index;
         if status[t] != Status::Pending {
             continue;
+        }
+        if let Some((c, l)) = clusters.get(t) {
+            let cluster = &mut clusters.clusters[c];
+            if cluster.take_dirty(l) {
+                package[t] = cluster.package_of(l, &own);
+            }
         }
         if top.package != package[t] {
             // A stale, too-high score: put it back with the true one.
@@ -819,32 +853,34 @@ fn by_package_fee_rate(
                 cluster.settle(clusters.local[a] as usize);
             }
             if status[t] == Status::Included {
-                // Update the packages of the pending descendants. A descendant of t has the
-                // whole batch among its ancestors: one subtraction, and its score cannot go up
-                // (the batch was the best package), so it needs no new heap entry.
+                // The pending descendants of t had the whole batch among their ancestors:
+                // their packages lose it, and their scores cannot go up (the batch was the
+                // best package), so their heap entries stay upper bounds. They are marked and
+                // recomputed only when popped: a long chain costs one bitset pass per step,
+                // not one update per descendant.
                 let lt = clusters.local[t] as usize;
-                let mut total = Package::default();
-                for &a in &batch {
-                    total.add(&own[a]);
-                }
-                cluster.for_each_pending(cluster.desc(lt), |d| package[d].sub(&total));
-                // Descendants of other batch members lose only those members.
+                cluster.mark_dirty(lt);
+                // Descendants of other batch members only lose those members: their scores
+                // can go up (a low-rate parent left them), so they are recomputed now and
+                // pushed again when they did.
                 round = round.wrapping_add(1);
                 touched.clear();
                 for &a in batch.iter().filter(|&&a| a != t) {
-                    let removed = own[a];
                     let la = clusters.local[a] as usize;
                     cluster.for_each_pending_except(cluster.desc(la), cluster.desc(lt), |d| {
                         if touched_in[d] != round {
                             touched_in[d] = round;
-                            touched.push((d, package[d]));
+                            touched.push(d);
                         }
-                        package[d].sub(&removed);
                     });
                 }
-                // Re-push only when the score went up; a lower true score is found when the old
-                // (too high) entry is popped.
-                for &(d, before) in &touched {
+                for &d in &touched {
+                    let ld = clusters.local[d] as usize;
+                    cluster.take_dirty(ld);
+                    let before = package[d];
+                    package[d] = cluster.package_of(ld, &own);
+                    // The stored package never exceeds the best heap entry of d: a higher
+                    // score needs a new entry.
                     if package[d].cmp_rate(&before) == Ordering::Greater {
                         heap.push(candidate(d, package[d]));
                     }

@@ -7,6 +7,7 @@ use jdc_shared::bitcoin::{
     absolute, opcodes, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
     TxOut, Txid, Witness,
 };
+use jdc_shared::config::SelectorConfig;
 use jdc_shared::messages::TemplateTx;
 use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
@@ -302,6 +303,38 @@ fn policy_from_config_names_bad_keys() {
         Policy::from_config(&cfg, Network::Regtest).unwrap_err().key,
         "tx_selector.coinbase_reserve_weight"
     );
+}
+
+#[test]
+fn bad_rules_name_their_key_and_value() {
+    let bad = |edit: fn(&mut SelectorConfig)| {
+        let mut cfg = SelectorConfig::default();
+        edit(&mut cfg);
+        let e = Policy::from_config(&cfg, Network::Regtest).unwrap_err();
+        (e.key.to_string(), e.to_string())
+    };
+    let (key, msg) = bad(|c| c.exclude_outpoints = vec!["abcd".into()]);
+    assert_eq!(key, "tx_selector.exclude_outpoints");
+    assert!(msg.contains("`abcd` is not txid:vout"), "{msg}");
+    let (key, msg) = bad(|c| c.exclude_txids = vec!["xyz".into()]);
+    assert_eq!(key, "tx_selector.exclude_txids");
+    assert!(msg.contains("`xyz` is not a txid"), "{msg}");
+    // A mainnet address on regtest.
+    let (key, _) =
+        bad(|c| c.prioritize_scripts = vec!["bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4".into()]);
+    assert_eq!(key, "tx_selector.prioritize_scripts");
+    let (key, _) = bad(|c| c.coinbase_reserve_sigops = c.max_block_sigops);
+    assert_eq!(key, "tx_selector.coinbase_reserve_sigops");
+    // Addresses of the network and hex scripts are taken.
+    let mut cfg = SelectorConfig::default();
+    cfg.exclude_scripts = vec![
+        "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080".into(),
+        "6a0401020304".into(),
+    ];
+    assert!(!Policy::from_config(&cfg, Network::Regtest)
+        .unwrap()
+        .rules
+        .is_empty());
 }
 
 // === pass-through ===
@@ -788,7 +821,11 @@ fn big_template(chains: usize, depth: usize, rate: impl Fn(usize, usize) -> u64)
     let mut push = |rate: u64, parent: Option<usize>| {
         let i = txs.len();
         let carrier = Carrier {
-            op_returns: if i.is_multiple_of(10) { vec![80] } else { vec![] },
+            op_returns: if i.is_multiple_of(10) {
+                vec![80]
+            } else {
+                vec![]
+            },
             envelope: i.is_multiple_of(25),
             tapscript_push: if i.is_multiple_of(25) { 300 } else { 0 },
         };
