@@ -326,11 +326,13 @@ fn bad_rules_name_their_key_and_value() {
     let (key, _) = bad(|c| c.coinbase_reserve_sigops = c.max_block_sigops);
     assert_eq!(key, "tx_selector.coinbase_reserve_sigops");
     // Addresses of the network and hex scripts are taken.
-    let mut cfg = SelectorConfig::default();
-    cfg.exclude_scripts = vec![
-        "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080".into(),
-        "6a0401020304".into(),
-    ];
+    let cfg = SelectorConfig {
+        exclude_scripts: vec![
+            "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080".into(),
+            "6a0401020304".into(),
+        ],
+        ..SelectorConfig::default()
+    };
     assert!(!Policy::from_config(&cfg, Network::Regtest)
         .unwrap()
         .rules
