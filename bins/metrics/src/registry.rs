@@ -197,6 +197,9 @@ pub struct Metrics {
     selection_transactions: Gauge,
     selection_fees: Gauge,
     dropped: Family<ReasonLabel, Counter>,
+    dropped_fees: Family<ReasonLabel, Gauge>,
+    /// Reasons the latest selection named (reset to 0 by the next one).
+    dropped_fee_reasons: Vec<ReasonLabel>,
     jobs: Family<KindLabel, Counter>,
     tip_to_job: Family<KindLabel, Histogram>,
     shares: Family<ShareLabels, Counter>,
@@ -243,6 +246,8 @@ impl Metrics {
             selection_transactions: Gauge::default(),
             selection_fees: Gauge::default(),
             dropped: Family::default(),
+            dropped_fees: Family::default(),
+            dropped_fee_reasons: Vec::new(),
             jobs: Family::default(),
             tip_to_job: Family::new_with_constructor(tip_to_job_histogram),
             shares: Family::default(),
@@ -307,8 +312,13 @@ impl Metrics {
         );
         registry.register(
             "jdc_selection_dropped_transactions",
-            "Transactions the selection policy left out, by reason",
+            "Transactions the selection policy left out, by reason (summed over selections)",
             m.dropped.clone(),
+        );
+        registry.register(
+            "jdc_selection_dropped_fees_sats",
+            "Fees the latest selection gave up, by reason (what each rule of the policy costs), in satoshis",
+            m.dropped_fees.clone(),
         );
         registry.register(
             "jdc_jobs_sent",
@@ -432,11 +442,11 @@ impl Metrics {
             "witness-data",
             "unreadable",
         ] {
-            m.dropped
-                .get_or_create(&ReasonLabel {
-                    reason: reason.to_string(),
-                })
-                .inc_by(0);
+            let reason = ReasonLabel {
+                reason: reason.to_string(),
+            };
+            m.dropped.get_or_create(&reason).inc_by(0);
+            m.dropped_fees.get_or_create(&reason).set(0);
         }
         Metrics { registry, ..m }
     }
@@ -487,11 +497,21 @@ impl Metrics {
                     self.selections.inc();
                     self.selection_transactions.set(gauge_value(s.txids.len()));
                     self.selection_fees.set(gauge_value(s.fees));
+                    // The latest selection's cost per reason: reasons it does not name cost 0.
+                    for reason in std::mem::take(&mut self.dropped_fee_reasons) {
+                        self.dropped_fees.get_or_create(&reason).set(0);
+                    }
                     for d in &s.dropped {
-                        let reason = self.label("dropped_reason", &d.reason);
+                        let reason = ReasonLabel {
+                            reason: self.label("dropped_reason", &d.reason),
+                        };
                         self.dropped
-                            .get_or_create(&ReasonLabel { reason })
+                            .get_or_create(&reason)
                             .inc_by(u64::from(d.count));
+                        self.dropped_fees
+                            .get_or_create(&reason)
+                            .set(gauge_value(d.fee));
+                        self.dropped_fee_reasons.push(reason);
                     }
                 }
             }

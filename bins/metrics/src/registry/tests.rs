@@ -247,6 +247,32 @@ fn selections_count_fees_and_drops_once() {
         value(&text, "jdc_bus_messages_total{stream=\"selector\"}"),
         Some(3.0)
     );
+    let fees = |text: &str, reason: &str| {
+        value(
+            text,
+            &format!("jdc_selection_dropped_fees_sats{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(fees(&text, "below-min-fee-rate"), Some(30.0));
+    assert_eq!(fees(&text, "parent-dropped"), Some(5.0));
+    assert_eq!(fees(&text, "inscription"), Some(0.0));
+    // The next selection's costs replace the last one's.
+    let next = selection(
+        101,
+        7,
+        4_000,
+        vec![Dropped {
+            reason: "inscription".into(),
+            count: 2,
+            fee: 700,
+        }],
+    );
+    m.handle(&received("selector", Topic::Selection, &next), 1)
+        .unwrap();
+    let text = render(&m, 3);
+    assert_eq!(fees(&text, "below-min-fee-rate"), Some(0.0));
+    assert_eq!(fees(&text, "parent-dropped"), Some(0.0));
+    assert_eq!(fees(&text, "inscription"), Some(700.0));
 }
 
 #[test]
