@@ -201,6 +201,8 @@ pub struct PreparedSelection {
     txids: Vec<[u8; 32]>,
     template: Arc<TemplateTxs>,
     order: Vec<u32>,
+    weight: u64,
+    sigops: u64,
 }
 
 impl PreparedSelection {
@@ -233,6 +235,8 @@ impl PreparedSelection {
             txids: checked.txids,
             template,
             order: checked.order,
+            weight: checked.weight,
+            sigops: checked.sigops,
         })
     }
 
@@ -316,6 +320,44 @@ impl WorkBook {
         };
         self.current = Some(state.clone());
         Ok(Some((state, body)))
+    }
+
+    /// Refuses a selection that leaves too little weight or sigops for the coinbase this book
+    /// would build for it (our payout, or the pool's outputs).
+    fn check_room_for_coinbase(&self, p: &PreparedSelection) -> Result<(), WorkError> {
+        let outputs = self.outputs(p.coinbase_value)?;
+        // Legacy sigops of output scripts count 4 each (witness scale); the input has none.
+        let coinbase_sigops: u64 = outputs
+            .iter()
+            .map(|o| o.script_pubkey.count_sigops_legacy() as u64 * 4)
+            .sum();
+        // Version, input (prevout, a 100-byte scriptSig at most, sequence), the outputs, the
+        // witness commitment output, lock time: all ×4; plus the 32-byte witness reserved
+        // value and the segwit marker.
+        let outputs_size: u64 = outputs
+            .iter()
+            .map(|o| 8 + 3 + o.script_pubkey.len() as u64)
+            .sum();
+        let coinbase_weight =
+            4 * (4 + 1 + 36 + 1 + 100 + 4 + 3 + outputs_size + 8 + 1 + 38 + 4) + 2 + 1 + 1 + 32;
+        let invalid = |reason: String| WorkError::InvalidSelection {
+            id: p.id,
+            height: p.height,
+            reason,
+        };
+        if p.sigops + coinbase_sigops > MAX_BLOCK_SIGOPS {
+            return Err(invalid(format!(
+                "{} sigops leave no room for the coinbase's {coinbase_sigops} under {MAX_BLOCK_SIGOPS}",
+                p.sigops
+            )));
+        }
+        if p.weight + coinbase_weight > MAX_BLOCK_WEIGHT {
+            return Err(invalid(format!(
+                "transactions weigh {} WU, leaving no room for the coinbase's {coinbase_weight} under {MAX_BLOCK_WEIGHT}",
+                p.weight
+            )));
+        }
+        Ok(())
     }
 
     fn outputs(&self, coinbase_value: u64) -> Result<Vec<TxOut>, WorkError> {
@@ -450,6 +492,7 @@ impl WorkBook {
             // A selection for a tip we already left behind.
             return Ok(None);
         }
+        self.check_room_for_coinbase(&p)?;
         self.last_selection_id = Some(p.id);
         let tip = match (&self.current, same_tip) {
             (Some(c), true) => c.tip.clone(),
@@ -544,6 +587,10 @@ pub struct CheckedSelection {
     pub wtxids: Vec<[u8; 32]>,
     /// Positions in the template, in block order.
     pub order: Vec<u32>,
+    /// Weight of the chosen transactions (the template's figures).
+    pub weight: u64,
+    /// Sigops cost of the chosen transactions (the template's figures).
+    pub sigops: u64,
 }
 
 /// Checks that a selection is a valid block body made of `template`'s transactions: every
@@ -572,6 +619,8 @@ pub fn validate_selection(
         txids: Vec::with_capacity(sel.txids.len()),
         wtxids: Vec::with_capacity(sel.txids.len()),
         order: Vec::with_capacity(sel.txids.len()),
+        weight: 0,
+        sigops: 0,
     };
     let (mut fees, mut weight, mut sigops) = (0u64, 0u64, 0u64);
     for (i, hex_txid) in sel.txids.iter().enumerate() {
@@ -628,6 +677,8 @@ pub fn validate_selection(
             "{sigops} sigops exceed the block limit {MAX_BLOCK_SIGOPS}"
         )));
     }
+    checked.weight = weight;
+    checked.sigops = sigops;
     Ok(checked)
 }
 

@@ -206,3 +206,33 @@ fn prepare_speed() {
         println!("prepare: {:?} ({} txs)", start.elapsed(), p.order.len());
     }
 }
+
+#[test]
+fn selections_must_leave_room_for_the_coinbase_we_build() {
+    // Transactions using all but 3 sigops of the block: fine with a payout script without
+    // sigops, refused with a P2PKH payout (4 legacy sigops, counted ×4).
+    let heavy = |n: u8| TemplateTx {
+        sigops: 79_997 / 2 + u64::from(n % 2),
+        ..tx(n, vec![])
+    };
+    let (sel, t) = selection(1, 200, vec![heavy(1), heavy(2)]);
+    assert_eq!(sel.sigops, 79_997);
+    let mut b = book();
+    b.on_tip(&tip(1, 200)).unwrap();
+    assert!(b.on_selection(sel.clone(), t.clone()).unwrap().is_some());
+    let p2pkh = ScriptBuf::from_hex("76a914000000000000000000000000000000000000000088ac").unwrap();
+    let mut b = WorkBook::new(Network::Regtest, Payout::new(vec![(p2pkh, 1)]).unwrap());
+    b.on_tip(&tip(1, 200)).unwrap();
+    let e = b.on_selection(sel, t).unwrap_err().to_string();
+    assert!(e.contains("leave no room for the coinbase's 4"), "{e}");
+    // Weight: transactions filling the block but for 1,000 WU.
+    let big = |n: u8| TemplateTx {
+        weight: 1_999_500,
+        ..tx(n, vec![])
+    };
+    let (sel, t) = selection(1, 200, vec![big(1), big(2)]);
+    let mut b = book();
+    b.on_tip(&tip(1, 200)).unwrap();
+    let e = b.on_selection(sel, t).unwrap_err().to_string();
+    assert!(e.contains("leaving no room for the coinbase"), "{e}");
+}
