@@ -146,6 +146,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         max_block_weight = policy.max_block_weight,
         coinbase_reserve_weight = policy.coinbase_reserve_weight,
         coinbase_reserve_sigops = policy.coinbase_reserve_sigops,
+        max_block_sigops = policy.max_block_sigops,
+        rules = %policy.rules,
         watcher = %config.bus.watcher,
         publishing_on = %endpoint,
         "tx-selector started"

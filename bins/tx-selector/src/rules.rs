@@ -27,6 +27,44 @@ pub struct Rules {
     max_witness_script_push_bytes: Option<u64>,
 }
 
+impl std::fmt::Display for Rules {
+    /// A one-line summary for the start-up log: what is on, with list sizes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        for (name, n) in [
+            ("exclude_txids", self.exclude_txids.len()),
+            ("exclude_scripts", self.exclude_scripts.len()),
+            ("exclude_outpoints", self.exclude_outpoints.len()),
+            ("prioritize_txids", self.prioritize_txids.len()),
+            ("prioritize_scripts", self.prioritize_scripts.len()),
+        ] {
+            if n > 0 {
+                parts.push(format!("{name}={n}"));
+            }
+        }
+        for (name, cap) in [
+            ("max_op_return_bytes", self.max_op_return_bytes),
+            ("max_op_return_outputs", self.max_op_return_outputs),
+            (
+                "max_witness_script_push_bytes",
+                self.max_witness_script_push_bytes,
+            ),
+        ] {
+            if let Some(cap) = cap {
+                parts.push(format!("{name}={cap}"));
+            }
+        }
+        if self.drop_inscriptions {
+            parts.push("drop_inscriptions".into());
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(" "))
+        }
+    }
+}
+
 /// What the rules say about each transaction of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdicts {
