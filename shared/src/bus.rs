@@ -60,11 +60,13 @@ pub enum Topic {
     Event,
     /// [`crate::messages::UpstreamState`] (declarator): which pool we mine for, or solo.
     Upstream,
+    /// [`crate::messages::Declaration`] (declarator): a job declared to the pool, and its fate.
+    Declaration,
 }
 
 impl Topic {
     /// All topics.
-    pub const ALL: [Topic; 10] = [
+    pub const ALL: [Topic; 11] = [
         Topic::Tip,
         Topic::Template,
         Topic::Summary,
@@ -75,6 +77,7 @@ impl Topic {
         Topic::Heartbeat,
         Topic::Event,
         Topic::Upstream,
+        Topic::Declaration,
     ];
 
     /// The topic frame as sent on the wire.
@@ -90,6 +93,7 @@ impl Topic {
             Topic::Heartbeat => "heartbeat",
             Topic::Event => "event",
             Topic::Upstream => "upstream",
+            Topic::Declaration => "declaration",
         }
     }
 
@@ -107,6 +111,7 @@ impl Topic {
             Topic::Heartbeat => "resend:heartbeat",
             Topic::Event => "resend:event",
             Topic::Upstream => "resend:upstream",
+            Topic::Declaration => "resend:declaration",
         }
     }
 
@@ -280,6 +285,7 @@ struct Outgoing {
 pub struct Publisher {
     tx: mpsc::UnboundedSender<Outgoing>,
     state: Arc<watch::Sender<String>>,
+    counters: Arc<watch::Sender<BTreeMap<&'static str, u64>>>,
 }
 
 /// Settings of a publisher.
@@ -311,13 +317,23 @@ impl Publisher {
         tracing::info!(endpoint, source = %options.source, "bus publisher bound");
         let (tx, rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel("starting".to_string());
+        let (counters_tx, counters_rx) = watch::channel(BTreeMap::new());
         let task = tokio::spawn(publisher_task(
-            socket, rx, state_rx, options, stats, shutdown,
+            socket,
+            rx,
+            HeartbeatSources {
+                state: state_rx,
+                counters: counters_rx,
+            },
+            options,
+            stats,
+            shutdown,
         ));
         Ok((
             Publisher {
                 tx,
                 state: Arc::new(state_tx),
+                counters: Arc::new(counters_tx),
             },
             task,
         ))
@@ -336,6 +352,12 @@ impl Publisher {
             .map_err(|_| BusError::Closed)
     }
 
+    /// Sets a counter carried by heartbeats (`counters` map, e.g. `zmq_gaps`): monotonic
+    /// totals of this process that monitors read.
+    pub fn set_counter(&self, name: &'static str, value: u64) {
+        self.counters.send_if_modified(|c| c.insert(name, value) != Some(value));
+    }
+
     /// Sets the state string carried by heartbeats (e.g. `ok`, `waiting-for-bitcoind`).
     pub fn set_state(&self, state: &str) {
         self.state.send_if_modified(|s| {
@@ -349,10 +371,16 @@ impl Publisher {
     }
 }
 
+/// What heartbeats carry besides the bus counters.
+struct HeartbeatSources {
+    state: watch::Receiver<String>,
+    counters: watch::Receiver<BTreeMap<&'static str, u64>>,
+}
+
 async fn publisher_task(
     mut socket: zeromq::PubSocket,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    state: watch::Receiver<String>,
+    sources: HeartbeatSources,
     options: PublisherOptions,
     stats: Arc<BusStats>,
     shutdown: CancellationToken,
@@ -395,7 +423,8 @@ async fn publisher_task(
                 let hb = HeartbeatWire {
                     started_at_us: instance,
                     version: env!("CARGO_PKG_VERSION"),
-                    state: state.borrow().clone(),
+                    state: sources.state.borrow().clone(),
+                    counters: sources.counters.borrow().clone(),
                     bus_received: received,
                     bus_malformed: malformed,
                     bus_gaps: gaps,
@@ -429,6 +458,7 @@ struct HeartbeatWire {
     started_at_us: u64,
     version: &'static str,
     state: String,
+    counters: BTreeMap<&'static str, u64>,
     bus_received: u64,
     bus_malformed: u64,
     bus_gaps: u64,

@@ -6,6 +6,7 @@
 //! `docs/bus-protocol.md` documents every field with an example.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A new chain tip, published by the template-watcher the moment it learns of it, before any
 /// `getblocktemplate`. It carries enough to build an empty-block job for the next block.
@@ -259,6 +260,10 @@ pub struct Heartbeat {
     pub version: String,
     /// Free-form state summary, e.g. `ok`, `waiting-for-bitcoind`, `initial-block-download`.
     pub state: String,
+    /// Monotonic totals of the process, by name (e.g. the watcher's `zmq_received`,
+    /// `zmq_gaps`, `zmq_malformed`).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// A notable state change of a process, for operators.
@@ -308,4 +313,23 @@ pub struct UpstreamStatus {
     pub state: String,
     /// The last failure, empty if none.
     pub last_error: String,
+}
+
+/// A job of ours on its way to the pool (declared to its JDS, or set as a custom job) and
+/// what became of it. Published by the declarator while mining for a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Declaration {
+    /// Our template id of the job (as in `JobSent`).
+    pub template_id: u64,
+    /// Rank (1-based) of the upstream it went to.
+    pub upstream: u32,
+    /// `declared` (sent), `accepted` (the pool's `SetCustomMiningJob.Success`) or `rejected`
+    /// (`DeclareMiningJob.Error` or `SetCustomMiningJob.Error`, code in `reason`).
+    pub stage: String,
+    /// The error code when rejected, else empty.
+    pub reason: String,
+    /// Transactions in the job (coinbase excluded).
+    pub tx_count: u32,
+    /// From the tip's detection by the watcher to this stage, microseconds (0 if unknown).
+    pub since_tip_us: u64,
 }

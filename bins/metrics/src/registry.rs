@@ -11,13 +11,13 @@
 //! `other`), so a misbehaving publisher cannot break the exposition format or blow up the
 //! number of series.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicU64;
 
 use jdc_shared::bus::{BusError, BusStats, Dedup, HeartbeatWithStats, Received, Topic};
 use jdc_shared::messages::{
-    BlockEvent, BlockStage, Dropped, Event, JobSent, ShareResult, TemplateSummary, Tip,
-    UpstreamState,
+    BlockEvent, BlockStage, Declaration, Dropped, Event, JobSent, ShareResult, TemplateSummary,
+    Tip, UpstreamState,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +34,17 @@ use crate::health::Health;
 pub const TIP_TO_JOB_BUCKETS: [f64; 13] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// Buckets of `jdc_getblocktemplate_seconds`: 1 ms to 10 s.
+pub const GBT_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Buckets of `jdc_tip_to_declared_job_accepted_seconds`: 5 ms to 10 s.
+pub const DECLARED_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Window of accepted shares the hashrate estimate is computed over.
+pub const HASHRATE_WINDOW_US: u64 = 300_000_000;
 
 /// Distinct values kept per free-form label before further ones are reported as `other`.
 pub const MAX_LABEL_VALUES: usize = 32;
@@ -76,6 +87,8 @@ pub enum Message {
     Event(Event),
     /// The declarator's upstream state.
     Upstream(UpstreamState),
+    /// A job declared to the pool, or its fate.
+    Declaration(Declaration),
     /// A topic the metrics do not read (full templates: their summary is read instead).
     Ignored,
 }
@@ -95,6 +108,7 @@ impl Message {
             Topic::Heartbeat => Message::Heartbeat(msg.decode()?),
             Topic::Event => Message::Event(msg.decode()?),
             Topic::Upstream => Message::Upstream(msg.decode()?),
+            Topic::Declaration => Message::Declaration(msg.decode()?),
         })
     }
 }
@@ -119,6 +133,12 @@ struct ShareLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabel {
     stage: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeclarationLabels {
+    stage: String,
+    reason: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -205,6 +225,20 @@ pub struct Metrics {
     shares: Family<ShareLabels, Counter>,
     blocks: Family<StageLabel, Counter>,
     events: Family<EventLabels, Counter>,
+    tip_height: Gauge,
+    gbt: Histogram,
+    template_received_us: Option<u64>,
+    template_age: SecondsGauge,
+    zmq_messages: Counter,
+    zmq_gaps: Counter,
+    zmq_malformed: Counter,
+    /// Last ZMQ counter values from the watcher's heartbeats (restart-aware mirroring).
+    zmq_last: HashMap<&'static str, u64>,
+    declarations: Family<DeclarationLabels, Counter>,
+    tip_to_declared: Histogram,
+    hashrate: SecondsGauge,
+    /// Accepted shares (time, difficulty) of the hashrate window.
+    share_window: std::cell::RefCell<VecDeque<(u64, f64)>>,
     work_refused: Family<KindLabel, Counter>,
     mining_mode: Family<ModeLabel, Gauge>,
     upstream_active: Gauge,
@@ -253,6 +287,18 @@ impl Metrics {
             shares: Family::default(),
             blocks: Family::default(),
             events: Family::default(),
+            tip_height: Gauge::default(),
+            gbt: Histogram::new(GBT_BUCKETS),
+            template_received_us: None,
+            template_age: SecondsGauge::default(),
+            zmq_messages: Counter::default(),
+            zmq_gaps: Counter::default(),
+            zmq_malformed: Counter::default(),
+            zmq_last: HashMap::new(),
+            declarations: Family::default(),
+            tip_to_declared: Histogram::new(DECLARED_BUCKETS),
+            hashrate: SecondsGauge::default(),
+            share_window: std::cell::RefCell::new(VecDeque::new()),
             work_refused: Family::default(),
             mining_mode: Family::default(),
             upstream_active: Gauge::default(),
@@ -344,6 +390,51 @@ impl Metrics {
             "jdc_events",
             "Operator events published on the bus, by process and level",
             m.events.clone(),
+        );
+        registry.register(
+            "jdc_tip_height",
+            "Height of the chain tip the watcher announced last",
+            m.tip_height.clone(),
+        );
+        registry.register(
+            "jdc_getblocktemplate_seconds",
+            "Time getblocktemplate took (call and parsing), per template",
+            m.gbt.clone(),
+        );
+        registry.register(
+            "jdc_template_age_seconds",
+            "Seconds since the latest template arrived",
+            m.template_age.clone(),
+        );
+        registry.register(
+            "jdc_bitcoind_zmq_messages",
+            "bitcoind ZMQ notifications the watcher received",
+            m.zmq_messages.clone(),
+        );
+        registry.register(
+            "jdc_bitcoind_zmq_gaps",
+            "bitcoind ZMQ notifications the watcher missed, from sequence gaps",
+            m.zmq_gaps.clone(),
+        );
+        registry.register(
+            "jdc_bitcoind_zmq_malformed",
+            "bitcoind ZMQ notifications the watcher could not parse",
+            m.zmq_malformed.clone(),
+        );
+        registry.register(
+            "jdc_declared_jobs",
+            "Jobs declared to the pool (stage declared), acknowledged (accepted) or refused (rejected, with the error code as reason)",
+            m.declarations.clone(),
+        );
+        registry.register(
+            "jdc_tip_to_declared_job_accepted_seconds",
+            "Time from tip detection to the pool acknowledging a declared job of that tip",
+            m.tip_to_declared.clone(),
+        );
+        registry.register(
+            "jdc_hashrate_estimate_hashes_per_second",
+            "Hashrate of our devices estimated from their accepted shares over the last 5 minutes",
+            m.hashrate.clone(),
         );
         registry.register(
             "jdc_work_refused",
@@ -484,10 +575,13 @@ impl Metrics {
                     self.last_tip = Some(tip.prev_hash.clone());
                     self.tips.inc();
                 }
+                self.tip_height.set(i64::from(tip.height));
             }
             Message::Template(t) => {
                 if self.dedup.is_new(Topic::Summary, t.id) {
                     self.templates.inc();
+                    self.gbt.observe(t.gbt_us as f64 / 1e6);
+                    self.template_received_us = Some(now_us);
                     self.template_transactions.set(gauge_value(t.tx_count));
                     self.template_fees.set(gauge_value(t.fees));
                 }
@@ -538,6 +632,11 @@ impl Metrics {
                     channel_kind: self.label("channel_kind", &share.channel_kind),
                 };
                 self.shares.get_or_create(&labels).inc();
+                if share.accepted {
+                    self.share_window
+                        .borrow_mut()
+                        .push_back((now_us, share.difficulty));
+                }
             }
             Message::Block(block) => {
                 let stage = match block.stage {
@@ -551,7 +650,18 @@ impl Metrics {
                     })
                     .inc();
             }
-            Message::Heartbeat(hb) => self.health.heartbeat(stream, hb, now_us),
+            Message::Heartbeat(hb) => {
+                self.health.heartbeat(stream, hb, now_us);
+                for (name, counter) in [
+                    ("zmq_received", &self.zmq_messages),
+                    ("zmq_gaps", &self.zmq_gaps),
+                    ("zmq_malformed", &self.zmq_malformed),
+                ] {
+                    if let Some(&total) = hb.heartbeat.counters.get(name) {
+                        mirror(counter, self.zmq_last.insert(name, total), total);
+                    }
+                }
+            }
             Message::Event(ev) => {
                 let labels = EventLabels {
                     process: stream.to_string(),
@@ -572,6 +682,16 @@ impl Metrics {
                 }
             }
             Message::Upstream(state) => self.apply_upstream(state),
+            Message::Declaration(d) => {
+                let labels = DeclarationLabels {
+                    stage: self.label("declaration_stage", &d.stage),
+                    reason: self.label("declaration_reason", &d.reason),
+                };
+                self.declarations.get_or_create(&labels).inc();
+                if d.stage == "accepted" && d.since_tip_us > 0 {
+                    self.tip_to_declared.observe(d.since_tip_us as f64 / 1e6);
+                }
+            }
         }
     }
 
@@ -626,10 +746,44 @@ impl Metrics {
                     .set(age_ms as f64 / 1e3);
             }
         }
+        if let Some(at) = self.template_received_us {
+            self.template_age
+                .set(now_us.saturating_sub(at) as f64 / 1e6);
+        }
+        self.hashrate.set(self.estimate_hashrate(now_us));
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+impl Metrics {
+    /// Hashes per second our devices did, from the shares accepted over the last
+    /// [`HASHRATE_WINDOW_US`] (a share of difficulty d stands for d × 2³² hashes), over the
+    /// time since the first of them or the whole window, whichever is shorter.
+    fn estimate_hashrate(&self, now_us: u64) -> f64 {
+        let mut window = self.share_window.borrow_mut();
+        let from = now_us.saturating_sub(HASHRATE_WINDOW_US);
+        while window.front().is_some_and(|(t, _)| *t < from) {
+            window.pop_front();
+        }
+        let Some(&(first, _)) = window.front() else {
+            return 0.0;
+        };
+        let work: f64 = window.iter().map(|(_, d)| d).sum::<f64>() * 4_294_967_296.0;
+        let span_us = now_us.saturating_sub(first).max(1_000_000);
+        work / (span_us as f64 / 1e6)
+    }
+}
+
+/// Advances `counter` by what a publisher's monotonic `total` grew since `last` (a total
+/// below `last` means the publisher restarted: all of it is new).
+fn mirror(counter: &Counter, last: Option<u64>, total: u64) {
+    let grown = match last {
+        Some(last) if total >= last => total - last,
+        _ => total,
+    };
+    counter.inc_by(grown);
 }
 
 /// Raises a counter mirroring a monotonic total to that total.

@@ -385,6 +385,7 @@ async fn serves_metrics_and_health_from_the_bus() {
         started_at_us: 1,
         version: "test".into(),
         state: "raw".into(),
+        counters: Default::default(),
     };
     let mut seq = 0;
     // Heartbeat until the metrics see it: then the subscription is in place.

@@ -100,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     let version = Arc::new(AtomicU32::new(gbt::DEFAULT_VERSION));
     let announced = Arc::new(tips::Announced::default());
 
+    let feed_stats = Arc::new(zmq_feed::FeedStats::default());
     let feed = zmq_feed::start(
         zmq_feed::FeedTask {
             hashblock: config.bitcoind.zmq_hashblock.clone(),
@@ -107,12 +108,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
             candidates: cand_tx.clone(),
             mempool_changed: mempool_changed.clone(),
             probe_now: probe_now.clone(),
-            stats: Arc::new(zmq_feed::FeedStats::default()),
+            stats: feed_stats.clone(),
         },
         stop.clone(),
     )?;
 
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
+    // bitcoind's ZMQ counters ride on our heartbeats (jdc-metrics reads them).
+    let (counters, s) = (publisher.clone(), stop.clone());
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = s.cancelled() => return "counters",
+                _ = every.tick() => feed_stats.publish_to(&counters),
+            }
+        }
+    });
     tasks.spawn(async move {
         feed.await;
         "zmq"

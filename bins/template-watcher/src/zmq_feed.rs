@@ -138,6 +138,16 @@ pub struct FeedStats {
     pub malformed: AtomicU64,
 }
 
+impl FeedStats {
+    /// Copies the counters into the heartbeat counters of `publisher` (`zmq_received`,
+    /// `zmq_gaps`, `zmq_malformed`).
+    pub fn publish_to(&self, publisher: &jdc_shared::bus::Publisher) {
+        publisher.set_counter("zmq_received", self.received.load(Ordering::Relaxed));
+        publisher.set_counter("zmq_gaps", self.gaps.load(Ordering::Relaxed));
+        publisher.set_counter("zmq_malformed", self.malformed.load(Ordering::Relaxed));
+    }
+}
+
 /// What the feed task needs.
 pub struct FeedTask {
     /// `zmqpubhashblock` endpoint.

@@ -370,6 +370,40 @@ struct Jobs {
     setting: HashMap<u32, u64>,
     /// The latest job, waiting for a mining job token.
     waiting: Option<WorkState>,
+    /// Jobs declared on the current tip, by template id: transactions and tip detection time.
+    info: HashMap<u64, (u32, u64)>,
+}
+
+impl Jobs {
+    /// Publishes what became of job `template_id` (a `declaration` on the bus, for metrics and
+    /// dashboards).
+    fn report(&mut self, bus: &Publisher, up: &Upstream, template_id: u64, stage: &str, reason: &str) {
+        let finished = stage != "declared";
+        let info = if finished {
+            self.info.remove(&template_id)
+        } else {
+            self.info.get(&template_id).copied()
+        };
+        let Some((tx_count, detected_at_us)) = info else {
+            return;
+        };
+        let since_tip_us = if detected_at_us > 0 {
+            jdc_shared::time::now_micros().saturating_sub(detected_at_us)
+        } else {
+            0
+        };
+        let _ = bus.publish(
+            Topic::Declaration,
+            &jdc_shared::messages::Declaration {
+                template_id,
+                upstream: u32::try_from(up.index + 1).unwrap_or(u32::MAX),
+                stage: stage.into(),
+                reason: reason.into(),
+                tx_count,
+                since_tip_us,
+            },
+        );
+    }
 }
 
 /// What became of a job.
@@ -422,6 +456,14 @@ async fn declare_job(
             return Ok(Declared::Skipped);
         }
     };
+    jobs.info.insert(
+        template_id,
+        (
+            u32::try_from(body.txs().count()).unwrap_or(u32::MAX),
+            state.tip.detected_at_us,
+        ),
+    );
+    jobs.report(&links.bus, up, template_id, "declared", "");
     match up.mode {
         Mode::FullTemplate => {
             up.jds.declare(d.declare.clone()).await?;
@@ -503,6 +545,7 @@ async fn mine_for(
                     tip_seq = Some(state.tip.seq);
                     held.on_new_tip();
                     job_ids.clear();
+                    jobs.info.clear();
                     prev_hash = state.tip.prev_hash;
                     nbits = state.tip.nbits;
                 }
@@ -547,6 +590,9 @@ async fn mine_for(
                 }
                 Ok(JdsEvent::DeclareRejected { request_id, code }) => {
                     let job = jobs.declaring.remove(&request_id);
+                    if let Some(job) = &job {
+                        jobs.report(&links.bus, up, job.template_id, "rejected", &code);
+                    }
                     let trigger = Trigger::DeclareRejected(code);
                     if trigger.is_race() {
                         tracing::info!(upstream = %up.name, request_id, "declaration raced a new tip (stale-chain-tip); the next job is declared on the current tip");
@@ -562,6 +608,7 @@ async fn mine_for(
                 Err(e) => break 'run upstream_lost(&up.name, e),
                 Ok(PoolEvent::CustomJobAccepted { request_id, job_id }) => {
                     let Some(template_id) = jobs.setting.remove(&request_id) else { continue };
+                    jobs.report(&links.bus, up, template_id, "accepted", "");
                     job_ids.insert(template_id, job_id);
                     tracing::debug!(upstream = %up.name, template_id, job_id, "custom job accepted");
                     for share in held.release(template_id, job_id) {
@@ -573,6 +620,7 @@ async fn mine_for(
                 Ok(PoolEvent::CustomJobRejected { request_id, code }) => {
                     if let Some(template_id) = jobs.setting.remove(&request_id) {
                         held.refuse(template_id);
+                        jobs.report(&links.bus, up, template_id, "rejected", &code);
                     }
                     let trigger = Trigger::CustomJobRejected(code);
                     if trigger.is_race() {

@@ -7,6 +7,7 @@ fn hb(started: u64) -> HeartbeatWithStats {
             started_at_us: started,
             version: "0.1.0".into(),
             state: "ok".into(),
+            counters: Default::default(),
         },
         bus_received: 0,
         bus_malformed: 0,

@@ -2,7 +2,8 @@ use super::*;
 use bytes::Bytes;
 use jdc_shared::bus::{Envelope, BUS_PROTOCOL_VERSION};
 use jdc_shared::messages::{
-    Heartbeat, JobKind, Selection, Template, TemplateSummary, TemplateTx, UpstreamState,
+    Declaration, Heartbeat, JobKind, Selection, Template, TemplateSummary, TemplateTx,
+    UpstreamState,
 };
 
 const PROCESSES: [&str; 3] = ["watcher", "selector", "declarator"];
@@ -120,6 +121,7 @@ fn heartbeat(started: u64) -> HeartbeatWithStats {
             started_at_us: started,
             version: "0.1.0".into(),
             state: "ok".into(),
+            counters: Default::default(),
         },
         bus_received: 0,
         bus_malformed: 0,
@@ -610,6 +612,112 @@ fn refused_work_is_counted_by_kind() {
             &text,
             "jdc_selection_dropped_transactions_total{reason=\"inscription\"}"
         ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn chain_templates_zmq_declarations_and_hashrate() {
+    let mut m = Metrics::new(&PROCESSES);
+    let t0 = 1_000_000_000u64;
+    m.handle(&received("watcher", Topic::Tip, &tip("ab")), t0)
+        .unwrap();
+    let t = template(5, 3, 700);
+    m.handle(&received("watcher", Topic::Summary, &summary_of(&t)), t0)
+        .unwrap();
+    // The watcher's ZMQ counters ride on its heartbeats; a restart starts them again.
+    let hb = |received: u64, gaps: u64| {
+        let mut hb = heartbeat(1);
+        hb.heartbeat.counters = [
+            ("zmq_received".to_string(), received),
+            ("zmq_gaps".to_string(), gaps),
+        ]
+        .into();
+        hb
+    };
+    for (r, g) in [(10, 1), (15, 1), (3, 0)] {
+        m.handle(&received("watcher", Topic::Heartbeat, &hb(r, g).heartbeat), t0)
+            .unwrap();
+    }
+    let declaration = |stage: &str, reason: &str| Declaration {
+        template_id: 9,
+        upstream: 1,
+        stage: stage.into(),
+        reason: reason.into(),
+        tx_count: 3,
+        since_tip_us: 30_000,
+    };
+    for (stage, reason) in [
+        ("declared", ""),
+        ("accepted", ""),
+        ("declared", ""),
+        ("rejected", "stale-chain-tip"),
+    ] {
+        m.handle(
+            &received(
+                "declarator",
+                Topic::Declaration,
+                &declaration(stage, reason),
+            ),
+            t0,
+        )
+        .unwrap();
+    }
+    // 10 accepted shares of difficulty 1 over 10 s (one rejected, not counted).
+    for i in 0..10u64 {
+        m.handle(
+            &received("declarator", Topic::Share, &share(true, "", "extended")),
+            t0 + i * 1_000_000,
+        )
+        .unwrap();
+    }
+    m.handle(
+        &received(
+            "declarator",
+            Topic::Share,
+            &share(false, "stale-share", "extended"),
+        ),
+        t0,
+    )
+    .unwrap();
+    let text = render(&m, t0 + 10_000_000);
+    assert_eq!(value(&text, "jdc_tip_height"), Some(10.0));
+    assert_eq!(
+        value(&text, "jdc_getblocktemplate_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(value(&text, "jdc_template_age_seconds"), Some(10.0));
+    assert_eq!(value(&text, "jdc_bitcoind_zmq_messages_total"), Some(18.0));
+    assert_eq!(value(&text, "jdc_bitcoind_zmq_gaps_total"), Some(1.0));
+    assert_eq!(
+        value(
+            &text,
+            "jdc_declared_jobs_total{stage=\"declared\",reason=\"\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "jdc_declared_jobs_total{stage=\"rejected\",reason=\"stale-chain-tip\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_tip_to_declared_job_accepted_seconds_count"),
+        Some(1.0)
+    );
+    let difficulty = share(true, "", "extended").difficulty;
+    let expected = 10.0 * difficulty * 4_294_967_296.0 / 10.0;
+    let got = value(&text, "jdc_hashrate_estimate_hashes_per_second").unwrap();
+    assert!(
+        (got - expected).abs() < expected * 1e-9,
+        "{got} vs {expected}"
+    );
+    // Five minutes without shares: no hashrate.
+    let text = render(&m, t0 + 400_000_000);
+    assert_eq!(
+        value(&text, "jdc_hashrate_estimate_hashes_per_second"),
         Some(0.0)
     );
 }
