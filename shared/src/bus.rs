@@ -355,7 +355,8 @@ impl Publisher {
     /// Sets a counter carried by heartbeats (`counters` map, e.g. `zmq_gaps`): monotonic
     /// totals of this process that monitors read.
     pub fn set_counter(&self, name: &'static str, value: u64) {
-        self.counters.send_if_modified(|c| c.insert(name, value) != Some(value));
+        self.counters
+            .send_if_modified(|c| c.insert(name, value) != Some(value));
     }
 
     /// Sets the state string carried by heartbeats (e.g. `ok`, `waiting-for-bitcoind`).

@@ -13,6 +13,7 @@ pub mod bus;
 pub mod chain;
 pub mod config;
 pub mod messages;
+pub mod metric_names;
 pub mod priority;
 pub mod shutdown;
 pub mod sv2;

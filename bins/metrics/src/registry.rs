@@ -1,8 +1,8 @@
 //! Metric definitions and the pure update logic: a decoded bus [`Message`] in, counters,
 //! gauges and histograms updated. No sockets, no clock (times are passed in).
 //!
-//! Every metric of the stack is named here, once. Names are prefixed `jdc_`, in base units
-//! (seconds, satoshis), `_total` only on counters. State topics are re-sent by their
+//! Every metric of the stack is named once, in [`jdc_shared::metric_names`] (names, kinds,
+//! labels, help), and listed in `docs/metrics.md`. State topics are re-sent by their
 //! publishers every second; counters count *distinct* tips (by previous-block hash), templates
 //! and selections (by id).
 //!
@@ -29,6 +29,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::health::Health;
+use jdc_shared::metric_names as names;
 
 /// Buckets of `jdc_tip_to_job_seconds`: 100 µs to 1 s.
 pub const TIP_TO_JOB_BUCKETS: [f64; 13] = [
@@ -316,176 +317,116 @@ impl Metrics {
             health: Health::new(processes),
             registry: prometheus_client::registry::Registry::default(),
         };
-        registry.register(
-            "jdc_build",
-            "Build of jdc-metrics (always 1)",
+        register(
+            &mut registry,
+            &names::BUILD,
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        registry.register(
-            "jdc_tips",
-            "Distinct chain tips announced by the template-watcher",
-            m.tips.clone(),
-        );
-        registry.register(
-            "jdc_templates",
-            "Distinct block templates published by the template-watcher",
-            m.templates.clone(),
-        );
-        registry.register(
-            "jdc_template_transactions",
-            "Transactions in the latest template",
+        register(&mut registry, &names::TIPS, m.tips.clone());
+        register(&mut registry, &names::TEMPLATES, m.templates.clone());
+        register(
+            &mut registry,
+            &names::TEMPLATE_TRANSACTIONS,
             m.template_transactions.clone(),
         );
-        registry.register(
-            "jdc_template_fees_sats",
-            "Fees of the latest template (coinbase value minus subsidy), in satoshis",
+        register(
+            &mut registry,
+            &names::TEMPLATE_FEES_SATS,
             m.template_fees.clone(),
         );
-        registry.register(
-            "jdc_selections",
-            "Distinct selections published by the tx-selector",
-            m.selections.clone(),
-        );
-        registry.register(
-            "jdc_selection_transactions",
-            "Transactions in the latest selection",
+        register(&mut registry, &names::SELECTIONS, m.selections.clone());
+        register(
+            &mut registry,
+            &names::SELECTION_TRANSACTIONS,
             m.selection_transactions.clone(),
         );
-        registry.register(
-            "jdc_selection_fees_sats",
-            "Fees of the latest selection, in satoshis",
+        register(
+            &mut registry,
+            &names::SELECTION_FEES_SATS,
             m.selection_fees.clone(),
         );
-        registry.register(
-            "jdc_selection_dropped_transactions",
-            "Transactions the selection policy left out, by reason (summed over selections)",
+        register(
+            &mut registry,
+            &names::SELECTION_DROPPED_TRANSACTIONS,
             m.dropped.clone(),
         );
-        registry.register(
-            "jdc_selection_dropped_fees_sats",
-            "Fees the latest selection gave up, by reason (what each rule of the policy costs), in satoshis",
+        register(
+            &mut registry,
+            &names::SELECTION_DROPPED_FEES_SATS,
             m.dropped_fees.clone(),
         );
-        registry.register(
-            "jdc_jobs_sent",
-            "Mining jobs sent to devices by the declarator, by kind (empty or full)",
-            m.jobs.clone(),
-        );
-        registry.register(
-            "jdc_tip_to_job_seconds",
-            "Time from tip detection by the watcher to a job being written to the devices, by job kind",
+        register(&mut registry, &names::JOBS_SENT, m.jobs.clone());
+        register(
+            &mut registry,
+            &names::TIP_TO_JOB_SECONDS,
             m.tip_to_job.clone(),
         );
-        registry.register(
-            "jdc_shares",
-            "Shares judged by the declarator, by result, reason and channel kind",
-            m.shares.clone(),
-        );
-        registry.register(
-            "jdc_blocks",
-            "Blocks found by our devices, and bitcoind's verdict, by stage",
-            m.blocks.clone(),
-        );
-        registry.register(
-            "jdc_events",
-            "Operator events published on the bus, by process and level",
-            m.events.clone(),
-        );
-        registry.register(
-            "jdc_tip_height",
-            "Height of the chain tip the watcher announced last",
-            m.tip_height.clone(),
-        );
-        registry.register(
-            "jdc_getblocktemplate_seconds",
-            "Time getblocktemplate took (call and parsing), per template",
+        register(&mut registry, &names::SHARES, m.shares.clone());
+        register(&mut registry, &names::BLOCKS, m.blocks.clone());
+        register(&mut registry, &names::EVENTS, m.events.clone());
+        register(&mut registry, &names::TIP_HEIGHT, m.tip_height.clone());
+        register(
+            &mut registry,
+            &names::GETBLOCKTEMPLATE_SECONDS,
             m.gbt.clone(),
         );
-        registry.register(
-            "jdc_template_age_seconds",
-            "Seconds since the latest template arrived",
+        register(
+            &mut registry,
+            &names::TEMPLATE_AGE_SECONDS,
             m.template_age.clone(),
         );
-        registry.register(
-            "jdc_bitcoind_zmq_messages",
-            "bitcoind ZMQ notifications the watcher received",
+        register(
+            &mut registry,
+            &names::BITCOIND_ZMQ_MESSAGES,
             m.zmq_messages.clone(),
         );
-        registry.register(
-            "jdc_bitcoind_zmq_gaps",
-            "bitcoind ZMQ notifications the watcher missed, from sequence gaps",
-            m.zmq_gaps.clone(),
-        );
-        registry.register(
-            "jdc_bitcoind_zmq_malformed",
-            "bitcoind ZMQ notifications the watcher could not parse",
+        register(&mut registry, &names::BITCOIND_ZMQ_GAPS, m.zmq_gaps.clone());
+        register(
+            &mut registry,
+            &names::BITCOIND_ZMQ_MALFORMED,
             m.zmq_malformed.clone(),
         );
-        registry.register(
-            "jdc_declared_jobs",
-            "Jobs declared to the pool (stage declared), acknowledged (accepted) or refused (rejected, with the error code as reason)",
-            m.declarations.clone(),
-        );
-        registry.register(
-            "jdc_tip_to_declared_job_accepted_seconds",
-            "Time from tip detection to the pool acknowledging a declared job of that tip",
+        register(&mut registry, &names::DECLARED_JOBS, m.declarations.clone());
+        register(
+            &mut registry,
+            &names::TIP_TO_DECLARED_JOB_ACCEPTED_SECONDS,
             m.tip_to_declared.clone(),
         );
-        registry.register(
-            "jdc_hashrate_estimate_hashes_per_second",
-            "Hashrate of our devices estimated from their accepted shares over the last 5 minutes",
+        register(
+            &mut registry,
+            &names::HASHRATE_ESTIMATE_HASHES_PER_SECOND,
             m.hashrate.clone(),
         );
-        registry.register(
-            "jdc_work_refused",
-            "Selections and templates the declarator refused (devices kept the last valid work), by kind",
-            m.work_refused.clone(),
-        );
-        registry.register(
-            "jdc_mining_mode",
-            "1 for the declarator's current mode: pool (mining for an upstream) or solo (own payout)",
-            m.mining_mode.clone(),
-        );
-        registry.register(
-            "jdc_upstream_active",
-            "Rank (1-based, configuration order) of the upstream the declarator mines for; 0 when solo",
+        register(&mut registry, &names::WORK_REFUSED, m.work_refused.clone());
+        register(&mut registry, &names::MINING_MODE, m.mining_mode.clone());
+        register(
+            &mut registry,
+            &names::UPSTREAM_ACTIVE,
             m.upstream_active.clone(),
         );
-        registry.register(
-            "jdc_upstream_state",
-            "1 for each configured upstream's state: active, standby (not known down) or down (probed with backoff)",
+        register(
+            &mut registry,
+            &names::UPSTREAM_STATE,
             m.upstream_state.clone(),
         );
-        registry.register(
-            "jdc_upstream_switches",
-            "Changes of upstream by the declarator (fall-overs, falls to solo, returns)",
+        register(
+            &mut registry,
+            &names::UPSTREAM_SWITCHES,
             m.upstream_switches.clone(),
         );
-        registry.register(
-            "jdc_process_up",
-            "1 while the process's heartbeats arrive (metrics.down_after_ms), else 0",
-            m.process_up.clone(),
-        );
-        registry.register(
-            "jdc_process_last_seen_seconds",
-            "Seconds since the last bus message from the process (any topic)",
+        register(&mut registry, &names::PROCESS_UP, m.process_up.clone());
+        register(
+            &mut registry,
+            &names::PROCESS_LAST_SEEN_SECONDS,
             m.process_last_seen.clone(),
         );
-        registry.register(
-            "jdc_bus_messages",
-            "Well-formed bus messages received by jdc-metrics, by stream",
-            m.bus_messages.clone(),
-        );
-        registry.register(
-            "jdc_bus_malformed_messages",
-            "Bus messages jdc-metrics refused (bad envelope, unknown topic, other version, undecodable body)",
+        register(&mut registry, &names::BUS_MESSAGES, m.bus_messages.clone());
+        register(
+            &mut registry,
+            &names::BUS_MALFORMED_MESSAGES,
             m.bus_malformed.clone(),
         );
-        registry.register(
-            "jdc_bus_sequence_gaps",
-            "Bus messages jdc-metrics missed, counted from sequence gaps",
-            m.bus_gaps.clone(),
-        );
+        register(&mut registry, &names::BUS_SEQUENCE_GAPS, m.bus_gaps.clone());
         for p in processes {
             m.process_up
                 .get_or_create(&ProcessLabel {
@@ -774,6 +715,15 @@ impl Metrics {
         let span_us = now_us.saturating_sub(first).max(1_000_000);
         work / (span_us as f64 / 1e6)
     }
+}
+
+/// Registers `metric` under its definition's name and help.
+fn register(
+    registry: &mut prometheus_client::registry::Registry,
+    def: &names::MetricDef,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    registry.register(def.name, def.help, metric);
 }
 
 /// Advances `counter` by what a publisher's monotonic `total` grew since `last` (a total

@@ -377,7 +377,14 @@ struct Jobs {
 impl Jobs {
     /// Publishes what became of job `template_id` (a `declaration` on the bus, for metrics and
     /// dashboards).
-    fn report(&mut self, bus: &Publisher, up: &Upstream, template_id: u64, stage: &str, reason: &str) {
+    fn report(
+        &mut self,
+        bus: &Publisher,
+        up: &Upstream,
+        template_id: u64,
+        stage: &str,
+        reason: &str,
+    ) {
         let finished = stage != "declared";
         let info = if finished {
             self.info.remove(&template_id)

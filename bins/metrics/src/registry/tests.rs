@@ -636,8 +636,11 @@ fn chain_templates_zmq_declarations_and_hashrate() {
         hb
     };
     for (r, g) in [(10, 1), (15, 1), (3, 0)] {
-        m.handle(&received("watcher", Topic::Heartbeat, &hb(r, g).heartbeat), t0)
-            .unwrap();
+        m.handle(
+            &received("watcher", Topic::Heartbeat, &hb(r, g).heartbeat),
+            t0,
+        )
+        .unwrap();
     }
     let declaration = |stage: &str, reason: &str| Declaration {
         template_id: 9,
@@ -720,4 +723,66 @@ fn chain_templates_zmq_declarations_and_hashrate() {
         value(&text, "jdc_hashrate_estimate_hashes_per_second"),
         Some(0.0)
     );
+}
+
+#[test]
+fn the_exposition_holds_exactly_the_named_metrics() {
+    // One message of each kind, so that every family has a series.
+    let mut m = Metrics::new(&PROCESSES);
+    let ev = Event {
+        level: "info".into(),
+        kind: "x".into(),
+        message: "y".into(),
+    };
+    m.handle(&received("declarator", Topic::Event, &ev), 1)
+        .unwrap();
+    m.handle(
+        &received("declarator", Topic::Share, &share(true, "", "extended")),
+        1,
+    )
+    .unwrap();
+    m.handle(
+        &received(
+            "declarator",
+            Topic::Upstream,
+            &upstream_state(1, "pool", 1, 0, &["active"]),
+        ),
+        1,
+    )
+    .unwrap();
+    let d = Declaration {
+        template_id: 1,
+        upstream: 1,
+        stage: "declared".into(),
+        reason: String::new(),
+        tx_count: 0,
+        since_tip_us: 0,
+    };
+    m.handle(&received("declarator", Topic::Declaration, &d), 1)
+        .unwrap();
+    let text = render(&m, 1);
+    let exposed: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, h)| (n.to_string(), h.to_string()))
+        .collect();
+    let named: Vec<(String, String)> = names::ALL
+        .iter()
+        // The encoder ends help texts with a full stop.
+        .map(|d| (d.name.to_string(), format!("{}.", d.help)))
+        .collect();
+    assert_eq!(exposed, named);
+}
+
+#[test]
+fn docs_list_every_metric() {
+    let docs = include_str!("../../../../docs/metrics.md");
+    for def in names::ALL {
+        assert!(
+            docs.contains(&format!("`{}`", def.exposed())),
+            "docs/metrics.md does not list `{}`",
+            def.exposed()
+        );
+    }
 }

@@ -1,0 +1,356 @@
+//! Every metric of the stack, named once: `jdc-metrics` registers them from here, and
+//! `docs/metrics.md` and the Grafana dashboard are checked against this list by tests.
+//!
+//! Conventions: the `jdc_` prefix, base units in the name (`_seconds`, `_sats`), counters
+//! exposed with `_total` (added by the encoder, not part of [`MetricDef::name`]), bounded
+//! label values.
+
+/// What kind of metric, as the exposition format says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Monotonic; exposed as `<name>_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// Buckets, `_sum` and `_count`.
+    Histogram,
+    /// Constant labels; exposed as `<name>_info`.
+    Info,
+}
+
+/// One metric: name (without the `_total`/`_info` suffix), kind, labels and help text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    /// Name as registered.
+    pub name: &'static str,
+    /// Kind.
+    pub kind: MetricKind,
+    /// Label names.
+    pub labels: &'static [&'static str],
+    /// Help text, as exposed.
+    pub help: &'static str,
+}
+
+impl MetricDef {
+    /// The sample name as it appears in the exposition (`_total` for counters, `_info` for
+    /// info, `_count` and friends for histograms: this returns the bare name for those).
+    pub fn exposed(&self) -> String {
+        match self.kind {
+            MetricKind::Counter => format!("{}_total", self.name),
+            MetricKind::Info => format!("{}_info", self.name),
+            MetricKind::Gauge | MetricKind::Histogram => self.name.to_string(),
+        }
+    }
+}
+
+/// `jdc_build`
+pub const BUILD: MetricDef = MetricDef {
+    name: "jdc_build",
+    kind: MetricKind::Info,
+    labels: &["version"],
+    help: "Build of jdc-metrics (always 1)",
+};
+
+/// `jdc_tips`
+pub const TIPS: MetricDef = MetricDef {
+    name: "jdc_tips",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Distinct chain tips announced by the template-watcher",
+};
+
+/// `jdc_templates`
+pub const TEMPLATES: MetricDef = MetricDef {
+    name: "jdc_templates",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Distinct block templates published by the template-watcher",
+};
+
+/// `jdc_template_transactions`
+pub const TEMPLATE_TRANSACTIONS: MetricDef = MetricDef {
+    name: "jdc_template_transactions",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Transactions in the latest template",
+};
+
+/// `jdc_template_fees_sats`
+pub const TEMPLATE_FEES_SATS: MetricDef = MetricDef {
+    name: "jdc_template_fees_sats",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Fees of the latest template (coinbase value minus subsidy), in satoshis",
+};
+
+/// `jdc_selections`
+pub const SELECTIONS: MetricDef = MetricDef {
+    name: "jdc_selections",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Distinct selections published by the tx-selector",
+};
+
+/// `jdc_selection_transactions`
+pub const SELECTION_TRANSACTIONS: MetricDef = MetricDef {
+    name: "jdc_selection_transactions",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Transactions in the latest selection",
+};
+
+/// `jdc_selection_fees_sats`
+pub const SELECTION_FEES_SATS: MetricDef = MetricDef {
+    name: "jdc_selection_fees_sats",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Fees of the latest selection, in satoshis",
+};
+
+/// `jdc_selection_dropped_transactions`
+pub const SELECTION_DROPPED_TRANSACTIONS: MetricDef = MetricDef {
+    name: "jdc_selection_dropped_transactions",
+    kind: MetricKind::Counter,
+    labels: &["reason"],
+    help: "Transactions the selection policy left out, by reason (summed over selections)",
+};
+
+/// `jdc_selection_dropped_fees_sats`
+pub const SELECTION_DROPPED_FEES_SATS: MetricDef = MetricDef {
+    name: "jdc_selection_dropped_fees_sats",
+    kind: MetricKind::Gauge,
+    labels: &["reason"],
+    help: "Fees the latest selection gave up, by reason (what each rule of the policy costs), in satoshis",
+};
+
+/// `jdc_jobs_sent`
+pub const JOBS_SENT: MetricDef = MetricDef {
+    name: "jdc_jobs_sent",
+    kind: MetricKind::Counter,
+    labels: &["kind"],
+    help: "Mining jobs sent to devices by the declarator, by kind (empty or full)",
+};
+
+/// `jdc_tip_to_job_seconds`
+pub const TIP_TO_JOB_SECONDS: MetricDef = MetricDef {
+    name: "jdc_tip_to_job_seconds",
+    kind: MetricKind::Histogram,
+    labels: &["kind"],
+    help:
+        "Time from tip detection by the watcher to a job being written to the devices, by job kind",
+};
+
+/// `jdc_shares`
+pub const SHARES: MetricDef = MetricDef {
+    name: "jdc_shares",
+    kind: MetricKind::Counter,
+    labels: &["result", "reason", "channel_kind"],
+    help: "Shares judged by the declarator, by result, reason and channel kind",
+};
+
+/// `jdc_blocks`
+pub const BLOCKS: MetricDef = MetricDef {
+    name: "jdc_blocks",
+    kind: MetricKind::Counter,
+    labels: &["stage"],
+    help: "Blocks found by our devices, and bitcoind's verdict, by stage",
+};
+
+/// `jdc_events`
+pub const EVENTS: MetricDef = MetricDef {
+    name: "jdc_events",
+    kind: MetricKind::Counter,
+    labels: &["process", "level"],
+    help: "Operator events published on the bus, by process and level",
+};
+
+/// `jdc_tip_height`
+pub const TIP_HEIGHT: MetricDef = MetricDef {
+    name: "jdc_tip_height",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Height of the chain tip the watcher announced last",
+};
+
+/// `jdc_getblocktemplate_seconds`
+pub const GETBLOCKTEMPLATE_SECONDS: MetricDef = MetricDef {
+    name: "jdc_getblocktemplate_seconds",
+    kind: MetricKind::Histogram,
+    labels: &[],
+    help: "Time getblocktemplate took (call and parsing), per template",
+};
+
+/// `jdc_template_age_seconds`
+pub const TEMPLATE_AGE_SECONDS: MetricDef = MetricDef {
+    name: "jdc_template_age_seconds",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Seconds since the latest template arrived",
+};
+
+/// `jdc_bitcoind_zmq_messages`
+pub const BITCOIND_ZMQ_MESSAGES: MetricDef = MetricDef {
+    name: "jdc_bitcoind_zmq_messages",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "bitcoind ZMQ notifications the watcher received",
+};
+
+/// `jdc_bitcoind_zmq_gaps`
+pub const BITCOIND_ZMQ_GAPS: MetricDef = MetricDef {
+    name: "jdc_bitcoind_zmq_gaps",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "bitcoind ZMQ notifications the watcher missed, from sequence gaps",
+};
+
+/// `jdc_bitcoind_zmq_malformed`
+pub const BITCOIND_ZMQ_MALFORMED: MetricDef = MetricDef {
+    name: "jdc_bitcoind_zmq_malformed",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "bitcoind ZMQ notifications the watcher could not parse",
+};
+
+/// `jdc_declared_jobs`
+pub const DECLARED_JOBS: MetricDef = MetricDef {
+    name: "jdc_declared_jobs",
+    kind: MetricKind::Counter,
+    labels: &["stage", "reason"],
+    help: "Jobs declared to the pool (stage declared), acknowledged (accepted) or refused (rejected, with the error code as reason)",
+};
+
+/// `jdc_tip_to_declared_job_accepted_seconds`
+pub const TIP_TO_DECLARED_JOB_ACCEPTED_SECONDS: MetricDef = MetricDef {
+    name: "jdc_tip_to_declared_job_accepted_seconds",
+    kind: MetricKind::Histogram,
+    labels: &[],
+    help: "Time from tip detection to the pool acknowledging a declared job of that tip",
+};
+
+/// `jdc_hashrate_estimate_hashes_per_second`
+pub const HASHRATE_ESTIMATE_HASHES_PER_SECOND: MetricDef = MetricDef {
+    name: "jdc_hashrate_estimate_hashes_per_second",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Hashrate of our devices estimated from their accepted shares over the last 5 minutes",
+};
+
+/// `jdc_work_refused`
+pub const WORK_REFUSED: MetricDef = MetricDef {
+    name: "jdc_work_refused",
+    kind: MetricKind::Counter,
+    labels: &["kind"],
+    help: "Selections and templates the declarator refused (devices kept the last valid work), by kind",
+};
+
+/// `jdc_mining_mode`
+pub const MINING_MODE: MetricDef = MetricDef {
+    name: "jdc_mining_mode",
+    kind: MetricKind::Gauge,
+    labels: &["mode"],
+    help: "1 for the declarator's current mode: pool (mining for an upstream) or solo (own payout)",
+};
+
+/// `jdc_upstream_active`
+pub const UPSTREAM_ACTIVE: MetricDef = MetricDef {
+    name: "jdc_upstream_active",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help:
+        "Rank (1-based, configuration order) of the upstream the declarator mines for; 0 when solo",
+};
+
+/// `jdc_upstream_state`
+pub const UPSTREAM_STATE: MetricDef = MetricDef {
+    name: "jdc_upstream_state",
+    kind: MetricKind::Gauge,
+    labels: &["upstream", "state"],
+    help: "1 for each configured upstream's state: active, standby (not known down) or down (probed with backoff)",
+};
+
+/// `jdc_upstream_switches`
+pub const UPSTREAM_SWITCHES: MetricDef = MetricDef {
+    name: "jdc_upstream_switches",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Changes of upstream by the declarator (fall-overs, falls to solo, returns)",
+};
+
+/// `jdc_process_up`
+pub const PROCESS_UP: MetricDef = MetricDef {
+    name: "jdc_process_up",
+    kind: MetricKind::Gauge,
+    labels: &["process"],
+    help: "1 while the process's heartbeats arrive (metrics.down_after_ms), else 0",
+};
+
+/// `jdc_process_last_seen_seconds`
+pub const PROCESS_LAST_SEEN_SECONDS: MetricDef = MetricDef {
+    name: "jdc_process_last_seen_seconds",
+    kind: MetricKind::Gauge,
+    labels: &["process"],
+    help: "Seconds since the last bus message from the process (any topic)",
+};
+
+/// `jdc_bus_messages`
+pub const BUS_MESSAGES: MetricDef = MetricDef {
+    name: "jdc_bus_messages",
+    kind: MetricKind::Counter,
+    labels: &["stream"],
+    help: "Well-formed bus messages received by jdc-metrics, by stream",
+};
+
+/// `jdc_bus_malformed_messages`
+pub const BUS_MALFORMED_MESSAGES: MetricDef = MetricDef {
+    name: "jdc_bus_malformed_messages",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Bus messages jdc-metrics refused (bad envelope, unknown topic, other version, undecodable body)",
+};
+
+/// `jdc_bus_sequence_gaps`
+pub const BUS_SEQUENCE_GAPS: MetricDef = MetricDef {
+    name: "jdc_bus_sequence_gaps",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Bus messages jdc-metrics missed, counted from sequence gaps",
+};
+
+/// Every metric, in exposition order.
+pub const ALL: &[&MetricDef] = &[
+    &BUILD,
+    &TIPS,
+    &TEMPLATES,
+    &TEMPLATE_TRANSACTIONS,
+    &TEMPLATE_FEES_SATS,
+    &SELECTIONS,
+    &SELECTION_TRANSACTIONS,
+    &SELECTION_FEES_SATS,
+    &SELECTION_DROPPED_TRANSACTIONS,
+    &SELECTION_DROPPED_FEES_SATS,
+    &JOBS_SENT,
+    &TIP_TO_JOB_SECONDS,
+    &SHARES,
+    &BLOCKS,
+    &EVENTS,
+    &TIP_HEIGHT,
+    &GETBLOCKTEMPLATE_SECONDS,
+    &TEMPLATE_AGE_SECONDS,
+    &BITCOIND_ZMQ_MESSAGES,
+    &BITCOIND_ZMQ_GAPS,
+    &BITCOIND_ZMQ_MALFORMED,
+    &DECLARED_JOBS,
+    &TIP_TO_DECLARED_JOB_ACCEPTED_SECONDS,
+    &HASHRATE_ESTIMATE_HASHES_PER_SECOND,
+    &WORK_REFUSED,
+    &MINING_MODE,
+    &UPSTREAM_ACTIVE,
+    &UPSTREAM_STATE,
+    &UPSTREAM_SWITCHES,
+    &PROCESS_UP,
+    &PROCESS_LAST_SEEN_SECONDS,
+    &BUS_MESSAGES,
+    &BUS_MALFORMED_MESSAGES,
+    &BUS_SEQUENCE_GAPS,
+];
