@@ -2,11 +2,13 @@
 //!
 //! - [`bitcoind`]: a real regtest `bitcoind` on free ports with ZMQ notifications, killed on drop.
 //! - [`device`]: a scripted SV2 mining device (one extended channel, blocks on demand).
+//! - [`exposition`]: a strict checker of the Prometheus text format.
 //! - [`jds`]: a strict test Job Declarator Server on SRI's crates.
 //! - [`pool`]: a strict test pool (Mining protocol, SRI's server channel).
 
 pub mod bitcoind;
 pub mod device;
+pub mod exposition;
 pub mod jds;
 pub mod pool;
 

@@ -6,7 +6,6 @@
 //! valid marker. Phase 2: the raw socket goes away and real `jdc_shared::bus::Publisher`s play
 //! all three processes, publishing one message of every kind.
 
-use std::collections::HashSet;
 use std::net::TcpListener;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -122,115 +121,14 @@ fn value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-fn is_metric_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// Checks the OpenMetrics text format line by line: HELP/TYPE descriptors, samples of
-/// declared families with well-formed labels and numeric values, `# EOF` last.
-fn check_exposition(text: &str) -> Result<(), String> {
-    let mut families: HashSet<String> = HashSet::new();
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.last() != Some(&"# EOF") {
-        return Err("does not end with # EOF".into());
-    }
-    for (n, line) in lines[..lines.len() - 1].iter().enumerate() {
-        let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let name = rest.split(' ').next().unwrap_or_default();
-            if !is_metric_name(name) {
-                return Err(bad("bad HELP name"));
-            }
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest
-                .split_once(' ')
-                .ok_or_else(|| bad("TYPE without type"))?;
-            if !is_metric_name(name) {
-                return Err(bad("bad TYPE name"));
-            }
-            if ![
-                "counter",
-                "gauge",
-                "histogram",
-                "info",
-                "summary",
-                "stateset",
-                "unknown",
-            ]
-            .contains(&kind)
-            {
-                return Err(bad("unknown type"));
-            }
-            if !families.insert(name.to_string()) {
-                return Err(bad("family declared twice"));
-            }
-        } else if line.starts_with('#') {
-            return Err(bad("unknown comment"));
-        } else {
-            let (series, value) = line.rsplit_once(' ').ok_or_else(|| bad("no value"))?;
-            let ok_value = value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value);
-            if !ok_value {
-                return Err(bad("value is not a number"));
-            }
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (
-                    name,
-                    Some(
-                        rest.strip_suffix('}')
-                            .ok_or_else(|| bad("unclosed labels"))?,
-                    ),
-                ),
-                None => (series, None),
-            };
-            if !is_metric_name(name) {
-                return Err(bad("bad sample name"));
-            }
-            let family_ok = families.iter().any(|f| {
-                name == f
-                    || ["_total", "_bucket", "_count", "_sum", "_info", "_created"]
-                        .iter()
-                        .any(|suffix| name.strip_suffix(suffix) == Some(f.as_str()))
-            });
-            if !family_ok {
-                return Err(bad("sample of an undeclared family"));
-            }
-            if let Some(mut labels) = labels {
-                while !labels.is_empty() {
-                    let (key, rest) = labels.split_once("=\"").ok_or_else(|| bad("bad label"))?;
-                    if !is_metric_name(key) || key.contains(':') {
-                        return Err(bad("bad label name"));
-                    }
-                    let end = rest
-                        .find('"')
-                        .ok_or_else(|| bad("unterminated label value"))?;
-                    if rest[..end].contains(['\\', '\n']) {
-                        return Err(bad("unexpected escape in label value"));
-                    }
-                    labels = &rest[end + 1..];
-                    if let Some(more) = labels.strip_prefix(',') {
-                        labels = more;
-                    } else if !labels.is_empty() {
-                        return Err(bad("junk after label value"));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn the_checker_rejects_broken_expositions() {
-    assert!(check_exposition("# TYPE a counter\na_total 1\n# EOF").is_ok());
-    assert!(check_exposition("# TYPE a counter\na_total 1\n").is_err());
-    assert!(check_exposition("# TYPE a counter\nb_total 1\n# EOF").is_err());
-    assert!(check_exposition("# TYPE a counter\na_total{x=\"1} 1\n# EOF").is_err());
-    assert!(check_exposition("# TYPE a counter\na_total one\n# EOF").is_err());
-    assert!(check_exposition("# TYPE a gauge\na{x=\"1\"}} 1\n# EOF").is_err());
+    assert!(jdc_tests::exposition::check("# TYPE a counter\na_total 1\n# EOF").is_ok());
+    assert!(jdc_tests::exposition::check("# TYPE a counter\na_total 1\n").is_err());
+    assert!(jdc_tests::exposition::check("# TYPE a counter\nb_total 1\n# EOF").is_err());
+    assert!(jdc_tests::exposition::check("# TYPE a counter\na_total{x=\"1} 1\n# EOF").is_err());
+    assert!(jdc_tests::exposition::check("# TYPE a counter\na_total one\n# EOF").is_err());
+    assert!(jdc_tests::exposition::check("# TYPE a gauge\na{x=\"1\"}} 1\n# EOF").is_err());
 }
 
 // === the bus side ===
@@ -461,7 +359,7 @@ async fn serves_metrics_and_health_from_the_bus() {
         value(&r.body, "jdc_blocks_total{stage=\"found\"}"),
         Some(0.0)
     );
-    check_exposition(&r.body).unwrap();
+    jdc_tests::exposition::check(&r.body).unwrap();
     let _ = raw.close().await;
 
     // === Phase 2: real publishers for all three processes ===
@@ -622,7 +520,7 @@ async fn serves_metrics_and_health_from_the_bus() {
     })
     .await;
     let text = &r.body;
-    check_exposition(text).unwrap();
+    jdc_tests::exposition::check(text).unwrap();
     // The re-sent tip, template and selection were counted once (checked above), and the
     // garbage is still on the books.
     assert!(value(text, "jdc_bus_malformed_messages_total").unwrap() >= garbage as f64);
