@@ -1,7 +1,11 @@
-//! A strict checker of the Prometheus/OpenMetrics text format, for tests that scrape
-//! `jdc-metrics`.
+//! Scraping `jdc-metrics` in tests: [`scrape`], [`sum`] of samples, and [`check`], a strict
+//! checker of the Prometheus/OpenMetrics text format.
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
 
 fn is_metric_name(s: &str) -> bool {
     let mut chars = s.chars();
@@ -102,4 +106,31 @@ pub fn check(text: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `GET /metrics` from the stack's jdc-metrics.
+pub fn scrape(port: u16) -> anyhow::Result<String> {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("/metrics answered {head}");
+    }
+    Ok(body.to_string())
+}
+
+/// The sum of the samples of `name` whose labels contain every `labels` pair.
+pub fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let bare = series.split('{').next() == Some(name);
+            bare && labels.iter().all(|want| series.contains(want))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
 }

@@ -415,6 +415,22 @@ listen = "127.0.0.1:{m}"
             .ok_or_else(|| anyhow!("{component} vanished"))
     }
 
+    /// Starts any `program` with `args` (the stack's config is not passed) as the stack process
+    /// `name`, e.g. a third-party tx-selector in place of ours, and waits for `ready_log` in
+    /// its stderr. Replaces a previous process of that name.
+    pub fn start_command(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        ready_log: &str,
+    ) -> anyhow::Result<&Proc> {
+        let proc = Proc::spawn(name, program, args, &[], &self.dir)?;
+        proc.wait_for_log(ready_log, Duration::from_secs(30))?;
+        self.procs.insert(name.to_string(), proc);
+        self.get(name)
+    }
+
     /// Starts the four services: watcher, selector, declarator, metrics.
     pub fn start_services(&mut self) -> anyhow::Result<()> {
         self.start("declarator", &[], "SV2 mining server listening")?;

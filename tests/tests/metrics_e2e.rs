@@ -2,40 +2,13 @@
 //! exposition parses, every process is up, and the counters move as blocks, jobs and shares
 //! happen.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use jdc_tests::bitcoind::Bitcoind;
+use jdc_tests::exposition::{scrape, sum};
 use jdc_tests::stack::Stack;
 use jdc_tests::wait_until;
-
-/// `GET /metrics` from the stack's jdc-metrics.
-fn scrape(port: u16) -> anyhow::Result<String> {
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer)?;
-    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("/metrics answered {head}");
-    }
-    Ok(body.to_string())
-}
-
-/// The sum of the samples of `name` whose labels contain every `labels` pair.
-fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let bare = series.split('{').next() == Some(name);
-            bare && labels.iter().all(|want| series.contains(want))
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
-}
 
 #[test]
 fn counters_move_as_blocks_jobs_and_shares_happen() -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use bitcoincore_rpc::RpcApi;
 use jdc_shared::sv2::encode_authority_public_key;
 use jdc_tests::bitcoind::Bitcoind;
+use jdc_tests::exposition::{scrape, sum};
 use jdc_tests::jds::{pool_payout_script, Misbehave, TestJds};
 use jdc_tests::pool::{PoolMisbehave, TestPool};
 use jdc_tests::stack::Stack;
@@ -51,6 +52,7 @@ async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
             .get("declarator")?
             .wait_for_log("mining for the pool", Duration::from_secs(5))?;
         stack.start_template_source()?;
+        stack.start("metrics", &[], "listening")?;
         // A tiny device hashrate (announced to the pool) keeps the pool's target easy enough
         // for the sim-miner's shares.
         stack.start_miner(
@@ -92,6 +94,23 @@ async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
         // The wallet transactions went into a pool-paying block.
         if !rpc.get_raw_mempool()?.is_empty() {
             bail!("mempool transactions were not mined");
+        }
+        // Operators see it: pool mode, upstream 1 active, jobs declared and accepted.
+        let port = stack.ports.metrics;
+        let text = wait_until("pool mode in /metrics", Duration::from_secs(10), || {
+            let text = scrape(port)?;
+            let ok = sum(&text, "jdc_mining_mode", &["mode=\"pool\""]) == 1.0
+                && sum(
+                    &text,
+                    "jdc_upstream_state",
+                    &["upstream=\"1\"", "state=\"active\""],
+                ) == 1.0
+                && sum(&text, "jdc_declared_jobs_total", &["stage=\"accepted\""]) > 0.0
+                && sum(&text, "jdc_tip_to_declared_job_accepted_seconds_count", &[]) > 0.0;
+            Ok(ok.then_some(text))
+        })?;
+        if sum(&text, "jdc_upstream_switches_total", &[]) != 0.0 {
+            bail!("a switch was counted while the pool worked");
         }
         Ok(())
     });

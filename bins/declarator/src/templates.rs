@@ -44,6 +44,14 @@ pub struct TemplateTxs {
     pub prev_hash: [u8; 32],
     /// Height of the block.
     pub height: u32,
+    /// Block version.
+    pub version: u32,
+    /// Compact target.
+    pub bits: u32,
+    /// Smallest valid header time.
+    pub mintime: u32,
+    /// bitcoind's current time when it built the template.
+    pub curtime: u32,
     /// Transactions in bitcoind's order.
     pub txs: Vec<TxEntry>,
     by_txid: HashMap<[u8; 32], u32>,
@@ -89,6 +97,10 @@ impl TemplateTxs {
             id: t.id,
             prev_hash,
             height: t.height,
+            version: t.version,
+            bits: t.bits,
+            mintime: t.mintime,
+            curtime: t.curtime,
             txs,
             by_txid,
         })

@@ -249,6 +249,9 @@ impl PreparedSelection {
 /// Limits every block must respect.
 const MAX_BLOCK_WEIGHT: u64 = 4_000_000;
 const MAX_BLOCK_SIGOPS: u64 = 80_000;
+/// How far past the template's time a header may be (consensus: 2 hours past the node's
+/// adjusted time).
+const MAX_FUTURE_BLOCK_TIME: u32 = 2 * 60 * 60;
 /// Weight of our coinbase, generously bounded (scriptSig ≤ 100 bytes, a few outputs).
 const COINBASE_WEIGHT_BOUND: u64 = 4_000;
 
@@ -613,6 +616,29 @@ pub fn validate_selection(
             sel.template_id, sel.height, template.id, template.height
         )));
     }
+    // The header fields are the template's: a selector chooses transactions, not the chain.
+    let prev_hash =
+        chain::hash_from_rpc_hex(&sel.prev_hash).map_err(|e| invalid(format!("prev_hash: {e}")))?;
+    if prev_hash != template.prev_hash {
+        return Err(invalid(format!(
+            "prev_hash {} is not template {}'s",
+            sel.prev_hash, template.id
+        )));
+    }
+    if (sel.version, sel.bits) != (template.version, template.bits) {
+        return Err(invalid(format!(
+            "version {:#x} / bits {:#x} differ from the template's {:#x} / {:#x}",
+            sel.version, sel.bits, template.version, template.bits
+        )));
+    }
+    let header_time = sel.curtime.max(sel.mintime);
+    let latest = template.curtime.saturating_add(MAX_FUTURE_BLOCK_TIME);
+    if header_time < template.mintime || header_time > latest {
+        return Err(invalid(format!(
+            "header time {header_time} is outside the template's range {}..={latest}",
+            template.mintime
+        )));
+    }
     // 1-based position in the block of each template transaction (0: not chosen).
     let mut placed = vec![0u32; template.txs.len()];
     let mut checked = CheckedSelection {
@@ -665,6 +691,12 @@ pub fn validate_selection(
         return Err(invalid(format!(
             "coinbase value {} is not subsidy + fees = {expected_value}",
             sel.coinbase_value
+        )));
+    }
+    if (sel.weight, sel.sigops) != (weight, sigops) {
+        return Err(invalid(format!(
+            "weight {} / sigops {} differ from the chosen transactions' {weight} / {sigops}",
+            sel.weight, sel.sigops
         )));
     }
     if weight + COINBASE_WEIGHT_BOUND > MAX_BLOCK_WEIGHT {

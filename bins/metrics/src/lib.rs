@@ -29,7 +29,7 @@ use registry::Metrics;
 pub const STREAMS: [&str; 3] = ["watcher", "selector", "declarator"];
 
 /// Topics read: every one but the full `template` (megabytes; its `summary` says enough).
-pub const TOPICS: [Topic; 9] = [
+pub const TOPICS: [Topic; 10] = [
     Topic::Tip,
     Topic::Summary,
     Topic::Selection,
@@ -39,6 +39,7 @@ pub const TOPICS: [Topic; 9] = [
     Topic::Heartbeat,
     Topic::Event,
     Topic::Upstream,
+    Topic::Declaration,
 ];
 
 /// Why the metrics process stopped.

@@ -160,6 +160,27 @@ fn invalid_selections_are_refused_with_reason() {
     let (mut bad, t) = two();
     bad.template_id = 8;
     assert!(refusal(bad, t).contains("names template 8"));
+    // The header fields are the template's.
+    let (mut bad, t) = two();
+    bad.prev_hash = hex::encode([9u8; 32]);
+    assert!(refusal(bad, t).contains("prev_hash"));
+    let (mut bad, t) = two();
+    bad.bits = 0x1d00ffff;
+    assert!(refusal(bad, t).contains("bits"));
+    let (mut bad, t) = two();
+    bad.mintime = 0;
+    bad.curtime = 1_600_000_000;
+    assert!(refusal(bad, t).contains("header time"));
+    let (mut bad, t) = two();
+    bad.curtime += 3 * 3600;
+    assert!(refusal(bad, t).contains("header time"));
+    // Claims must match the transactions.
+    let (mut bad, t) = two();
+    bad.weight += 1;
+    assert!(refusal(bad, t).contains("weight"));
+    let (mut bad, t) = two();
+    bad.sigops = 0;
+    assert!(refusal(bad, t).contains("sigops"));
 }
 
 #[test]
