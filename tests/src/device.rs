@@ -184,6 +184,24 @@ impl TestDevice {
         }
     }
 
+    /// Whether the device has a tip and mines a job sent under an extranonce prefix starting
+    /// with `tag`.
+    pub fn mines_under(&self, tag: &[u8]) -> bool {
+        self.tip.is_some()
+            && self
+                .active_job
+                .and_then(|id| self.jobs.get(&id))
+                .is_some_and(|j| j.prefix.starts_with(tag))
+    }
+
+    /// Whether `m` is new work (a job or a tip) after which the device mines under `tag`.
+    pub fn new_work_under(&self, m: &MiningOwned, tag: &[u8]) -> bool {
+        matches!(
+            m,
+            MiningOwned::NewExtendedMiningJob(_) | MiningOwned::SetNewPrevHash(_)
+        ) && self.mines_under(tag)
+    }
+
     /// Finds a header for `job_id` on the current tip that meets the network target.
     pub fn solve(&mut self, job_id: u32) -> anyhow::Result<Solution> {
         let job = self

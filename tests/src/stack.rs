@@ -500,6 +500,15 @@ listen = "127.0.0.1:{m}"
         (inbox, shutdown)
     }
 
+    /// Connects a scripted SV2 device to this stack's declarator (one extended channel).
+    pub async fn connect_device(&self) -> anyhow::Result<crate::device::TestDevice> {
+        crate::device::TestDevice::connect(
+            &format!("127.0.0.1:{}", self.ports.sv2),
+            &self.authority_key()?,
+        )
+        .await
+    }
+
     /// A running process by name.
     pub fn get(&self, name: &str) -> anyhow::Result<&Proc> {
         self.procs

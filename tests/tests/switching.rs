@@ -123,18 +123,6 @@ async fn starts_solo_and_takes_the_pool_when_it_comes_up() -> anyhow::Result<()>
     Ok(())
 }
 
-/// Whether `m` is a job or tip change that leaves `d` mining a job under a prefix starting
-/// with `tag`.
-fn mining_under(d: &TestDevice, m: &MiningOwned, tag: [u8; 2]) -> bool {
-    matches!(
-        m,
-        MiningOwned::NewExtendedMiningJob(_) | MiningOwned::SetNewPrevHash(_)
-    ) && d.tip.is_some()
-        && d.active_job
-            .and_then(|id| d.jobs.get(&id))
-            .is_some_and(|j| j.prefix.starts_with(&tag))
-}
-
 /// Submits `share` and waits for the declarator's verdict.
 async fn submit(device: &mut TestDevice, solution: Solution) -> anyhow::Result<()> {
     device.submit(solution.share).await?;
@@ -171,16 +159,12 @@ async fn a_block_found_during_a_switch_is_not_lost() -> anyhow::Result<()> {
         stack.start("declarator", &[], "SV2 mining server listening")?;
         stack.start_template_source()
     })?;
-    let mut device = TestDevice::connect(
-        &format!("127.0.0.1:{}", stack.ports.sv2),
-        &stack.authority_key()?,
-    )
-    .await?;
+    let mut device = stack.connect_device().await?;
     device
         .wait_for(
             "a job for the first pool",
             Duration::from_secs(30),
-            |d, m| mining_under(d, m, [0x11, 0x11]),
+            |d, m| d.new_work_under(m, &[0x11, 0x11]),
         )
         .await?;
     let job = device.active_job.unwrap_or_default();
@@ -191,7 +175,7 @@ async fn a_block_found_during_a_switch_is_not_lost() -> anyhow::Result<()> {
         .wait_for(
             "a job for the second pool after the switch",
             Duration::from_secs(10),
-            |d, m| mining_under(d, m, [0x22, 0x22]),
+            |d, m| d.new_work_under(m, &[0x22, 0x22]),
         )
         .await?;
     let rpc = node.rpc()?;
@@ -217,7 +201,9 @@ async fn a_block_found_during_a_switch_is_not_lost() -> anyhow::Result<()> {
         .wait_for(
             "a job for the second pool on the new tip",
             Duration::from_secs(30),
-            |d, m| matches!(m, MiningOwned::SetNewPrevHash(_)) && mining_under(d, m, [0x22, 0x22]),
+            |d, m| {
+                matches!(m, MiningOwned::SetNewPrevHash(_)) && d.new_work_under(m, &[0x22, 0x22])
+            },
         )
         .await?;
     let next = device.solve(device.active_job.unwrap_or_default())?;

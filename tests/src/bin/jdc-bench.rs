@@ -584,7 +584,6 @@ async fn jd_latency(txs: usize, tips: usize) -> anyhow::Result<()> {
 }
 
 async fn fallback_latency(rounds: usize) -> anyhow::Result<()> {
-    use jdc_tests::device::TestDevice;
     use jdc_tests::jds::{Misbehave, TestJds};
     use jdc_tests::pool::{upstream_entry, PoolMisbehave, TestPool};
     use stratum_core::parsers_sv2::MiningOwned;
@@ -608,24 +607,13 @@ async fn fallback_latency(rounds: usize) -> anyhow::Result<()> {
         )?;
         stack.start_template_source()
     })?;
-    let mut device = TestDevice::connect(
-        &format!("127.0.0.1:{}", stack.ports.sv2),
-        &stack.authority_key()?,
-    )
-    .await?;
-    let under = |d: &TestDevice, tag: [u8; 2]| {
-        d.active_job
-            .and_then(|id| d.jobs.get(&id))
-            .is_some_and(|j| j.prefix.starts_with(&tag))
-    };
+    let mut device = stack.connect_device().await?;
     let is_job = |m: &MiningOwned| matches!(m, MiningOwned::NewExtendedMiningJob(_));
     device
         .wait_for(
             "mining for the first pool",
             Duration::from_secs(30),
-            |d, m| {
-                (is_job(m) || matches!(m, MiningOwned::SetNewPrevHash(_))) && under(d, [0x11, 0x11])
-            },
+            |d, m| d.new_work_under(m, &[0x11, 0x11]),
         )
         .await?;
     // Each round crashes the pool in use; the declarator falls over to the other one (which
@@ -640,7 +628,7 @@ async fn fallback_latency(rounds: usize) -> anyhow::Result<()> {
             .wait_for(
                 "a job for the other pool",
                 Duration::from_secs(5),
-                |d, m| is_job(m) && under(d, other.1),
+                |d, m| is_job(m) && d.mines_under(&other.1),
             )
             .await?;
         fall_over.push(crash.elapsed().as_micros() as u64);
