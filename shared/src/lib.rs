@@ -14,6 +14,7 @@ pub mod chain;
 pub mod config;
 pub mod messages;
 pub mod metric_names;
+pub mod monitor;
 pub mod priority;
 pub mod shutdown;
 pub mod sv2;

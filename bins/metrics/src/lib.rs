@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use jdc_shared::bus::{self, BusStats, Topic};
+use jdc_shared::bus::{self, BusStats};
 use jdc_shared::config::{Config, ConfigError};
 use jdc_shared::time::now_micros;
 use tokio_util::sync::CancellationToken;
@@ -29,18 +29,7 @@ use registry::Metrics;
 pub const STREAMS: [&str; 3] = ["watcher", "selector", "declarator"];
 
 /// Topics read: every one but the full `template` (megabytes; its `summary` says enough).
-pub const TOPICS: [Topic; 10] = [
-    Topic::Tip,
-    Topic::Summary,
-    Topic::Selection,
-    Topic::Job,
-    Topic::Share,
-    Topic::Block,
-    Topic::Heartbeat,
-    Topic::Event,
-    Topic::Upstream,
-    Topic::Declaration,
-];
+pub use jdc_shared::monitor::TOPICS;
 
 /// Why the metrics process stopped.
 #[derive(Debug, thiserror::Error)]

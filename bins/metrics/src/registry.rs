@@ -14,19 +14,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicU64;
 
-use jdc_shared::bus::{BusError, BusStats, Dedup, HeartbeatWithStats, Received, Topic};
-use jdc_shared::messages::{
-    BlockEvent, BlockStage, Declaration, Dropped, Event, JobSent, ShareResult, TemplateSummary,
-    Tip, UpstreamState,
-};
+use jdc_shared::bus::{BusError, BusStats, Dedup, Received, Topic};
+use jdc_shared::messages::{BlockStage, UpstreamState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 
 use crate::health::Health;
 use jdc_shared::metric_names as names;
@@ -53,66 +48,7 @@ pub const MAX_LABEL_VALUES: usize = 32;
 /// The longest label value kept from the bus.
 const MAX_LABEL_LEN: usize = 64;
 
-/// The parts of a `Selection` the metrics need.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct SelectionSummary {
-    /// Selection id.
-    pub id: u64,
-    /// Chosen fees.
-    pub fees: u64,
-    /// Chosen transactions (only counted).
-    pub txids: Vec<IgnoredAny>,
-    /// What the policy left out.
-    #[serde(default)]
-    pub dropped: Vec<Dropped>,
-}
-
-/// A decoded bus message.
-#[derive(Debug, Clone)]
-pub enum Message {
-    /// A new tip.
-    Tip(Tip),
-    /// A template.
-    Template(TemplateSummary),
-    /// A selection.
-    Selection(SelectionSummary),
-    /// A job sent to devices.
-    Job(JobSent),
-    /// A share verdict.
-    Share(ShareResult),
-    /// A block found / accepted / rejected.
-    Block(BlockEvent),
-    /// A heartbeat.
-    Heartbeat(HeartbeatWithStats),
-    /// An operator event.
-    Event(Event),
-    /// The declarator's upstream state.
-    Upstream(UpstreamState),
-    /// A job declared to the pool, or its fate.
-    Declaration(Declaration),
-    /// A topic the metrics do not read (full templates: their summary is read instead).
-    Ignored,
-}
-
-impl Message {
-    /// Decodes the body of a received message according to its topic.
-    pub fn decode(msg: &Received) -> Result<Message, BusError> {
-        Ok(match msg.topic {
-            Topic::Tip => Message::Tip(msg.decode()?),
-            Topic::Summary => Message::Template(msg.decode()?),
-            // Not subscribed: the summary carries what the metrics need.
-            Topic::Template => Message::Ignored,
-            Topic::Selection => Message::Selection(msg.decode()?),
-            Topic::Job => Message::Job(msg.decode()?),
-            Topic::Share => Message::Share(msg.decode()?),
-            Topic::Block => Message::Block(msg.decode()?),
-            Topic::Heartbeat => Message::Heartbeat(msg.decode()?),
-            Topic::Event => Message::Event(msg.decode()?),
-            Topic::Upstream => Message::Upstream(msg.decode()?),
-            Topic::Declaration => Message::Declaration(msg.decode()?),
-        })
-    }
-}
+pub use jdc_shared::monitor::{Message, SelectionSummary};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
@@ -518,7 +454,7 @@ impl Metrics {
                 }
                 self.tip_height.set(i64::from(tip.height));
             }
-            Message::Template(t) => {
+            Message::Summary(t) => {
                 if self.dedup.is_new(Topic::Summary, t.id) {
                     self.templates.inc();
                     self.gbt.observe(t.gbt_us as f64 / 1e6);
@@ -530,7 +466,7 @@ impl Metrics {
             Message::Selection(s) => {
                 if self.dedup.is_new(Topic::Selection, s.id) {
                     self.selections.inc();
-                    self.selection_transactions.set(gauge_value(s.txids.len()));
+                    self.selection_transactions.set(gauge_value(s.tx_count));
                     self.selection_fees.set(gauge_value(s.fees));
                     // The latest selection's cost per reason: reasons it does not name cost 0.
                     for reason in std::mem::take(&mut self.dropped_fee_reasons) {

@@ -30,7 +30,11 @@ fn every_dashboard_query_uses_existing_metrics() {
     assert!(panels.len() >= 10, "a dashboard worth the name");
     let mut used = std::collections::BTreeSet::new();
     for panel in panels {
-        assert_eq!(panel["datasource"]["uid"], "prometheus", "{}", panel["title"]);
+        assert_eq!(
+            panel["datasource"]["uid"], "prometheus",
+            "{}",
+            panel["title"]
+        );
         let pos = &panel["gridPos"];
         let (x, w) = (pos["x"].as_u64().unwrap(), pos["w"].as_u64().unwrap());
         assert!(x + w <= 24, "{} overflows the grid", panel["title"]);

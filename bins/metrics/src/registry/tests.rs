@@ -1,9 +1,9 @@
 use super::*;
 use bytes::Bytes;
-use jdc_shared::bus::{Envelope, BUS_PROTOCOL_VERSION};
+use jdc_shared::bus::{Envelope, HeartbeatWithStats, BUS_PROTOCOL_VERSION};
 use jdc_shared::messages::{
-    Declaration, Heartbeat, JobKind, Selection, Template, TemplateSummary, TemplateTx,
-    UpstreamState,
+    BlockEvent, Declaration, Dropped, Event, Heartbeat, JobKind, JobSent, Selection, ShareResult,
+    Template, TemplateSummary, TemplateTx, Tip, UpstreamState,
 };
 
 const PROCESSES: [&str; 3] = ["watcher", "selector", "declarator"];
@@ -185,7 +185,7 @@ fn re_sent_state_is_counted_once() {
     let mut m = Metrics::new(&PROCESSES);
     let t = |id, n, fees| {
         let t = template(id, n, fees);
-        Message::Template(summary_of(&t))
+        Message::Summary(summary_of(&t))
     };
     m.apply("watcher", &Message::Tip(tip("aa")), 1);
     m.apply("watcher", &Message::Tip(tip("aa")), 2);
@@ -477,7 +477,7 @@ fn full_messages_decode_into_summaries() {
     let t = template(9, 4, 123);
     let r = received("watcher", Topic::Summary, &summary_of(&t));
     match Message::decode(&r).unwrap() {
-        Message::Template(s) => {
+        Message::Summary(s) => {
             assert_eq!((s.id, s.tx_count), (9, 4));
             assert_eq!(s.fees, 123);
         }

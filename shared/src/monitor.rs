@@ -1,0 +1,97 @@
+//! What monitors (jdc-metrics, jdc-top) read from the bus: every topic but the full
+//! `template` (megabytes; its `summary` says enough), decoded into one [`Message`], with
+//! selections summarised (their txids only counted).
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::bus::{BusError, HeartbeatWithStats, Received, Topic};
+use crate::messages::{
+    BlockEvent, Declaration, Dropped, Event, JobSent, ShareResult, TemplateSummary, Tip,
+    UpstreamState,
+};
+
+/// Topics monitors subscribe to.
+pub const TOPICS: [Topic; 10] = [
+    Topic::Tip,
+    Topic::Summary,
+    Topic::Selection,
+    Topic::Job,
+    Topic::Share,
+    Topic::Block,
+    Topic::Heartbeat,
+    Topic::Event,
+    Topic::Upstream,
+    Topic::Declaration,
+];
+
+/// The parts of a `selection` monitors show (the txids are only counted).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SelectionSummary {
+    /// Selection id.
+    pub id: u64,
+    /// Height of the block.
+    pub height: u32,
+    /// Policy that produced it.
+    pub policy: String,
+    /// The chosen transactions, only counted.
+    #[serde(rename = "txids", deserialize_with = "count_items")]
+    pub tx_count: usize,
+    /// Sum of their fees, satoshis.
+    pub fees: u64,
+    /// Sum of their weights.
+    pub weight: u64,
+    /// What the policy left out, per reason.
+    #[serde(default)]
+    pub dropped: Vec<Dropped>,
+}
+
+fn count_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    Vec::<IgnoredAny>::deserialize(d).map(|v| v.len())
+}
+
+/// One decoded bus message.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A new tip (watcher).
+    Tip(Tip),
+    /// A template's summary (watcher).
+    Summary(TemplateSummary),
+    /// A selection (selector).
+    Selection(SelectionSummary),
+    /// A job sent to the devices (declarator).
+    Job(JobSent),
+    /// A share verdict (declarator).
+    Share(ShareResult),
+    /// A block found, accepted or rejected (declarator).
+    Block(BlockEvent),
+    /// A heartbeat with the publisher's bus counters (every process).
+    Heartbeat(HeartbeatWithStats),
+    /// An operator event (every process).
+    Event(Event),
+    /// Which upstream the declarator mines for (declarator).
+    Upstream(UpstreamState),
+    /// A job declared to the pool, or its fate (declarator).
+    Declaration(Declaration),
+    /// A topic monitors do not read (full templates).
+    Ignored,
+}
+
+impl Message {
+    /// Decodes the body of a received message by its topic.
+    pub fn decode(msg: &Received) -> Result<Message, BusError> {
+        Ok(match msg.topic {
+            Topic::Tip => Message::Tip(msg.decode()?),
+            Topic::Summary => Message::Summary(msg.decode()?),
+            Topic::Template => Message::Ignored,
+            Topic::Selection => Message::Selection(msg.decode()?),
+            Topic::Job => Message::Job(msg.decode()?),
+            Topic::Share => Message::Share(msg.decode()?),
+            Topic::Block => Message::Block(msg.decode()?),
+            Topic::Heartbeat => Message::Heartbeat(msg.decode()?),
+            Topic::Event => Message::Event(msg.decode()?),
+            Topic::Upstream => Message::Upstream(msg.decode()?),
+            Topic::Declaration => Message::Declaration(msg.decode()?),
+        })
+    }
+}
