@@ -465,6 +465,19 @@ struct Cluster {
     pending: Vec<u64>,
     /// Pending members whose stored package may still count included ancestors (too high).
     dirty: Vec<u64>,
+    /// For a simple chain (each member spends the one before it, and only it is spent by
+    /// the next): cumulative packages of the members in chain order, and the first pending
+    /// member. A chain's pending members are always a contiguous run (inclusions take its
+    /// front, drops its back), so a package is a difference of two prefix sums.
+    chain: Option<ChainIndex>,
+}
+
+/// See [`Cluster::chain`].
+struct ChainIndex {
+    /// `prefix[i]`: the sum of the first `i` members' own packages.
+    prefix: Vec<Package>,
+    /// First pending member.
+    head: usize,
 }
 
 impl Cluster {
@@ -496,6 +509,13 @@ impl Cluster {
     }
     fn settle(&mut self, local: usize) {
         self.pending[local / 64] &= !(1u64 << (local % 64));
+        if let Some(chain) = &mut self.chain {
+            while chain.head < self.members.len()
+                && self.pending[chain.head / 64] & (1u64 << (chain.head % 64)) == 0
+            {
+                chain.head += 1;
+            }
+        }
     }
     /// Marks the pending members of `set` as holding a too-high package.
     fn mark_dirty(&mut self, local: usize) {
@@ -518,6 +538,13 @@ impl Cluster {
     }
     /// The exact package of member `local`: itself and its pending ancestors.
     fn package_of(&self, local: usize, own: &[Package]) -> Package {
+        if let Some(chain) = &self.chain {
+            if let (Some(upto), Some(before)) =
+                (chain.prefix.get(local + 1), chain.prefix.get(chain.head))
+            {
+                return upto.minus(before);
+            }
+        }
         let mut sum = Package::default();
         self.for_each_pending(self.anc(local), |a| sum.add(&own[a]));
         sum
@@ -642,6 +669,14 @@ impl Cluster {
         for l in 0..m {
             pending[l / 64] |= 1u64 << (l % 64);
         }
+        let is_chain = members.iter().enumerate().all(|(l, &i)| {
+            let parents = &graph.parents[i];
+            let one_parent = match l {
+                0 => parents.is_empty(),
+                _ => parents.len() == 1 && local[parents[0]] as usize == l - 1,
+            };
+            one_parent && children[l].len() <= usize::from(l + 1 < m)
+        });
         Cluster {
             members,
             words,
@@ -649,6 +684,24 @@ impl Cluster {
             desc,
             dirty: vec![0u64; words],
             pending,
+            // Filled in by `index_chain` once the packages are known.
+            chain: is_chain.then(|| ChainIndex {
+                prefix: Vec::new(),
+                head: 0,
+            }),
+        }
+    }
+
+    /// Computes the prefix sums of a chain cluster from the members' own packages.
+    fn index_chain(&mut self, own: &[Package]) {
+        if let Some(chain) = &mut self.chain {
+            let mut sum = Package::default();
+            chain.prefix = std::iter::once(sum)
+                .chain(self.members.iter().map(|&i| {
+                    sum.add(&own[i]);
+                    sum
+                }))
+                .collect();
         }
     }
 }
@@ -670,6 +723,15 @@ impl Package {
         self.weight = self.weight.saturating_add(o.weight);
         self.vsize = self.vsize.saturating_add(o.vsize);
         self.sigops = self.sigops.saturating_add(o.sigops);
+    }
+    /// `self` without `o` (a sub-package of it).
+    fn minus(&self, o: &Package) -> Package {
+        Package {
+            fee: self.fee.saturating_sub(o.fee),
+            weight: self.weight.saturating_sub(o.weight),
+            vsize: self.vsize.saturating_sub(o.vsize),
+            sigops: self.sigops.saturating_sub(o.sigops),
+        }
     }
     /// Compares fee rates exactly (cross-multiplied).
     fn cmp_rate(&self, o: &Package) -> Ordering {
@@ -731,6 +793,9 @@ fn by_package_fee_rate(
         })
         .collect();
     let mut clusters = Clusters::build(graph);
+    for cluster in &mut clusters.clusters {
+        cluster.index_chain(&own);
+    }
     // Each transaction's package, kept up to date as ancestors get included.
     let mut package: Vec<Package> = own.clone();
     for (i, ps) in graph.parents.iter().enumerate() {
