@@ -706,6 +706,42 @@ proptest! {
         }
     }
 
+    /// Simple chains only (their packages come from prefix sums), with whole vbytes and a few
+    /// rates so that equal-rate packages (ties) are common: the same choices as the
+    /// reference, limits binding or not.
+    #[test]
+    fn chains_match_the_reference_greedy(
+        chains in prop::collection::vec(prop::collection::vec((25u64..750, 0u64..5, 0u64..40), 1..40), 1..6),
+        weight_limit in 20_000u64..600_000,
+        min_rate in 0.0f64..3.0,
+    ) {
+        let mut txs = Vec::new();
+        for chain in chains {
+            for (d, (vbytes, rate, sigops)) in chain.into_iter().enumerate() {
+                let i = txs.len();
+                txs.push(TemplateTx {
+                    data: vec![],
+                    txid: txid(i),
+                    wtxid: wtxid(i),
+                    fee: vbytes * rate,
+                    weight: vbytes * 4,
+                    sigops,
+                    depends: if d == 0 { vec![] } else { vec![i as u32] },
+                });
+            }
+        }
+        let mut t = template(txs);
+        t.weight_limit = weight_limit;
+        let p = policy(PolicyKind::FeeRate, min_rate, 4_000_000);
+        let sel = select(&t, &p).unwrap();
+        check_invariants(&t, &p, &sel);
+        let (expected, expected_dropped) = reference(&t, &p);
+        prop_assert_eq!(chosen(&sel), expected.iter().map(|&i| txid(i)).collect::<Vec<_>>());
+        for reason in DropReason::ALL {
+            prop_assert_eq!(dropped(&sel, reason), expected_dropped[reason.slot()]);
+        }
+    }
+
     #[test]
     fn nothing_is_dropped_when_nothing_binds(t in arb_template(), kind in prop_oneof![Just(PolicyKind::PassThrough), Just(PolicyKind::FeeRate)]) {
         let mut t = t;
