@@ -6,7 +6,7 @@
 //! valid marker. Phase 2: the raw socket goes away and real `jdc_shared::bus::Publisher`s play
 //! all three processes, publishing one message of every kind.
 
-use std::net::TcpListener;
+use jdc_tests::bitcoind::free_port;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,14 +25,6 @@ use zeromq::{Socket, SocketSend, ZmqMessage};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 // === a minimal HTTP/1.1 client ===
 

@@ -2,7 +2,7 @@
 //! template-watcher (a raw PUB socket, so it can also send garbage) and listens to the
 //! selector's stream like the declarator does.
 
-use std::net::TcpListener;
+use jdc_tests::bitcoind::free_port;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,14 +17,6 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketSend, ZmqMessage};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn tx(i: usize, vbytes: u64, fee: u64, depends: &[u32]) -> TemplateTx {
     let mut wtxid = [0u8; 32];
