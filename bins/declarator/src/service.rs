@@ -210,12 +210,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         stats: stats.clone(),
         bus: publisher.clone(),
         switch: switch_rx,
+        shutdown: shutdown.clone(),
     }));
     tasks.spawn(submitter(
         block_rx,
         catalog,
         Arc::new(node),
         publisher.clone(),
+        shutdown.clone(),
     ));
 
     shutdown.cancelled().await;
@@ -247,6 +249,8 @@ struct Hub {
     bus: Publisher,
     /// The upstream changed: another pool, or solo.
     switch: mpsc::UnboundedReceiver<crate::upstream::runner::HubSwitch>,
+    /// Stops the hub.
+    shutdown: CancellationToken,
 }
 
 /// Receives tips, templates and selections and publishes the resulting work.
@@ -265,6 +269,7 @@ async fn hub(hub: Hub) {
         stats,
         bus,
         mut switch,
+        shutdown,
     } = hub;
     let (prepared_tx, mut prepared_rx) = mpsc::unbounded_channel::<Prepared>();
     let (template_tx, mut template_rx) =
@@ -282,6 +287,7 @@ async fn hub(hub: Hub) {
     loop {
         let result = tokio::select! {
             biased;
+            _ = shutdown.cancelled() => break,
             msg = inbox.recv() => {
                 let Some(msg) = msg else { break };
                 match msg.topic {
@@ -529,14 +535,21 @@ impl Selections {
     }
 }
 
-/// Assembles and submits found blocks, one at a time, without blocking the runtime.
+/// Assembles and submits found blocks, one at a time, without blocking the runtime. On
+/// shutdown, the blocks already found are still submitted, then it stops.
 async fn submitter(
     mut blocks: mpsc::Receiver<FoundBlock>,
     catalog: Arc<Mutex<Catalog>>,
     node: Arc<Node>,
     bus: Publisher,
+    shutdown: CancellationToken,
 ) {
-    while let Some(found) = blocks.recv().await {
+    loop {
+        let found = tokio::select! {
+            found = blocks.recv() => found,
+            _ = shutdown.cancelled() => blocks.try_recv().ok(),
+        };
+        let Some(found) = found else { return };
         let body = catalog.lock().ok().and_then(|c| c.get(found.template_id));
         let Some(body) = body else {
             tracing::error!(
