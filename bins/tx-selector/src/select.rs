@@ -24,8 +24,8 @@
 //! An inclusion only marks the included package's pending descendants (one bitset pass: their
 //! scores can only go down, so their heap entries stay upper bounds, and a stale entry is
 //! recomputed when popped); descendants of its other members are recomputed at once and pushed
-//! again only when their score went *up*. Chains of bitcoind's sizes cost little more than
-//! their bitsets; a chain of thousands whose rates fall along it costs about n² log n.
+//! again only when their score went *up*. A simple chain stands in the heap by one entry, its
+//! best package, found on the upper hull of its prefix sums (`ChainIndex`) in O(log² n).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -473,11 +473,129 @@ struct Cluster {
 }
 
 /// See [`Cluster::chain`].
+///
+/// A chain also stands in the heap by one entry, its best package: with the prefix sums as
+/// points `Q[k] = (vsize, fee)`, the package of members `head..e` has the slope from `Q[head]`
+/// to `Q[e]` as its rate, so the best `e` is where a line from `Q[head]` touches the upper hull
+/// of the points after it (the farthest on ties: the bigger package, as the heap prefers). A
+/// segment tree keeps the upper hull of every range of points, so the best package of any
+/// `head..end` costs O(log² n): inclusions move `head`, drops move `end`, nothing is rebuilt.
 struct ChainIndex {
     /// `prefix[i]`: the sum of the first `i` members' own packages.
     prefix: Vec<Package>,
     /// First pending member.
     head: usize,
+    /// One past the last pending member.
+    end: usize,
+    /// Segment tree over the points `1..=m`: node `1` is the whole range, node `i` has
+    /// children `2i` and `2i + 1`; each holds its range's upper hull (point indexes, left to
+    /// right).
+    hulls: Vec<Vec<usize>>,
+    /// Number of leaves (a power of two ≥ m).
+    leaves: usize,
+    /// The representative for the current `head..end` (see [`ChainIndex::refresh`]).
+    rep: Option<usize>,
+}
+
+impl ChainIndex {
+    /// Whether, seen from `o`, point `a` is strictly steeper than point `b` (both right of `o`).
+    fn steeper(&self, o: usize, a: usize, b: usize) -> bool {
+        let q = &self.prefix;
+        let (a_fee, a_vsize) = (q[a].fee - q[o].fee, q[a].vsize - q[o].vsize);
+        let (b_fee, b_vsize) = (q[b].fee - q[o].fee, q[b].vsize - q[o].vsize);
+        u128::from(a_fee) * u128::from(b_vsize) > u128::from(b_fee) * u128::from(a_vsize)
+    }
+
+    /// Builds the hulls of every node (after `prefix` is known).
+    fn build_hulls(&mut self) {
+        let m = self.prefix.len() - 1;
+        self.leaves = m.next_power_of_two().max(1);
+        self.hulls = vec![Vec::new(); 2 * self.leaves];
+        for e in 1..=m {
+            self.hulls[self.leaves + e - 1] = vec![e];
+        }
+        for node in (1..self.leaves).rev() {
+            let mut hull: Vec<usize> = Vec::new();
+            let (left, right) = (&self.hulls[2 * node], &self.hulls[2 * node + 1]);
+            for &p in left.iter().chain(right) {
+                // Drop the last point while it is on or under the segment to `p` (collinear
+                // points in between go: the far end is the one kept, as ties want).
+                while let [.., o, a] = hull[..] {
+                    if !self.steeper(o, a, p) {
+                        hull.pop();
+                    } else {
+                        break;
+                    }
+                }
+                hull.push(p);
+            }
+            self.hulls[node] = hull;
+        }
+    }
+
+    /// The best point of one node's hull seen from `o`: the steepest, the farthest on ties.
+    fn best_on(&self, hull: &[usize], o: usize) -> Option<usize> {
+        // Slopes from `o` rise then fall along an upper hull: find the first point steeper
+        // than its right neighbour (the end of the top).
+        let (mut lo, mut hi) = (0usize, hull.len().checked_sub(1)?);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.steeper(o, hull[mid], hull[mid + 1]) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        hull.get(lo).copied()
+    }
+
+    /// The `e` whose package `head..e` is the best among `head + 1..=end`.
+    fn best_end(&self) -> Option<usize> {
+        if self.head >= self.end {
+            return None;
+        }
+        let o = self.head;
+        let mut best: Option<usize> = None;
+        // Leaves of points head + 1 ..= end (point e is leaf e - 1).
+        let (mut l, mut r) = (self.leaves + o, self.leaves + self.end - 1 + 1);
+        let consider = |node: usize, best: &mut Option<usize>| {
+            if let Some(c) = self.best_on(&self.hulls[node], o) {
+                *best = match *best {
+                    Some(b) if self.steeper(o, b, c) => Some(b),
+                    Some(b) if !self.steeper(o, c, b) => Some(b.max(c)),
+                    _ => Some(c),
+                };
+            }
+        };
+        while l < r {
+            if l % 2 == 1 {
+                consider(l, &mut best);
+                l += 1;
+            }
+            if r % 2 == 1 {
+                r -= 1;
+                consider(r, &mut best);
+            }
+            l /= 2;
+            r /= 2;
+        }
+        best
+    }
+
+    /// Recomputes the representative after `head` or `end` moved.
+    fn refresh(&mut self) {
+        self.rep = self.best_end().map(|e| e - 1);
+    }
+
+    /// The member standing for the chain (the last of its best package), if any is pending.
+    fn representative(&self) -> Option<usize> {
+        self.rep
+    }
+
+    /// The package of members `head..=last`.
+    fn package(&self, last: usize) -> Package {
+        self.prefix[last + 1].minus(&self.prefix[self.head])
+    }
 }
 
 impl Cluster {
@@ -688,13 +806,26 @@ impl Cluster {
             chain: is_chain.then(|| ChainIndex {
                 prefix: Vec::new(),
                 head: 0,
+                end: m,
+                hulls: Vec::new(),
+                leaves: 1,
+                rep: None,
             }),
         }
     }
 
     /// Computes the prefix sums of a chain cluster from the members' own packages.
-    fn index_chain(&mut self, own: &[Package]) {
+    fn index_chain(&mut self, own: &[Package], prioritized: &[bool]) {
+        // A priority outranks any rate: such a chain keeps one heap entry per member.
+        if self.members.iter().any(|&i| prioritized[i]) {
+            self.chain = None;
+        }
+        let pending = &self.pending;
+        let is_pending = |l: usize| pending[l / 64] & (1u64 << (l % 64)) != 0;
         if let Some(chain) = &mut self.chain {
+            chain.end = (chain.head..self.members.len())
+                .find(|&l| !is_pending(l))
+                .unwrap_or(self.members.len());
             let mut sum = Package::default();
             chain.prefix = std::iter::once(sum)
                 .chain(self.members.iter().map(|&i| {
@@ -702,6 +833,8 @@ impl Cluster {
                     sum
                 }))
                 .collect();
+            chain.build_hulls();
+            chain.refresh();
         }
     }
 }
@@ -793,9 +926,6 @@ fn by_package_fee_rate(
         })
         .collect();
     let mut clusters = Clusters::build(graph);
-    for cluster in &mut clusters.clusters {
-        cluster.index_chain(&own);
-    }
     // Each transaction's package, kept up to date as ancestors get included.
     let mut package: Vec<Package> = own.clone();
     for (i, ps) in graph.parents.iter().enumerate() {
@@ -830,13 +960,31 @@ fn by_package_fee_rate(
         }
     }
     let priority = &verdicts.priority;
+    for cluster in &mut clusters.clusters {
+        cluster.index_chain(&own, priority);
+    }
     let candidate = |index: usize, package: Package| Candidate {
         priority: priority[index],
         package,
         index,
     };
+    // Chains enter the heap by their representative only.
+    for cluster in &clusters.clusters {
+        if let Some(chain) = &cluster.chain {
+            if let Some(r) = chain.representative() {
+                package[cluster.members[r]] = chain.package(r);
+            }
+        }
+    }
+    let stands_in_heap = |i: usize, clusters: &Clusters| match clusters.get(i) {
+        Some((c, l)) => clusters.clusters[c]
+            .chain
+            .as_ref()
+            .is_none_or(|chain| chain.representative() == Some(l)),
+        None => true,
+    };
     let mut heap: BinaryHeap<Candidate> = (0..n)
-        .filter(|&i| status[i] == Status::Pending)
+        .filter(|&i| status[i] == Status::Pending && stands_in_heap(i, &clusters))
         .map(|index| candidate(index, package[index]))
         .collect();
     let (mut weight, mut sigops) = (0u64, 0u64);
@@ -853,7 +1001,12 @@ fn by_package_fee_rate(
         }
         if let Some((c, l)) = clusters.get(t) {
             let cluster = &mut clusters.clusters[c];
-            if cluster.take_dirty(l) {
+            if let Some(chain) = &cluster.chain {
+                // Only the chain's current representative, with its current package, counts.
+                if chain.representative() != Some(l) || top.package != package[t] {
+                    continue;
+                }
+            } else if cluster.take_dirty(l) {
                 package[t] = cluster.package_of(l, &own);
             }
         }
@@ -917,7 +1070,18 @@ fn by_package_fee_rate(
             for &a in &batch {
                 cluster.settle(clusters.local[a] as usize);
             }
-            if status[t] == Status::Included {
+            if let Some(chain) = &mut cluster.chain {
+                // An inclusion moved the head; a drop cuts the end.
+                if status[t] == Status::Dropped {
+                    chain.end = chain.end.min(clusters.local[t] as usize);
+                }
+                chain.refresh();
+                if let Some(r) = chain.representative() {
+                    let member = cluster.members[r];
+                    package[member] = chain.package(r);
+                    heap.push(candidate(member, package[member]));
+                }
+            } else if status[t] == Status::Included {
                 // The pending descendants of t had the whole batch among their ancestors:
                 // their packages lose it, and their scores cannot go up (the batch was the
                 // best package), so their heap entries stay upper bounds. They are marked and
@@ -955,7 +1119,7 @@ fn by_package_fee_rate(
         // Keep the heap from filling with dead entries.
         if heap.len() > 4 * pending + 64 {
             heap = (0..n)
-                .filter(|&i| status[i] == Status::Pending)
+                .filter(|&i| status[i] == Status::Pending && stands_in_heap(i, &clusters))
                 .map(|index| candidate(index, package[index]))
                 .collect();
         }
