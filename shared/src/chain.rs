@@ -27,12 +27,40 @@ pub enum ChainError {
 
 /// Parses a hash shown in RPC order (reversed) into internal byte order.
 pub fn hash_from_rpc_hex(hex_str: &str) -> Result<[u8; 32], ChainError> {
+    // Templates carry thousands of hashes: a table lookup per digit, no allocation.
+    let bad = || ChainError::BadHash(hex_str.to_string());
+    let digits: &[u8; 64] = hex_str.as_bytes().try_into().map_err(|_| bad())?;
     let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_str, &mut bytes)
-        .map_err(|_| ChainError::BadHash(hex_str.to_string()))?;
-    bytes.reverse();
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        if hi > 15 || lo > 15 {
+            return Err(bad());
+        }
+        // RPC order is the internal order reversed.
+        bytes[31 - i] = (hi << 4) | lo;
+    }
     Ok(bytes)
 }
+
+/// Value of each ASCII hex digit (either case); 0xff for anything else.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Shows an internal-order hash in RPC order.
 pub fn hash_to_rpc_hex(hash: &[u8; 32]) -> String {

@@ -7,6 +7,24 @@ fn rpc_hex_round_trip() {
     assert_eq!(b[0], 1);
     assert_eq!(hash_to_rpc_hex(&b), h);
     assert!(hash_from_rpc_hex("zz").is_err());
+    // Every byte value, both cases, against the hex crate; bad digits and lengths refused.
+    for byte in 0..=255u8 {
+        let mut internal = [0x5au8; 32];
+        internal[7] = byte;
+        let shown = hash_to_rpc_hex(&internal);
+        assert_eq!(hash_from_rpc_hex(&shown).unwrap(), internal);
+        assert_eq!(hash_from_rpc_hex(&shown.to_uppercase()).unwrap(), internal);
+    }
+    let good = "ab".repeat(32);
+    for bad in [
+        &good[..63],
+        &format!("{good}0"),
+        &format!("g{}", &good[1..]),
+        &format!("{} ", &good[..63]),
+    ] {
+        assert!(hash_from_rpc_hex(bad).is_err(), "{bad}");
+    }
+    assert!(hash_from_rpc_hex(&format!("é{}", &good[2..])).is_err());
 }
 
 #[test]

@@ -963,7 +963,12 @@ fn speed_of_select_on_5000_transactions() {
             big_template(1, 5_000, |_, d| if d % 2 == 0 { 1 } else { 100 }),
         ),
     ];
+    // JDCTEST_SPEED_CASE=<part of a name> runs only the matching cases (for profiling).
+    let only = std::env::var("JDCTEST_SPEED_CASE").ok();
     for (name, t) in &cases {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
         let rules = every_rule(t);
         for (kind, rules, label) in [
             (PolicyKind::PassThrough, Rules::default(), "pass-through"),
