@@ -2,6 +2,8 @@
 //! `template` (megabytes; its `summary` says enough), decoded into one [`Message`], with
 //! selections summarised (their txids only counted).
 
+use std::collections::VecDeque;
+
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -93,5 +95,61 @@ impl Message {
             Topic::Upstream => Message::Upstream(msg.decode()?),
             Topic::Declaration => Message::Declaration(msg.decode()?),
         })
+    }
+}
+
+/// Hashes a share of difficulty 1 stands for (2³²).
+pub const HASHES_PER_DIFFICULTY: f64 = 4_294_967_296.0;
+
+/// Accepted shares (arrival, difficulty) over a sliding window: what hashrate estimates are
+/// made of. Each monitor chooses the span it averages over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShareWindow {
+    shares: VecDeque<(u64, f64)>,
+}
+
+impl ShareWindow {
+    /// Records an accepted share of `difficulty` arrived at `at_us` (a difficulty that is not
+    /// a positive number counts for nothing).
+    pub fn record(&mut self, at_us: u64, difficulty: f64) {
+        if difficulty.is_finite() && difficulty > 0.0 {
+            self.shares.push_back((at_us, difficulty));
+        }
+    }
+
+    /// Forgets the shares arrived at or before `from_us`, and the oldest beyond `max`.
+    pub fn forget(&mut self, from_us: u64, max: usize) {
+        while self
+            .shares
+            .front()
+            .is_some_and(|(t, _)| *t <= from_us || self.shares.len() > max)
+        {
+            self.shares.pop_front();
+        }
+    }
+
+    /// Shares kept.
+    pub fn len(&self) -> usize {
+        self.shares.len()
+    }
+
+    /// Whether no share is kept.
+    pub fn is_empty(&self) -> bool {
+        self.shares.is_empty()
+    }
+
+    /// Arrival of the oldest share kept.
+    pub fn first_us(&self) -> Option<u64> {
+        self.shares.front().map(|(t, _)| *t)
+    }
+
+    /// Hashes the shares arrived after `from_us` and up to `to_us` stand for.
+    pub fn hashes(&self, from_us: u64, to_us: u64) -> f64 {
+        self.shares
+            .iter()
+            .filter(|(t, _)| *t > from_us && *t <= to_us)
+            .map(|(_, d)| d)
+            .sum::<f64>()
+            * HASHES_PER_DIFFICULTY
     }
 }

@@ -11,7 +11,7 @@
 //! `other`), so a misbehaving publisher cannot break the exposition format or blow up the
 //! number of series.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 
 use jdc_shared::bus::{BusError, BusStats, Dedup, Received, Topic};
@@ -48,7 +48,7 @@ pub const MAX_LABEL_VALUES: usize = 32;
 /// The longest label value kept from the bus.
 const MAX_LABEL_LEN: usize = 64;
 
-pub use jdc_shared::monitor::{Message, SelectionSummary};
+pub use jdc_shared::monitor::{Message, SelectionSummary, ShareWindow};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
@@ -174,8 +174,8 @@ pub struct Metrics {
     declarations: Family<DeclarationLabels, Counter>,
     tip_to_declared: Histogram,
     hashrate: SecondsGauge,
-    /// Accepted shares (time, difficulty) of the hashrate window.
-    share_window: std::cell::RefCell<VecDeque<(u64, f64)>>,
+    /// Accepted shares of the hashrate window.
+    share_window: std::cell::RefCell<ShareWindow>,
     work_refused: Family<KindLabel, Counter>,
     mining_mode: Family<ModeLabel, Gauge>,
     upstream_active: Gauge,
@@ -235,7 +235,7 @@ impl Metrics {
             declarations: Family::default(),
             tip_to_declared: Histogram::new(DECLARED_BUCKETS),
             hashrate: SecondsGauge::default(),
-            share_window: std::cell::RefCell::new(VecDeque::new()),
+            share_window: std::cell::RefCell::new(ShareWindow::default()),
             work_refused: Family::default(),
             mining_mode: Family::default(),
             upstream_active: Gauge::default(),
@@ -512,7 +512,7 @@ impl Metrics {
                 if share.accepted {
                     self.share_window
                         .borrow_mut()
-                        .push_back((now_us, share.difficulty));
+                        .record(now_us, share.difficulty);
                 }
             }
             Message::Block(block) => {
@@ -641,15 +641,12 @@ impl Metrics {
     fn estimate_hashrate(&self, now_us: u64) -> f64 {
         let mut window = self.share_window.borrow_mut();
         let from = now_us.saturating_sub(HASHRATE_WINDOW_US);
-        while window.front().is_some_and(|(t, _)| *t < from) {
-            window.pop_front();
-        }
-        let Some(&(first, _)) = window.front() else {
+        window.forget(from, usize::MAX);
+        let Some(first) = window.first_us() else {
             return 0.0;
         };
-        let work: f64 = window.iter().map(|(_, d)| d).sum::<f64>() * 4_294_967_296.0;
         let span_us = now_us.saturating_sub(first).max(1_000_000);
-        work / (span_us as f64 / 1e6)
+        window.hashes(from, now_us) / (span_us as f64 / 1e6)
     }
 }
 

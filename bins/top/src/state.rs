@@ -19,9 +19,6 @@ use jdc_shared::messages::{
 /// The processes (bus streams) watched, in display order.
 pub const PROCESSES: [&str; 3] = ["watcher", "selector", "declarator"];
 
-/// Hashes a share of difficulty 1 stands for: 2³².
-pub const HASHES_PER_DIFFICULTY: f64 = 4_294_967_296.0;
-
 /// Recent events kept.
 pub const MAX_EVENTS: usize = 200;
 /// Recent declared jobs kept.
@@ -55,7 +52,7 @@ impl Default for Settings {
     }
 }
 
-pub use jdc_shared::monitor::{Message, SelectionSummary};
+pub use jdc_shared::monitor::{Message, SelectionSummary, ShareWindow, HASHES_PER_DIFFICULTY};
 
 /// A value and when it was sent (unix µs, never later than its arrival).
 #[derive(Debug, Clone, PartialEq)]
@@ -131,20 +128,8 @@ pub struct Channel {
     pub difficulty: f64,
     /// Arrival of its last share (unix µs).
     pub last_share_us: u64,
-    /// Accepted shares of the hashrate window: (arrival, difficulty).
-    window: VecDeque<(u64, f64)>,
-}
-
-impl Channel {
-    /// Sum of the difficulties accepted in the window ending at `now_us`.
-    fn window_difficulty(&self, now_us: u64, window_us: u64) -> f64 {
-        let from = now_us.saturating_sub(window_us);
-        self.window
-            .iter()
-            .filter(|(t, _)| *t > from && *t <= now_us)
-            .map(|(_, d)| d)
-            .sum()
-    }
+    /// Accepted shares of the hashrate window.
+    window: ShareWindow,
 }
 
 /// A block of ours, at its latest stage.
@@ -421,21 +406,14 @@ impl Model {
         channel.last_share_us = now_us;
         if share.accepted {
             channel.accepted += 1;
-            if share.difficulty.is_finite() && share.difficulty > 0.0 {
-                channel.window.push_back((now_us, share.difficulty));
-            }
+            channel.window.record(now_us, share.difficulty);
         } else {
             channel.rejected += 1;
             channel.last_reject = share.reason;
         }
-        let from = now_us.saturating_sub(window_us);
-        while channel
+        channel
             .window
-            .front()
-            .is_some_and(|(t, _)| *t <= from || channel.window.len() > MAX_WINDOW_SHARES)
-        {
-            channel.window.pop_front();
-        }
+            .forget(now_us.saturating_sub(window_us), MAX_WINDOW_SHARES);
     }
 
     fn block(&mut self, block: BlockEvent, at_us: u64) {
@@ -501,7 +479,7 @@ impl Model {
     /// difficulty in the window, each difficulty `d` standing for `d·2³²` hashes.
     pub fn channel_hashrate(&self, channel: &Channel, now_us: u64) -> f64 {
         let span = self.hashrate_span_us(now_us);
-        channel.window_difficulty(now_us, span) * HASHES_PER_DIFFICULTY / (span as f64 / 1e6)
+        channel.window.hashes(now_us.saturating_sub(span), now_us) / (span as f64 / 1e6)
     }
 
     /// Estimated hashrate of all channels together at `now_us`, hashes per second.
