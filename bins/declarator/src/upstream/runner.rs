@@ -242,41 +242,58 @@ fn go_solo(links: &mut RunnerLinks, fallback: &mut Fallback, why: &str) {
     let _ = links.switch.send(HubSwitch::Solo(why.to_string()));
 }
 
-/// Sleeps until `at`, or forever.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A connection attempt to upstream `index` in the background.
 type Probe = tokio::task::JoinHandle<Result<(Upstream, Vec<TxOut>), super::UpstreamError>>;
-
-fn start_probe(links: &RunnerLinks, index: usize) -> Option<(usize, Probe)> {
-    let spec = links.specs.get(index)?.clone();
-    let tag = links.coinbase_tag.clone();
-    tracing::info!(upstream = index + 1, "probing a failed upstream");
-    Some((
-        index,
-        tokio::spawn(async move { super::connect_one(index, &spec, &tag).await }),
-    ))
-}
 
 /// What a probe found: the connected upstream, or why not.
 type ProbeResult = (usize, Result<(Upstream, Vec<TxOut>), String>);
 
-async fn probe_result(probe: &mut Option<(usize, Probe)>) -> ProbeResult {
-    match probe {
-        Some((index, handle)) => {
+/// Probes failed upstreams one at a time, when [`Fallback::next_probe`] says, while the
+/// runner mines (for a pool or solo).
+#[derive(Default)]
+struct Prober {
+    probe: Option<(usize, Probe)>,
+}
+
+impl Prober {
+    /// Resolves with a higher-ranked upstream that works again (to switch to); failed and
+    /// lower-ranked probes are recorded on the way. Cancel-safe: a probe under way is kept.
+    async fn better(
+        &mut self,
+        specs: &[super::UpstreamSpec],
+        coinbase_tag: &str,
+        fallback: &mut Fallback,
+        board: &mut StateBoard,
+        layout: u16,
+    ) -> (Upstream, Vec<TxOut>) {
+        loop {
+            let Some((index, handle)) = &mut self.probe else {
+                let Some((index, at)) = fallback.next_probe() else {
+                    return std::future::pending().await;
+                };
+                tokio::time::sleep_until(at.into()).await;
+                let Some(spec) = specs.get(index).cloned() else {
+                    return std::future::pending().await;
+                };
+                let tag = coinbase_tag.to_string();
+                tracing::info!(upstream = index + 1, "probing a failed upstream");
+                self.probe = Some((
+                    index,
+                    tokio::spawn(async move { super::connect_one(index, &spec, &tag).await }),
+                ));
+                continue;
+            };
             let index = *index;
-            match handle.await {
+            let found = match handle.await {
                 Ok(Ok(connected)) => (index, Ok(connected)),
                 Ok(Err(e)) => (index, Err(e.to_string())),
                 Err(e) => (index, Err(format!("probe task failed: {e}"))),
+            };
+            self.probe = None;
+            if let Some(better) = probe_verdict(fallback, board, found, layout) {
+                return better;
             }
         }
-        None => std::future::pending().await,
     }
 }
 
@@ -320,13 +337,8 @@ async fn solo(
     board: &mut StateBoard,
     layout: u16,
 ) -> Outcome {
-    let mut probe: Option<(usize, Probe)> = None;
+    let mut prober = Prober::default();
     loop {
-        let next = if probe.is_none() {
-            fallback.next_probe()
-        } else {
-            None
-        };
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Shutdown,
             share = links.shares.recv() => {
@@ -334,16 +346,8 @@ async fn solo(
                     return Outcome::Shutdown;
                 }
             }
-            _ = sleep_until(next.map(|n| n.1)) => {
-                if let Some((index, _)) = next {
-                    probe = start_probe(links, index);
-                }
-            }
-            found = probe_result(&mut probe) => {
-                probe = None;
-                if let Some(better) = probe_verdict(fallback, board, found, layout) {
-                    return Outcome::Better(Box::new(better));
-                }
+            better = prober.better(&links.specs, &links.coinbase_tag, fallback, board, layout) => {
+                return Outcome::Better(Box::new(better));
             }
         }
     }
@@ -502,7 +506,7 @@ async fn mine_for(
     board: &mut StateBoard,
     layout: u16,
 ) -> Outcome {
-    let mut probe: Option<(usize, Probe)> = None;
+    let mut prober = Prober::default();
     let pool_prefix_len = up.pool.channel().extranonce_prefix.len();
     let full_extranonce = pool_prefix_len + usize::from(up.pool.channel().extranonce_size);
     let mut jobs = Jobs::default();
@@ -521,23 +525,10 @@ async fn mine_for(
     let mut announced: f32 = 0.0;
     let mut hashrate_open = true;
     let failure: Trigger = 'run: loop {
-        let next_probe = if probe.is_none() {
-            fallback.next_probe()
-        } else {
-            None
-        };
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Shutdown,
-            _ = sleep_until(next_probe.map(|n| n.1)) => {
-                if let Some((index, _)) = next_probe {
-                    probe = start_probe(links, index);
-                }
-            }
-            found = probe_result(&mut probe) => {
-                probe = None;
-                if let Some(better) = probe_verdict(fallback, board, found, layout) {
-                    return Outcome::Better(Box::new(better));
-                }
+            better = prober.better(&links.specs, &links.coinbase_tag, fallback, board, layout) => {
+                return Outcome::Better(Box::new(better));
             }
             changed = links.work.changed() => {
                 if changed.is_err() {
