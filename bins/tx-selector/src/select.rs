@@ -655,14 +655,8 @@ impl Cluster {
         was
     }
     /// The exact package of member `local`: itself and its pending ancestors.
+    /// (Chains never need it: they stand in the heap by their representative.)
     fn package_of(&self, local: usize, own: &[Package]) -> Package {
-        if let Some(chain) = &self.chain {
-            if let (Some(upto), Some(before)) =
-                (chain.prefix.get(local + 1), chain.prefix.get(chain.head))
-            {
-                return upto.minus(before);
-            }
-        }
         let mut sum = Package::default();
         self.for_each_pending(self.anc(local), |a| sum.add(&own[a]));
         sum
