@@ -442,14 +442,7 @@ async fn template_pipeline(txs: usize, rounds: usize, tip_rounds: usize) -> anyh
     tokio::time::sleep(Duration::from_secs(1)).await;
     let addr = funds.address.to_string();
     for _ in 0..tip_rounds {
-        let answer: serde_json::Value = rpc.call(
-            "generateblock",
-            &[serde_json::json!(addr), serde_json::json!([])],
-        )?;
-        let hash = answer["hash"]
-            .as_str()
-            .context("generateblock hash")?
-            .to_string();
+        let hash = empty_block(&rpc, &addr)?;
         stages.record(&stack, &hashblock, &hash).await?;
         // Let the full template of this tip go through before the next block.
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -516,14 +509,7 @@ async fn jd_latency(txs: usize, tips: usize) -> anyhow::Result<()> {
     let mut beyond_gbt = Vec::new();
     eprintln!("mining {tips} blocks ...");
     for _ in 0..tips {
-        let answer: serde_json::Value = rpc.call(
-            "generateblock",
-            &[serde_json::json!(addr), serde_json::json!([])],
-        )?;
-        let hash = answer["hash"]
-            .as_str()
-            .context("generateblock hash")?
-            .to_string();
+        let hash = empty_block(&rpc, &addr)?;
         stages.record(&stack, &hashblock, &hash).await?;
         let zmq_at = hashblock
             .lock()
@@ -661,6 +647,19 @@ async fn fallback_latency(rounds: usize) -> anyhow::Result<()> {
         summary("both pools gone → job for solo mining", to_solo)
     );
     Ok(())
+}
+
+/// Mines an empty block (`generateblock` with no transactions, so the mempool stays full) to
+/// `addr`; returns its hash.
+fn empty_block(rpc: &bitcoincore_rpc::Client, addr: &str) -> anyhow::Result<String> {
+    let answer: serde_json::Value = rpc.call(
+        "generateblock",
+        &[serde_json::json!(addr), serde_json::json!([])],
+    )?;
+    Ok(answer["hash"]
+        .as_str()
+        .context("generateblock hash")?
+        .to_string())
 }
 
 /// Coins of a key this bench holds, spent with locally signed P2WPKH transactions (no wallet,
