@@ -148,6 +148,10 @@ struct Loop {
     /// build, although the mempool changed): mempool refreshes then wait for the cache to
     /// expire instead of asking in vain.
     cache_seen: bool,
+    /// Whether a mempool change was notified since the last unchanged answer was retried:
+    /// an answer that comes back unchanged after a change is asked for once more when
+    /// bitcoind's cache has surely expired (bounded: one retry per notified change).
+    retry_unchanged: bool,
     /// `(prev_hash, content digest)` of the last answer and of the last published template.
     last_answer: Option<(String, u64)>,
     last_published: Option<(String, u64)>,
@@ -173,6 +177,7 @@ pub async fn template_task(
         failing: false,
         last_build: None,
         cache_seen: false,
+        retry_unchanged: false,
         last_answer: None,
         last_published: None,
     };
@@ -202,7 +207,10 @@ pub async fn template_task(
                     l.debounce.failed();
                 }
             },
-            _ = mempool_changed.notified() => l.debounce.changed(),
+            _ = mempool_changed.notified() => {
+                l.debounce.changed();
+                l.retry_unchanged = true;
+            }
             r = state.changed(), if state_open => if r.is_err() { state_open = false },
             _ = sleep_until(wake), if wake.is_some() => l.start(Kind::Mempool),
         }
@@ -342,7 +350,17 @@ impl Loop {
                     self.debounce.retry_at(build + GBT_CACHE_WINDOW);
                 }
             }
-            _ => self.last_build = Some(outcome.started_at),
+            _ => {
+                if unchanged && outcome.kind == Kind::Mempool && self.retry_unchanged {
+                    // The mempool changed but the template did not. Usually the change does
+                    // not matter to the template; but the change may have raced the build (or
+                    // been answered from a cache we did not see): one more look, later.
+                    self.retry_unchanged = false;
+                    self.debounce
+                        .retry_at(outcome.started_at + GBT_CACHE_WINDOW);
+                }
+                self.last_build = Some(outcome.started_at);
+            }
         }
         let Some(current) = self.current.as_mut() else {
             return;

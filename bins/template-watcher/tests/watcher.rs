@@ -48,7 +48,10 @@ impl Watcher {
         let child = Command::new(EXE)
             .arg("-c")
             .arg(dir.join("jdc.toml"))
-            .env("RUST_LOG", "info,jdc_template_watcher=debug")
+            .env(
+                "RUST_LOG",
+                "info,jdc_template_watcher=debug,jdc_template_watcher::templates=trace",
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -318,7 +321,22 @@ async fn tip_then_template_then_debounced_mempool_refreshes_and_late_joiner() {
                 }
             }
             Some(_) => {}
-            None => panic!("no template with the 20 payments"),
+            None => {
+                let in_mempool: HashSet<String> = blocking(|| {
+                    use bitcoincore_rpc::RpcApi;
+                    let rpc = node.rpc().unwrap();
+                    rpc.get_raw_mempool()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect()
+                });
+                let missing: Vec<_> = txids.iter().filter(|t| !in_mempool.contains(*t)).collect();
+                panic!(
+                    "no template with the 20 payments ({} templates seen); payments not in bitcoind's mempool: {missing:?}",
+                    seen.len()
+                )
+            }
         }
     }
     let elapsed = burst_start.elapsed();
