@@ -1,5 +1,5 @@
-# The jdc image: the five binaries (jdc-template-watcher, jdc-tx-selector, jdc-declarator,
-# jdc-metrics, jdc-sim-miner) on a small Debian runtime, run as a non-root user. No
+# The jdc image: the six binaries (jdc-template-watcher, jdc-tx-selector, jdc-declarator,
+# jdc-metrics, jdc-top, jdc-sim-miner) on a small Debian runtime, run as a non-root user. No
 # configuration or secret is baked in: compose.yaml mounts docker/jdc.toml read-only and the
 # RPC password as a secret file.
 #
@@ -32,7 +32,7 @@ RUN set -eu; mkdir -p /recipe; cp Cargo.toml Cargo.lock /recipe/; \
 
 # --- build ---------------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS build
-ARG BINS="jdc-template-watcher jdc-tx-selector jdc-declarator jdc-metrics jdc-sim-miner"
+ARG BINS="jdc-template-watcher jdc-tx-selector jdc-declarator jdc-metrics jdc-top jdc-sim-miner"
 WORKDIR /src
 COPY --from=recipe /recipe/ ./
 RUN cargo build --release --locked $(for b in $BINS; do printf -- '--bin %s ' "$b"; done)

@@ -419,6 +419,17 @@ pub struct DeclaratorConfig {
     pub upstream_hold_down_secs: u64,
     /// Seconds before a failed upstream is first probed again (then doubling, up to 300).
     pub upstream_probe_secs: u64,
+    /// Stratum V1 server address for devices that speak only V1; empty turns it off.
+    pub sv1_listen: String,
+    /// Hashrate a new V1 device is assumed to have until variable difficulty measures it
+    /// (or `mining.suggest_difficulty` says otherwise), hashes per second.
+    pub sv1_initial_hash_rate: f32,
+    /// Header version bits V1 devices may roll (BIP310), hex; `0` forbids version rolling.
+    pub sv1_version_rolling_mask: String,
+    /// Longest line a V1 device may send, bytes; longer drops the device.
+    pub sv1_max_line_bytes: usize,
+    /// `mining.submit` a V1 device may send per second (burst: twice that); more are refused.
+    pub sv1_max_submits_per_sec: u32,
 }
 
 /// One `[[declarator.upstream]]`: a pool and its Job Declarator Server.
@@ -461,6 +472,11 @@ impl Default for DeclaratorConfig {
             upstream_tokens_ahead: 2,
             upstream_hold_down_secs: 300,
             upstream_probe_secs: 10,
+            sv1_listen: "0.0.0.0:3333".into(),
+            sv1_initial_hash_rate: 1.0e12,
+            sv1_version_rolling_mask: "1fffe000".into(),
+            sv1_max_line_bytes: 8192,
+            sv1_max_submits_per_sec: 200,
         }
     }
 }

@@ -308,6 +308,8 @@ pub struct Ports {
     pub declarator: u16,
     /// SV2 downstream port.
     pub sv2: u16,
+    /// Stratum V1 downstream port.
+    pub sv1: u16,
     /// metrics HTTP port.
     pub metrics: u16,
 }
@@ -320,6 +322,7 @@ impl Ports {
             selector: free_port(),
             declarator: free_port(),
             sv2: free_port(),
+            sv1: free_port(),
             metrics: free_port(),
         }
     }
@@ -363,6 +366,7 @@ silence_timeout_ms = 1500
 
 [declarator]
 listen = "127.0.0.1:{sv2}"
+sv1_listen = "127.0.0.1:{sv1}"
 key_dir = "{keys}"
 coinbase_tag = "jdc-test"
 
@@ -378,6 +382,7 @@ listen = "127.0.0.1:{m}"
             s = ports.selector,
             d = ports.declarator,
             sv2 = ports.sv2,
+            sv1 = ports.sv1,
             m = ports.metrics,
             keys = dir.join("keys").display(),
         );

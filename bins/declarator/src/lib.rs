@@ -8,6 +8,7 @@
 //! - [`block`]: block assembly from a solving share (pure).
 //! - [`downstream`]: the SV2 mining server for devices.
 //! - [`node`]: `submitblock` over RPC.
+//! - [`sv1`]: the Stratum V1 server for devices that speak only V1.
 //! - [`service`]: wiring of the tasks.
 //! - [`upstream`]: pool-side connections (Job Declarator Server client; not wired in yet).
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod downstream;
 pub mod node;
 pub mod payout;
 pub mod service;
+pub mod sv1;
 pub mod templates;
 pub mod upstream;
 pub mod work;

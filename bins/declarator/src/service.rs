@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         return Err(ConfigError::new("declarator.coinbase_tag", "at most 32 bytes").into());
     }
     let specs = crate::upstream::specs(&config.declarator)?;
+    let sv1_settings = crate::sv1::Sv1Settings::from_config(&config.declarator)?;
     let node = Node::new(&config)??;
     let keys = load_keys(&config)?;
     tracing::info!(public_key = %keys.public_key_string(), "authority public key");
@@ -111,6 +112,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             source,
         })?;
     tracing::info!(addr = %config.declarator.listen, "SV2 mining server listening");
+    let sv1_listener = match &sv1_settings {
+        Some(settings) => {
+            let listener = crate::sv1::bind(settings)
+                .await
+                .map_err(|source| RunError::Listen {
+                    addr: settings.listen.clone(),
+                    source,
+                })?;
+            tracing::info!(addr = %settings.listen, "Stratum V1 server listening");
+            Some(listener)
+        }
+        None => {
+            tracing::info!("Stratum V1 server off (declarator.sv1_listen is empty)");
+            None
+        }
+    };
 
     // Mining for a pool: connect before serving devices, whose extranonces live under the
     // pool's prefix.
@@ -181,6 +198,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(server.clone().serve(listener, shutdown.clone()));
+    if let (Some(listener), Some(settings)) = (sv1_listener, sv1_settings) {
+        tasks.spawn(crate::sv1::serve(
+            server.clone(),
+            listener,
+            Arc::new(settings),
+            Arc::new(crate::sv1::BadInput::new(publisher.clone())),
+            shutdown.clone(),
+        ));
+    }
     if !specs.is_empty() {
         tasks.spawn(crate::upstream::runner::run(
             upstream.map(|(up, _)| up),

@@ -21,6 +21,12 @@ fn sample_names() -> Vec<String> {
         .collect()
 }
 
+/// The jdc metric names a PromQL expression mentions.
+fn metrics_in(expr: &str) -> impl Iterator<Item = &str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("jdc_"))
+}
+
 #[test]
 fn every_dashboard_query_uses_existing_metrics() {
     let dashboard: serde_json::Value =
@@ -40,15 +46,13 @@ fn every_dashboard_query_uses_existing_metrics() {
         assert!(x + w <= 24, "{} overflows the grid", panel["title"]);
         for target in panel["targets"].as_array().expect("targets") {
             let expr = target["expr"].as_str().expect("expr");
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                if word.starts_with("jdc_") {
-                    assert!(
-                        names.iter().any(|n| n == word),
-                        "panel {} queries unknown metric {word}",
-                        panel["title"]
-                    );
-                    used.insert(word.to_string());
-                }
+            for word in metrics_in(expr) {
+                assert!(
+                    names.iter().any(|n| n == word),
+                    "panel {} queries unknown metric {word}",
+                    panel["title"]
+                );
+                used.insert(word.to_string());
             }
         }
     }
@@ -84,4 +88,32 @@ fn provisioning_and_scrape_config_fit_together() {
         prometheus.contains(&format!("\"metrics:{default_port}\"")),
         "prometheus.yml scrapes metrics:{default_port}"
     );
+}
+
+#[test]
+fn alert_rules_use_existing_metrics_and_are_documented() {
+    let rules = repo_file("monitoring/alerts.yml");
+    let prometheus = repo_file("monitoring/prometheus.yml");
+    assert!(prometheus.contains("- /etc/prometheus/alerts.yml"));
+    let compose = repo_file("compose.yaml");
+    assert!(compose.contains("./monitoring/alerts.yml:/etc/prometheus/alerts.yml:ro"));
+    let operator = repo_file("docs/operator.md");
+    let names = sample_names();
+    let mut alerts = 0;
+    for line in rules.lines() {
+        if let Some(alert) = line.trim().strip_prefix("- alert: ") {
+            alerts += 1;
+            assert!(
+                operator.contains(&format!("`{alert}`")),
+                "docs/operator.md does not say what to do when {alert} fires"
+            );
+        }
+        for word in metrics_in(line) {
+            assert!(
+                names.iter().any(|n| n == word),
+                "alerts.yml uses unknown metric {word}: {line}"
+            );
+        }
+    }
+    assert!(alerts >= 6, "{alerts} alerts");
 }

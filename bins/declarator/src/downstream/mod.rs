@@ -87,6 +87,25 @@ pub struct Server {
     upstream_prefix: Mutex<(u64, Vec<u8>)>,
 }
 
+/// A connection counted against `max_connections` until dropped.
+pub(crate) struct Admitted(Arc<Server>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A new extended channel and what the device must be told about it.
+pub(crate) struct OpenedChannel {
+    /// The channel.
+    pub channel: Channel,
+    /// Its extranonce prefix (the pool's part, if any, and ours).
+    pub extranonce_prefix: Vec<u8>,
+    /// Bytes of extranonce the device rolls after the prefix.
+    pub rollable: u16,
+}
+
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -167,7 +186,7 @@ impl Server {
     }
 
     /// The pool's prefix generation and bytes.
-    fn upstream_prefix(&self) -> (u64, Vec<u8>) {
+    pub(crate) fn upstream_prefix(&self) -> (u64, Vec<u8>) {
         self.upstream_prefix
             .lock()
             .map(|p| p.clone())
@@ -175,7 +194,7 @@ impl Server {
     }
 
     /// Records a channel's nominal hashrate (`None`: the channel closed) and publishes the sum.
-    fn set_hashrate(&self, channel_id: u32, hashrate: Option<f32>) {
+    pub(crate) fn set_hashrate(&self, channel_id: u32, hashrate: Option<f32>) {
         let Ok(mut rates) = self.hashrates.lock() else {
             return;
         };
@@ -185,6 +204,118 @@ impl Server {
         };
         let total: f32 = rates.values().sum();
         self.total_hashrate.send_replace(total);
+    }
+
+    /// A new extended channel for a device (SV2, or a Stratum V1 connection behind one):
+    /// an extranonce prefix from the one allocator, so no two channels ever share one.
+    pub(crate) fn new_extended_channel(
+        &self,
+        peer: SocketAddr,
+        user_identity: String,
+        max_target: Target,
+        nominal_hash_rate: f32,
+        min_extranonce_size: usize,
+    ) -> Result<OpenedChannel, &'static str> {
+        let (prefix, rollable) = match self.allocator.lock() {
+            Ok(mut a) => {
+                let rollable = a.rollable_extranonce_size();
+                let prefix = a.allocate_extended(min_extranonce_size).map_err(|e| {
+                    tracing::warn!(%peer, error = ?e, min = min_extranonce_size, "extended channel refused");
+                    "min-extranonce-size-too-large"
+                })?;
+                (prefix, rollable)
+            }
+            Err(_) => return Err("internal-error"),
+        };
+        let s = &self.settings;
+        let channel_id = self.next_channel_id.fetch_add(1, Ordering::Relaxed);
+        let extranonce_prefix = prefix.as_bytes().to_vec();
+        let channel = ExtendedChannel::new_for_job_declaration_client(
+            channel_id,
+            user_identity,
+            prefix,
+            max_target,
+            nominal_hash_rate,
+            true,
+            u16::from(rollable),
+            s.share_batch_size,
+            s.shares_per_minute,
+            None,
+            s.coinbase_tag.clone(),
+            None,
+        )
+        .map_err(|e| {
+            tracing::warn!(%peer, error = ?e, "extended channel refused");
+            open_error_code(&format!("{e:?}"))
+        })?;
+        Ok(OpenedChannel {
+            channel: Channel::extended(channel, s.share_batch_size)
+                .with_forwarding(self.upstream_shares.is_some()),
+            extranonce_prefix,
+            rollable: u16::from(rollable),
+        })
+    }
+
+    /// What happens to every judged share, whatever the device speaks: published on the bus,
+    /// handed to the pool when accepted and mining for one, and submitted when it is a block.
+    pub(crate) fn settle_share(
+        &self,
+        peer: SocketAddr,
+        channel_id: u32,
+        kind: &str,
+        outcome: &mut channel::ShareOutcome,
+    ) {
+        let _ = self.bus.publish(
+            Topic::Share,
+            &ShareResult {
+                channel_id,
+                channel_kind: kind.to_string(),
+                accepted: outcome.rejected.is_none(),
+                reason: outcome.rejected.unwrap_or_default().to_string(),
+                difficulty: outcome.difficulty,
+            },
+        );
+        if let Some(code) = outcome.rejected {
+            tracing::debug!(%peer, channel_id, code, "share rejected");
+        }
+        if let (Some(tx), Some(accepted)) = (&self.upstream_shares, outcome.accepted.take()) {
+            match tx.try_send(accepted) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!("share queue to the pool is full; share not forwarded")
+                }
+                // The upstream task has ended: we mine solo, nothing to forward.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        if let Some(block) = outcome.block.take() {
+            tracing::info!(%peer, channel_id, hash = %block.hash, "share meets the network target: block found");
+            match self.blocks.try_send(block) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(block)) => tracing::error!(
+                    hash = %block.hash,
+                    "block submission queue full (a flood of blocks: regtest?); block dropped"
+                ),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!("block submitter has stopped; block lost")
+                }
+            }
+        }
+    }
+
+    /// The work devices mine, as it changes.
+    pub(crate) fn work(&self) -> watch::Receiver<Option<WorkState>> {
+        self.work.clone()
+    }
+
+    /// Counts a connection against `max_connections`; `None` when the server is full.
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let n = self.connections.fetch_add(1, Ordering::Relaxed);
+        if n >= self.settings.max_connections {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted(self.clone()))
     }
 
     /// Accepts devices until `shutdown`.
@@ -204,15 +335,15 @@ impl Server {
                     continue;
                 }
             };
-            if self.connections.load(Ordering::Relaxed) >= self.settings.max_connections {
+            let Some(admitted) = self.admit() else {
                 tracing::warn!(%peer, max = self.settings.max_connections, "connection refused: too many devices");
                 continue;
-            }
+            };
             let _ = stream.set_nodelay(true);
             let server = self.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
-                server.connections.fetch_add(1, Ordering::Relaxed);
+                let _admitted = admitted;
                 match server.clone().connection(stream, peer, shutdown).await {
                     Ok(()) => tracing::info!(%peer, "device disconnected"),
                     Err(ConnectionError::Transport(Sv2Error::Closed)) => {
@@ -220,7 +351,6 @@ impl Server {
                     }
                     Err(e) => tracing::warn!(%peer, error = %e, "device dropped"),
                 }
-                server.connections.fetch_sub(1, Ordering::Relaxed);
             });
         }
         tasks.shutdown().await;
@@ -558,52 +688,25 @@ impl Connection {
         if self.standard_only {
             return Err("standard-jobs-only-connection");
         }
-        let (prefix, rollable) = match self.server.allocator.lock() {
-            Ok(mut a) => {
-                let rollable = a.rollable_extranonce_size();
-                let prefix = a
-                    .allocate_extended(m.min_extranonce_size as usize)
-                    .map_err(|e| {
-                        tracing::warn!(peer = %self.peer, error = ?e, min = m.min_extranonce_size, "extended channel refused");
-                        "min-extranonce-size-too-large"
-                    })?;
-                (prefix, rollable)
-            }
-            Err(_) => return Err("internal-error"),
-        };
-        let s = &self.server.settings;
-        let channel_id = self.next_channel_id();
-        let extranonce_prefix = B032Owned::new(prefix.as_bytes().to_vec())
-            .map_err(|_| "extranonce-prefix-too-large")?;
-        let channel = ExtendedChannel::new_for_job_declaration_client(
-            channel_id,
+        let opened = self.server.new_extended_channel(
+            self.peer,
             String::from_utf8_lossy(m.user_identity.as_bytes()).into_owned(),
-            prefix,
             Target::from_le_bytes(m.max_target.to_array()),
             m.nominal_hash_rate,
-            true,
-            u16::from(rollable),
-            s.share_batch_size,
-            s.shares_per_minute,
-            None,
-            s.coinbase_tag.clone(),
-            None,
-        )
-        .map_err(|e| {
-            tracing::warn!(peer = %self.peer, error = ?e, "extended channel refused");
-            open_error_code(&format!("{e:?}"))
-        })?;
+            usize::from(m.min_extranonce_size),
+        )?;
+        let extranonce_prefix =
+            B032Owned::new(opened.extranonce_prefix).map_err(|_| "extranonce-prefix-too-large")?;
         let success = OpenExtendedMiningChannelSuccessOwned {
             request_id: m.request_id,
-            channel_id,
-            target: U256Owned::from(channel.get_target().to_le_bytes()),
-            extranonce_size: u16::from(rollable),
+            channel_id: opened.channel.id(),
+            target: U256Owned::from(opened.channel.target().to_le_bytes()),
+            extranonce_size: opened.rollable,
             extranonce_prefix,
             group_channel_id: 0,
         };
         Ok((
-            Channel::extended(channel, s.share_batch_size)
-                .with_forwarding(self.server.upstream_shares.is_some()),
+            opened.channel,
             AnyMessageOwned::Mining(MiningOwned::OpenExtendedMiningChannelSuccess(success)),
         ))
     }
@@ -640,7 +743,7 @@ impl Connection {
         seq: u32,
         validate: impl FnOnce(&mut Channel) -> channel::ShareOutcome,
     ) -> Vec<AnyMessageOwned> {
-        let (outcome, kind) = match self.channels.get_mut(&channel_id) {
+        let (mut outcome, kind) = match self.channels.get_mut(&channel_id) {
             Some(ch) => {
                 let kind = ch.kind();
                 (validate(ch), kind)
@@ -650,42 +753,8 @@ impl Connection {
                 "unknown",
             ),
         };
-        let _ = self.server.bus.publish(
-            Topic::Share,
-            &ShareResult {
-                channel_id,
-                channel_kind: kind.to_string(),
-                accepted: outcome.rejected.is_none(),
-                reason: outcome.rejected.unwrap_or_default().to_string(),
-                difficulty: outcome.difficulty,
-            },
-        );
-        if let Some(code) = outcome.rejected {
-            tracing::debug!(peer = %self.peer, channel_id, code, "share rejected");
-        }
-        if let (Some(tx), Some(accepted)) = (&self.server.upstream_shares, outcome.accepted) {
-            match tx.try_send(accepted) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!("share queue to the pool is full; share not forwarded")
-                }
-                // The upstream task has ended: we mine solo, nothing to forward.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        if let Some(block) = outcome.block {
-            tracing::info!(peer = %self.peer, channel_id, hash = %block.hash, "share meets the network target: block found");
-            match self.server.blocks.try_send(block) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(block)) => tracing::error!(
-                    hash = %block.hash,
-                    "block submission queue full (a flood of blocks: regtest?); block dropped"
-                ),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    tracing::error!("block submitter has stopped; block lost")
-                }
-            }
-        }
+        self.server
+            .settle_share(self.peer, channel_id, kind, &mut outcome);
         if outcome.close {
             tracing::warn!(peer = %self.peer, channel_id, "closing channel: share budget exhausted");
             self.channels.remove(&channel_id);
