@@ -212,6 +212,14 @@ pub const BITCOIND_ZMQ_MALFORMED: MetricDef = MetricDef {
     help: "bitcoind ZMQ notifications the watcher could not parse",
 };
 
+/// `jdc_sv1_bad_input`
+pub const SV1_BAD_INPUT: MetricDef = MetricDef {
+    name: "jdc_sv1_bad_input",
+    kind: MetricKind::Counter,
+    labels: &["reason"],
+    help: "Bad input from Stratum V1 devices (malformed, oversized, unknown_method, flood): answered with an error or the device dropped",
+};
+
 /// `jdc_declared_jobs`
 pub const DECLARED_JOBS: MetricDef = MetricDef {
     name: "jdc_declared_jobs",
@@ -340,6 +348,7 @@ pub const ALL: &[&MetricDef] = &[
     &BITCOIND_ZMQ_MESSAGES,
     &BITCOIND_ZMQ_GAPS,
     &BITCOIND_ZMQ_MALFORMED,
+    &SV1_BAD_INPUT,
     &DECLARED_JOBS,
     &TIP_TO_DECLARED_JOB_ACCEPTED_SECONDS,
     &HASHRATE_ESTIMATE_HASHES_PER_SECOND,

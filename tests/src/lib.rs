@@ -5,12 +5,14 @@
 //! - [`exposition`]: a strict checker of the Prometheus text format.
 //! - [`jds`]: a strict test Job Declarator Server on SRI's crates.
 //! - [`pool`]: a strict test pool (Mining protocol, SRI's server channel).
+//! - [`sv1_client`]: a scripted Stratum V1 device and the header arithmetic to solve its jobs.
 
 pub mod bitcoind;
 pub mod device;
 pub mod exposition;
 pub mod jds;
 pub mod pool;
+pub mod sv1_client;
 
 /// Running the jdc binaries as processes.
 pub mod stack;

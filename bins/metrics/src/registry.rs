@@ -169,7 +169,8 @@ pub struct Metrics {
     zmq_messages: Counter,
     zmq_gaps: Counter,
     zmq_malformed: Counter,
-    /// Last ZMQ counter values from the watcher's heartbeats (restart-aware mirroring).
+    sv1_bad_input: Family<ReasonLabel, Counter>,
+    /// Last counter values from heartbeats (restart-aware mirroring), by counter name.
     zmq_last: HashMap<&'static str, u64>,
     declarations: Family<DeclarationLabels, Counter>,
     tip_to_declared: Histogram,
@@ -231,6 +232,7 @@ impl Metrics {
             zmq_messages: Counter::default(),
             zmq_gaps: Counter::default(),
             zmq_malformed: Counter::default(),
+            sv1_bad_input: Family::default(),
             zmq_last: HashMap::new(),
             declarations: Family::default(),
             tip_to_declared: Histogram::new(DECLARED_BUCKETS),
@@ -321,6 +323,11 @@ impl Metrics {
             &mut registry,
             &names::BITCOIND_ZMQ_MALFORMED,
             m.zmq_malformed.clone(),
+        );
+        register(
+            &mut registry,
+            &names::SV1_BAD_INPUT,
+            m.sv1_bad_input.clone(),
         );
         register(&mut registry, &names::DECLARED_JOBS, m.declarations.clone());
         register(
@@ -536,6 +543,19 @@ impl Metrics {
                 ] {
                     if let Some(&total) = hb.heartbeat.counters.get(name) {
                         mirror(counter, self.zmq_last.insert(name, total), total);
+                    }
+                }
+                for (name, reason) in [
+                    ("sv1_bad_input_malformed", "malformed"),
+                    ("sv1_bad_input_oversized", "oversized"),
+                    ("sv1_bad_input_unknown_method", "unknown_method"),
+                    ("sv1_bad_input_flood", "flood"),
+                ] {
+                    if let Some(&total) = hb.heartbeat.counters.get(name) {
+                        let counter = self.sv1_bad_input.get_or_create(&ReasonLabel {
+                            reason: reason.to_string(),
+                        });
+                        mirror(&counter, self.zmq_last.insert(name, total), total);
                     }
                 }
             }

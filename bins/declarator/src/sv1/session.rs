@@ -549,48 +549,25 @@ impl Session {
                 "Unauthorized worker",
             ));
         }
-        let reject =
-            |code: i32, text: &str| Step::default().reply(error_line(json!(id), code, text));
-        let Ok(job_id) = s.job_id.parse::<u32>() else {
-            return reject(code::JOB_NOT_FOUND, "Job not found");
-        };
-        let Some(&(_, job_version)) = self.job_versions.iter().find(|(j, _)| *j == job_id) else {
-            return reject(code::JOB_NOT_FOUND, "Job not found (stale)");
-        };
-        let version = match share_version(
-            job_version,
-            self.version_mask,
-            s.version_bits.as_ref().map(|v| v.0),
-        ) {
-            Ok(v) => v,
-            Err(text) => return reject(code::OTHER, text),
-        };
-        let extranonce2: Vec<u8> = s.extra_nonce2.clone().into();
-        if extranonce2.len() != usize::from(self.extranonce2_size) {
-            return reject(
-                code::OTHER,
-                &format!(
-                    "extranonce2 is {} bytes, expected {}",
-                    extranonce2.len(),
-                    self.extranonce2_size
-                ),
-            );
-        }
-        let Ok(extranonce) = extranonce2.try_into() else {
-            return reject(code::OTHER, "extranonce2 too long");
+        self.seq = self.seq.wrapping_add(1);
+        let share = match self.share_of(&s) {
+            Ok(share) => share,
+            Err((code, text, reason)) => {
+                // Counted like any rejected share, with the reason.
+                if let Some(ch) = &self.channel {
+                    let mut outcome = crate::downstream::channel::reject(ch.id(), self.seq, reason);
+                    self.server
+                        .settle_share(self.peer, ch.id(), "sv1", &mut outcome);
+                }
+                return Step::default().reply(error_line(json!(id), code, &text));
+            }
         };
         let Some(ch) = self.channel.as_mut() else {
-            return reject(code::NOT_SUBSCRIBED, "Not subscribed");
-        };
-        self.seq = self.seq.wrapping_add(1);
-        let share = SubmitSharesExtendedOwned {
-            channel_id: ch.id(),
-            sequence_number: self.seq,
-            job_id,
-            nonce: s.nonce.0,
-            ntime: s.time.0,
-            version,
-            extranonce,
+            return Step::default().reply(error_line(
+                json!(id),
+                code::NOT_SUBSCRIBED,
+                "Not subscribed",
+            ));
         };
         let channel_id = ch.id();
         let mut outcome = ch.on_extended_share(share);
@@ -609,9 +586,70 @@ impl Session {
             }
             Some(sv2_code) => {
                 let (code, text) = submit_error(sv2_code);
-                reject(code, &text)
+                Step::default().reply(error_line(json!(id), code, &text))
             }
         }
+    }
+
+    /// The SV2 share a `mining.submit` stands for, or why it cannot be one: the V1 error code,
+    /// its text, and the reason it is counted under.
+    fn share_of(
+        &self,
+        s: &Submit,
+    ) -> Result<SubmitSharesExtendedOwned, (i32, String, &'static str)> {
+        let Some(ch) = self.channel.as_ref() else {
+            return Err((
+                code::NOT_SUBSCRIBED,
+                "Not subscribed".into(),
+                "not-subscribed",
+            ));
+        };
+        let job = s
+            .job_id
+            .parse::<u32>()
+            .ok()
+            .and_then(|job_id| self.job_versions.iter().find(|(j, _)| *j == job_id));
+        let Some(&(job_id, job_version)) = job else {
+            return Err((
+                code::JOB_NOT_FOUND,
+                "Job not found (stale)".into(),
+                "invalid-job-id",
+            ));
+        };
+        let version = share_version(
+            job_version,
+            self.version_mask,
+            s.version_bits.as_ref().map(|v| v.0),
+        )
+        .map_err(|text| (code::OTHER, text.to_string(), "invalid-version-bits"))?;
+        let extranonce2: Vec<u8> = s.extra_nonce2.clone().into();
+        if extranonce2.len() != usize::from(self.extranonce2_size) {
+            return Err((
+                code::OTHER,
+                format!(
+                    "extranonce2 is {} bytes, expected {}",
+                    extranonce2.len(),
+                    self.extranonce2_size
+                ),
+                "invalid-extranonce-size",
+            ));
+        }
+        let extranonce = extranonce2.try_into().map_err(|_| {
+            (
+                code::OTHER,
+                "extranonce2 too long".to_string(),
+                "invalid-extranonce-size",
+            )
+        })?;
+        Ok(SubmitSharesExtendedOwned {
+            channel_id: ch.id(),
+            sequence_number: self.seq,
+            job_id,
+            nonce: s.nonce.0,
+            ntime: s.time.0,
+            version,
+            extranonce,
+        })
     }
 
     /// Periodic variable-difficulty check (SRI's classic vardiff: it acts at most every 15 s).

@@ -1,0 +1,259 @@
+//! Stratum V1 devices straight on the declarator's V1 port: blocks with version rolling
+//! accepted by bitcoind, shares judged like SV2 shares, and every kind of bad input answered
+//! or dropped for the offending device only.
+
+use std::time::{Duration, Instant};
+
+use bitcoincore_rpc::RpcApi;
+use jdc_shared::bitcoin::hashes::Hash;
+use jdc_tests::bitcoind::Bitcoind;
+use jdc_tests::exposition;
+use jdc_tests::stack::Stack;
+use jdc_tests::sv1_client::{solve_block, V1Client};
+use jdc_tests::wait_until;
+use serde_json::{json, Value};
+
+const MASK: u32 = 0x1fff_e000;
+
+fn stack(bitcoind: &Bitcoind, extra: &[&str]) -> anyhow::Result<Stack> {
+    let mut s = Stack::new(bitcoind, "51", "")?;
+    // Regtest: every hash is a share at 1 H/s (a target of 1 in 10).
+    let mut args = vec!["--set", "declarator.sv1_initial_hash_rate=1.0"];
+    args.extend_from_slice(extra);
+    s.start("declarator", &args, "Stratum V1 server listening")?;
+    s.start_template_source()?;
+    s.start("metrics", &[], "listening")?;
+    Ok(s)
+}
+
+fn v1(s: &Stack) -> anyhow::Result<V1Client> {
+    V1Client::connect(&format!("127.0.0.1:{}", s.ports.sv1))
+}
+
+fn error_code(answer: &Value) -> Option<i64> {
+    answer["error"][0].as_i64()
+}
+
+#[test]
+fn a_v1_device_mines_blocks_with_version_rolling_that_bitcoind_accepts() -> anyhow::Result<()> {
+    let bitcoind = Bitcoind::start()?;
+    bitcoind.generate(1)?;
+    let s = stack(&bitcoind, &[])?;
+    let mut dev = v1(&s)?;
+    let mask = dev.handshake(Some(0xffff_ffff))?;
+    assert_eq!(mask, Some(MASK), "the server's mask is what may roll");
+    assert!(!dev.extranonce1.is_empty());
+    assert!(dev.extranonce2_size >= 4, "{}", dev.extranonce2_size);
+    let rpc = bitcoind.rpc()?;
+    let mut en2 = vec![0u8; dev.extranonce2_size];
+    for round in 0..3u32 {
+        let job = dev.latest_job(Duration::from_secs(30), Duration::from_millis(300))?;
+        assert!(
+            dev.difficulty.is_some(),
+            "set_difficulty before the first job: {:?}",
+            dev.pending
+        );
+        let tip = rpc.get_best_block_hash()?;
+        assert_eq!(job.prev_hash, tip.to_byte_array(), "job on bitcoind's tip");
+        let rolled = 0x0000_2000u32 << (round % 4);
+        en2[0] = round as u8;
+        let sol = solve_block(&job, &dev.extranonce1, &en2, (job.version & !MASK) | rolled)?;
+        let answer = dev.submit(&job, &sol, Some(rolled))?;
+        assert_eq!(answer["result"], json!(true), "share refused: {answer}");
+        // The block reaches bitcoind with the rolled version.
+        let hash = wait_until("the block at bitcoind", Duration::from_secs(10), || {
+            let best = rpc.get_best_block_hash()?;
+            Ok((best == sol.hash).then_some(best))
+        })?;
+        let header = rpc.get_block_header(&hash)?;
+        assert_eq!(header.version.to_consensus() as u32, sol.version);
+        assert_ne!(
+            header.version.to_consensus() as u32 & MASK,
+            0,
+            "rolled bits kept"
+        );
+        // The same share again is a duplicate; the old job is stale after the new tip.
+        let again = dev.submit(&job, &sol, Some(rolled))?;
+        assert!(
+            matches!(error_code(&again), Some(21) | Some(22)),
+            "resubmitted block: {again}"
+        );
+    }
+    // Shares that break the rules are refused with the V1 code saying why.
+    let job = dev.latest_job(Duration::from_secs(30), Duration::from_millis(300))?;
+    en2[0] = 0xee;
+    let sol = solve_block(&job, &dev.extranonce1, &en2, job.version)?;
+    let outside = dev.submit(&job, &sol, Some(0x0000_0001))?;
+    assert_eq!(error_code(&outside), Some(20), "{outside}");
+    assert!(outside.to_string().contains("mask"), "{outside}");
+    let mut short = sol.clone();
+    short.extranonce2.pop();
+    let wrong_size = dev.submit(&job, &short, None)?;
+    assert_eq!(error_code(&wrong_size), Some(20), "{wrong_size}");
+    assert!(
+        wrong_size.to_string().contains("extranonce2"),
+        "{wrong_size}"
+    );
+    let mut unknown = job.clone();
+    unknown.id = "999999".into();
+    let stale = dev.submit(&unknown, &sol, None)?;
+    assert_eq!(error_code(&stale), Some(21), "{stale}");
+    // A nonce that does not meet even the share target: low difficulty.
+    let mut bad = sol.clone();
+    let mut found_low = false;
+    for nonce in 0..10_000u32 {
+        let h = jdc_tests::sv1_client::header(&job, &dev.extranonce1, &en2, job.version, nonce);
+        let hash = h.block_hash().to_byte_array();
+        // Far above any share target at 1 H/s: the top byte of the hash (little endian) set.
+        if hash[31] == 0xff {
+            bad.nonce = nonce;
+            found_low = true;
+            break;
+        }
+    }
+    assert!(found_low);
+    let low = dev.submit(&job, &bad, None)?;
+    assert_eq!(error_code(&low), Some(23), "{low}");
+
+    // The shares are counted as V1 shares, the blocks as accepted.
+    let text = wait_until("V1 shares in /metrics", Duration::from_secs(10), || {
+        let text = exposition::scrape(s.ports.metrics)?;
+        let accepted = exposition::sum(
+            &text,
+            "jdc_shares_total",
+            &["channel_kind=\"sv1\"", "result=\"accepted\""],
+        );
+        Ok((accepted >= 3.0).then_some(text))
+    })?;
+    exposition::check(&text).map_err(anyhow::Error::msg)?;
+    assert!(
+        exposition::sum(
+            &text,
+            "jdc_shares_total",
+            &["channel_kind=\"sv1\"", "result=\"rejected\""]
+        ) >= 4.0
+    );
+    assert!(exposition::sum(&text, "jdc_blocks_total", &["stage=\"accepted\""]) >= 3.0);
+    Ok(())
+}
+
+#[test]
+fn bad_input_on_the_v1_port_costs_only_the_offender() -> anyhow::Result<()> {
+    let bitcoind = Bitcoind::start()?;
+    bitcoind.generate(1)?;
+    let s = stack(
+        &bitcoind,
+        &["--set", "declarator.sv1_max_submits_per_sec=5"],
+    )?;
+    // A well-behaved device, connected throughout.
+    let mut good = v1(&s)?;
+    good.handshake(None)?;
+    let first = good.next_job(Duration::from_secs(30))?;
+    let far = Instant::now() + Duration::from_secs(5);
+
+    // Not JSON: an error naming the problem, then the connection ends.
+    let mut garbage = v1(&s)?;
+    garbage.send_raw(b"this is not json\n")?;
+    let answer = garbage.read(far)?.expect("an error answer");
+    assert!(
+        answer["error"].to_string().contains("malformed"),
+        "{answer}"
+    );
+    assert!(garbage.read(far)?.is_none(), "dropped after garbage");
+
+    // Not UTF-8: dropped.
+    let mut binary = v1(&s)?;
+    binary.send_raw(&[0xff, 0xfe, 0x00, 0x80, b'\n'])?;
+    assert!(binary.read(far)?.is_none(), "dropped after binary input");
+
+    // A line over the limit (8 KiB by default): dropped, no matter what follows.
+    let mut huge = v1(&s)?;
+    let mut line = vec![b'a'; 9000];
+    line.push(b'\n');
+    let _ = huge.send_raw(&line);
+    assert!(huge.read(far)?.is_none(), "dropped after an oversized line");
+
+    // An unknown method: an error, and the connection goes on.
+    let mut curious = v1(&s)?;
+    let answer = curious.call("mining.get_transactions", json!(["1"]))?;
+    assert_eq!(error_code(&answer), Some(20), "{answer}");
+    assert!(answer.to_string().contains("unknown method"), "{answer}");
+    let params = curious.call("mining.subscribe", json!({"not": "a list"}))?;
+    assert!(
+        params["error"].is_array(),
+        "bad parameters answered: {params}"
+    );
+    curious.handshake(None)?;
+    curious.next_job(Duration::from_secs(30))?;
+
+    // Submitting before authorizing: refused, not dropped.
+    let mut early = v1(&s)?;
+    let answer = early.call(
+        "mining.submit",
+        json!(["w", "1", "00000000", "00000000", "00000000"]),
+    )?;
+    assert!(
+        matches!(error_code(&answer), Some(24) | Some(25)),
+        "{answer}"
+    );
+
+    // A flood of submits: refused beyond the rate (5/s, bursts of 10), then dropped.
+    let mut flood = v1(&s)?;
+    flood.handshake(None)?;
+    for _ in 0..150 {
+        if flood
+            .send(
+                "mining.submit",
+                json!(["rig1", "1", "00", "00000000", "00000000"]),
+            )
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut slow_down = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(msg) = flood.read(deadline)? {
+        if msg.to_string().contains("too many submits") {
+            slow_down += 1;
+        }
+    }
+    assert!(slow_down >= 100, "{slow_down} submits refused as a flood");
+
+    // The good device never noticed: it still gets the next block's job.
+    bitcoind.generate(1)?;
+    let next = wait_until(
+        "a new job for the good device",
+        Duration::from_secs(30),
+        || {
+            let job = good.next_job(Duration::from_secs(10))?;
+            Ok((job.prev_hash != first.prev_hash && job.clean).then_some(job))
+        },
+    )?;
+    assert!(next.clean);
+
+    // Every kind of bad input is counted.
+    let text = wait_until("bad-input counters", Duration::from_secs(10), || {
+        let text = exposition::scrape(s.ports.metrics)?;
+        let flood = exposition::sum(&text, "jdc_sv1_bad_input_total", &["reason=\"flood\""]);
+        Ok((flood >= 100.0).then_some(text))
+    })?;
+    for (reason, at_least) in [
+        ("malformed", 3.0),
+        ("oversized", 1.0),
+        ("unknown_method", 1.0),
+    ] {
+        let n = exposition::sum(
+            &text,
+            "jdc_sv1_bad_input_total",
+            &[&format!("reason=\"{reason}\"")],
+        );
+        assert!(n >= at_least, "{reason}: {n}");
+    }
+    let log = s.get("declarator")?.log_lines().join("\n");
+    assert!(
+        log.contains("line longer than 8192 bytes"),
+        "the log says why"
+    );
+    Ok(())
+}
