@@ -84,6 +84,13 @@ impl V1Client {
         })
     }
 
+    /// The connection, for a caller that takes over the protocol (lines the reader had
+    /// buffered are dropped).
+    pub fn into_stream(self) -> std::io::Result<TcpStream> {
+        self.writer.set_read_timeout(None)?;
+        Ok(self.writer)
+    }
+
     /// Writes raw bytes (for bad-input tests).
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.writer.write_all(bytes)?;
@@ -112,6 +119,14 @@ impl V1Client {
                 serde_json::from_str(&line).with_context(|| format!("server sent {line:?}"))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!("nothing from the V1 server in time")
+            }
             Err(e) => Err(e).context("reading from the V1 server"),
         }
     }

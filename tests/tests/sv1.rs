@@ -79,8 +79,20 @@ fn a_v1_device_mines_blocks_with_version_rolling_that_bitcoind_accepts() -> anyh
             "resubmitted block: {again}"
         );
     }
+    // A suggested difficulty is taken: a new difficulty, then a job carrying it.
+    dev.pending.clear();
+    let answer = dev.call("mining.suggest_difficulty", json!([0.5]))?;
+    assert_eq!(answer["result"], json!(true), "{answer}");
+    let job = dev.next_job(Duration::from_secs(10))?;
+    let d = dev.difficulty.unwrap_or_default();
+    assert!(
+        (d - 0.5).abs() < 0.01,
+        "difficulty {d} after suggesting 0.5"
+    );
+    let answer = dev.call("mining.suggest_difficulty", json!(["lots"]))?;
+    assert_eq!(error_code(&answer), Some(20), "{answer}");
+
     // Shares that break the rules are refused with the V1 code saying why.
-    let job = dev.latest_job(Duration::from_secs(30), Duration::from_millis(300))?;
     en2[0] = 0xee;
     let sol = solve_block(&job, &dev.extranonce1, &en2, job.version)?;
     let outside = dev.submit(&job, &sol, Some(0x0000_0001))?;
@@ -255,5 +267,48 @@ fn bad_input_on_the_v1_port_costs_only_the_offender() -> anyhow::Result<()> {
         log.contains("line longer than 8192 bytes"),
         "the log says why"
     );
+    Ok(())
+}
+
+#[test]
+fn the_sim_miner_mines_through_the_v1_port_and_vardiff_raises_its_difficulty() -> anyhow::Result<()>
+{
+    let bitcoind = Bitcoind::start()?;
+    bitcoind.generate(1)?;
+    let mut s = stack(&bitcoind, &[])?;
+    let rpc = bitcoind.rpc()?;
+    let start_height = rpc.get_block_count()?;
+    let args = [
+        "--protocol".to_string(),
+        "sv1".into(),
+        "--connect".into(),
+        format!("127.0.0.1:{}", s.ports.sv1),
+        "--user".into(),
+        "rig7".into(),
+        "--max-shares-per-sec".into(),
+        "20".into(),
+    ];
+    let program = s.bin("jdc-sim-miner");
+    let miner = s.start_command("sim-miner", &program, &args, "")?;
+    // Blocks accepted by bitcoind.
+    wait_until(
+        "3 blocks from the V1 sim-miner",
+        Duration::from_secs(60),
+        || Ok((rpc.get_block_count()? >= start_height + 3).then_some(())),
+    )?;
+    miner.wait_for_event(0, Duration::from_secs(10), |e| {
+        e["event"] == "share-accepted"
+    })?;
+    // It starts at 1 H/s (every hash a share) and sends 20 shares a second for a target of 6
+    // a minute: SRI's vardiff (every 15 s at most) makes the target harder.
+    let (_, first) =
+        miner.wait_for_event(0, Duration::from_secs(10), |e| e["event"] == "set-target")?;
+    let (_, harder) = miner.wait_for_event(0, Duration::from_secs(45), |e| {
+        e["event"] == "set-target" && e["target"].as_str() < first["target"].as_str()
+    })?;
+    eprintln!("V1 target {} -> {}", first["target"], harder["target"]);
+    let log = s.get("declarator")?.log_lines().join("\n");
+    assert!(log.contains("V1 device authorized"), "{log}");
+    assert!(log.contains("worker=rig7"), "the worker name is logged");
     Ok(())
 }

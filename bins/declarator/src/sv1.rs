@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use jdc_shared::bus::Publisher;
 use jdc_shared::config::{ConfigError, DeclaratorConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +28,8 @@ use session::{Session, Step};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that has not subscribed and authorized within this long is dropped.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines handled before their answers are written.
+const MAX_BATCH: usize = 256;
 /// How often variable difficulty looks at a connection's share rate.
 const VARDIFF_TICK: Duration = Duration::from_secs(5);
 
@@ -256,22 +258,35 @@ async fn connection(
                     None => Step::default(),
                 }
             }
-            line = framed.next() => match line {
-                None => return Ok(()),
-                Some(Ok(line)) => {
-                    let state = work.borrow().clone();
-                    session.on_line(&line, state.as_ref(), Instant::now())
+            line = framed.next() => {
+                let line = input(line, &bad, settings.max_line_bytes)?;
+                let Some(line) = line else { return Ok(()) };
+                let state = work.borrow().clone();
+                let mut step = session.on_line(&line, state.as_ref(), Instant::now());
+                // Lines already read are handled before answering: a burst of submits gets
+                // one write, not one per share.
+                for _ in 1..MAX_BATCH {
+                    if step.close.is_some() {
+                        break;
+                    }
+                    let Some(next) = framed.next().now_or_never() else { break };
+                    match input(next, &bad, settings.max_line_bytes) {
+                        Ok(Some(line)) => {
+                            let more = session.on_line(&line, state.as_ref(), Instant::now());
+                            step.out.extend(more.out);
+                            step.close = more.close;
+                        }
+                        // Answer what came before, then end.
+                        Ok(None) => {
+                            step.close = Some("device closed the connection".into());
+                        }
+                        Err(e) => {
+                            step.close = Some(e.to_string());
+                        }
+                    }
                 }
-                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                    bad.oversized();
-                    return Err(Sv1ConnectionError::Oversized(settings.max_line_bytes));
-                }
-                Some(Err(LinesCodecError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    bad.malformed();
-                    return Err(Sv1ConnectionError::Unreadable(e.to_string()));
-                }
-                Some(Err(LinesCodecError::Io(e))) => return Err(e.into()),
-            },
+                step
+            }
             _ = tick.tick() => {
                 let state = work.borrow().clone();
                 Step { out: session.on_tick(state.as_ref()), close: None }
@@ -280,19 +295,52 @@ async fn connection(
                 return Err(Sv1ConnectionError::SetupTimeout(SETUP_TIMEOUT));
             }
         };
-        for line in step.out {
-            tokio::time::timeout(WRITE_TIMEOUT, framed.send(line))
+        if !step.out.is_empty() {
+            tokio::time::timeout(WRITE_TIMEOUT, write_all(&mut framed, step.out))
                 .await
-                .map_err(|_| Sv1ConnectionError::WriteTimeout(WRITE_TIMEOUT))?
-                .map_err(|e| match e {
-                    LinesCodecError::Io(e) => Sv1ConnectionError::Io(e),
-                    LinesCodecError::MaxLineLengthExceeded => {
-                        Sv1ConnectionError::Dropped("answer longer than the line limit".into())
-                    }
-                })?;
+                .map_err(|_| Sv1ConnectionError::WriteTimeout(WRITE_TIMEOUT))??;
         }
         if let Some(reason) = step.close {
             return Err(Sv1ConnectionError::Dropped(reason));
         }
+    }
+}
+
+/// Writes `lines` with one flush.
+async fn write_all(
+    framed: &mut Framed<TcpStream, LinesCodec>,
+    lines: Vec<String>,
+) -> Result<(), Sv1ConnectionError> {
+    let codec_error = |e| match e {
+        LinesCodecError::Io(e) => Sv1ConnectionError::Io(e),
+        LinesCodecError::MaxLineLengthExceeded => {
+            Sv1ConnectionError::Dropped("answer longer than the line limit".into())
+        }
+    };
+    for line in lines {
+        framed.feed(line).await.map_err(codec_error)?;
+    }
+    SinkExt::<String>::flush(framed).await.map_err(codec_error)
+}
+
+/// A line from the device, `None` when it closed the connection, or why it is dropped
+/// (counted).
+fn input(
+    item: Option<Result<String, LinesCodecError>>,
+    bad: &BadInput,
+    max_line_bytes: usize,
+) -> Result<Option<String>, Sv1ConnectionError> {
+    match item {
+        None => Ok(None),
+        Some(Ok(line)) => Ok(Some(line)),
+        Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+            bad.oversized();
+            Err(Sv1ConnectionError::Oversized(max_line_bytes))
+        }
+        Some(Err(LinesCodecError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+            bad.malformed();
+            Err(Sv1ConnectionError::Unreadable(e.to_string()))
+        }
+        Some(Err(LinesCodecError::Io(e))) => Err(e.into()),
     }
 }

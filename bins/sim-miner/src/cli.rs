@@ -9,45 +9,75 @@ use jdc_shared::telemetry::LogFormat;
 use crate::events::Events;
 use crate::job::ChannelKind;
 use crate::session::MinerConfig;
+use crate::sv1::Sv1Config;
 
-/// SV2 CPU miner for tests, demos and load tests.
+/// SV2 (or Stratum V1) CPU miner for tests, demos and load tests.
 ///
-/// Connects to an SV2 mining server (e.g. jdc-declarator) over Noise, opens one extended or
-/// standard channel and hashes its jobs on CPU threads, submitting every share that meets the
-/// channel target (paced by --max-shares-per-sec). Reconnects with backoff when the connection
-/// drops.
+/// SV2 (the default): connects to an SV2 mining server (e.g. jdc-declarator) over Noise, opens
+/// one extended or standard channel and hashes its jobs on CPU threads, submitting every share
+/// that meets the channel target (paced by --max-shares-per-sec).
+///
+/// SV1 (--protocol sv1): connects to a Stratum V1 pool or proxy port over plain TCP, sends
+/// mining.configure (version rolling, unless --no-version-rolling), mining.subscribe and
+/// mining.authorize (--user, --password), and submits every share that meets the
+/// mining.set_difficulty target.
+///
+/// Either way it reconnects with backoff when the connection drops.
 ///
 /// Events are printed to stdout as JSON lines (`{"event":"connected"}`, `channel-opened`,
 /// `new-job`, `set-new-prev-hash`, `share-submitted`, `share-accepted`, `share-rejected`,
 /// `block-candidate`, `disconnected`, ...), one per line; logs go to stderr.
 ///
-/// Example: jdc-sim-miner --connect 127.0.0.1:34255 --authority-key-file keys/authority_public_key
+/// Example (SV2): jdc-sim-miner --connect 127.0.0.1:34255 --authority-key-file
+/// keys/authority_public_key
+///
+/// Example (SV1): jdc-sim-miner --protocol sv1 --connect 127.0.0.1:3333 --user worker1
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "jdc-sim-miner", version, about, long_about)]
 pub struct Args {
-    /// SV2 mining server to connect to, HOST:PORT.
+    /// Protocol to speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Sv2)]
+    pub protocol: Protocol,
+
+    /// Mining server to connect to, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:34255")]
     pub connect: String,
 
-    /// The server's authority public key (base58check, e.g. 9bXiEd8b...). Without it and
-    /// without --authority-key-file the server is NOT authenticated.
+    /// SV2 only: the server's authority public key (base58check, e.g. 9bXiEd8b...). Without
+    /// it and without --authority-key-file the server is NOT authenticated.
     #[arg(long, value_name = "KEY", conflicts_with = "authority_key_file")]
     pub authority_public_key: Option<String>,
 
-    /// File holding the server's authority public key (e.g. the declarator's
+    /// SV2 only: file holding the server's authority public key (e.g. the declarator's
     /// <key_dir>/authority_public_key).
     #[arg(long, value_name = "PATH")]
     pub authority_key_file: Option<PathBuf>,
 
-    /// Channel type to open.
+    /// SV2 only: channel type to open.
     #[arg(long, value_enum, default_value_t = ChannelKind::Extended)]
     pub channel: ChannelKind,
 
-    /// User identity sent when opening the channel.
-    #[arg(long, value_name = "NAME", default_value = "jdc-sim-miner")]
+    /// User identity: sent when opening the SV2 channel; the SV1 worker name for
+    /// mining.authorize and mining.submit.
+    #[arg(
+        long,
+        visible_alias = "user",
+        value_name = "NAME",
+        default_value = "jdc-sim-miner"
+    )]
     pub user_identity: String,
 
-    /// Nominal hash rate announced to the server, in H/s (it sets the share target from it).
+    /// SV1 only: password for mining.authorize. Default: x.
+    #[arg(long, value_name = "PASSWORD")]
+    pub password: Option<String>,
+
+    /// SV1 only: do not ask for version rolling (BIP310 mining.configure); by default the miner
+    /// asks to roll the bits of 1fffe000 and rolls those the server allows.
+    #[arg(long)]
+    pub no_version_rolling: bool,
+
+    /// SV2 only: nominal hash rate announced to the server, in H/s (it sets the share target
+    /// from it).
     #[arg(long, value_name = "H/S", default_value_t = 10e6)]
     pub nominal_hashrate: f32,
 
@@ -55,12 +85,12 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub threads: usize,
 
-    /// Largest (easiest) share target accepted, big-endian hex of up to 64 digits. Default:
-    /// all ones (no limit).
+    /// SV2 only: largest (easiest) share target accepted, big-endian hex of up to 64 digits.
+    /// Default: all ones (no limit).
     #[arg(long, value_name = "HEX")]
     pub max_target: Option<String>,
 
-    /// Extranonce bytes the miner wants to roll on an extended channel.
+    /// SV2 only: extranonce bytes the miner wants to roll on an extended channel.
     #[arg(long, value_name = "BYTES", default_value_t = 4)]
     pub min_extranonce_size: u16,
 
@@ -73,13 +103,32 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub events_file: Option<PathBuf>,
 
-    /// Seconds allowed for connecting, the Noise handshake and each setup reply.
+    /// Seconds allowed for connecting, the Noise handshake and each setup reply (SV1: for the
+    /// replies to mining.configure, mining.subscribe and mining.authorize).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u64,
 
     /// Log format (logs go to stderr).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// The protocol spoken to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Stratum V2 over Noise.
+    Sv2,
+    /// Stratum V1: JSON-RPC lines over plain TCP.
+    Sv1,
+}
+
+/// A validated command line.
+#[derive(Debug, Clone)]
+pub enum Config {
+    /// `--protocol sv2`.
+    Sv2(MinerConfig),
+    /// `--protocol sv1`.
+    Sv1(Sv1Config),
 }
 
 /// A command-line value that cannot be used.
@@ -116,8 +165,48 @@ pub enum ArgError {
 
 impl Args {
     /// Validates the options.
-    pub fn to_config(&self) -> Result<MinerConfig, ArgError> {
+    pub fn to_config(&self) -> Result<Config, ArgError> {
+        self.check_common()?;
+        match self.protocol {
+            Protocol::Sv2 => self.sv2_config().map(Config::Sv2),
+            Protocol::Sv1 => self.sv1_config().map(Config::Sv1),
+        }
+    }
+
+    fn sv1_config(&self) -> Result<Sv1Config, ArgError> {
+        let sv2_only = [
+            ("authority-public-key", self.authority_public_key.is_some()),
+            ("authority-key-file", self.authority_key_file.is_some()),
+            ("max-target", self.max_target.is_some()),
+        ];
+        if let Some((option, _)) = sv2_only.into_iter().find(|(_, given)| *given) {
+            return Err(ArgError::Invalid {
+                option,
+                reason: "only for --protocol sv2 (SV1 has no authentication or channel)".into(),
+            });
+        }
+        Ok(Sv1Config {
+            server: self.connect.clone(),
+            user: self.user_identity.clone(),
+            password: self.password.clone().unwrap_or_else(|| "x".into()),
+            version_rolling: !self.no_version_rolling,
+            threads: self.threads,
+            max_shares_per_sec: self.max_shares_per_sec,
+            timeout: Duration::from_secs(self.handshake_timeout_secs),
+        })
+    }
+
+    fn sv2_config(&self) -> Result<MinerConfig, ArgError> {
         let invalid = |option: &'static str, reason: String| ArgError::Invalid { option, reason };
+        if self.password.is_some() {
+            return Err(invalid("password", "only for --protocol sv1".into()));
+        }
+        if self.no_version_rolling {
+            return Err(invalid(
+                "no-version-rolling",
+                "only for --protocol sv1 (SV2 jobs say whether versions roll)".into(),
+            ));
+        }
         let authority = match (&self.authority_public_key, &self.authority_key_file) {
             (Some(key), _) => {
                 Some(parse_authority_public_key(key).map_err(ArgError::AuthorityKey)?)
@@ -137,43 +226,16 @@ impl Args {
             }
             (None, None) => None,
         };
-        if !self.connect.contains(':') {
-            return Err(invalid(
-                "connect",
-                format!("`{}` is not HOST:PORT", self.connect),
-            ));
-        }
         if !(self.nominal_hashrate.is_finite() && self.nominal_hashrate > 0.0) {
             return Err(invalid(
                 "nominal-hashrate",
                 format!("{} is not a positive number", self.nominal_hashrate),
             ));
         }
-        if self.threads == 0 || self.threads > 1024 {
-            return Err(invalid(
-                "threads",
-                format!("{} is not between 1 and 1024", self.threads),
-            ));
-        }
-        if !(self.max_shares_per_sec >= 0.0 && self.max_shares_per_sec.is_finite()) {
-            return Err(invalid(
-                "max-shares-per-sec",
-                format!("{} is not a number >= 0", self.max_shares_per_sec),
-            ));
-        }
         if self.min_extranonce_size > 32 {
             return Err(invalid(
                 "min-extranonce-size",
                 format!("{} is more than 32 bytes", self.min_extranonce_size),
-            ));
-        }
-        if self.user_identity.len() > 255 {
-            return Err(invalid("user-identity", "longer than 255 bytes".into()));
-        }
-        if self.handshake_timeout_secs == 0 {
-            return Err(invalid(
-                "handshake-timeout-secs",
-                "must be at least 1".into(),
             ));
         }
         let max_target = match &self.max_target {
@@ -192,6 +254,39 @@ impl Args {
             max_shares_per_sec: self.max_shares_per_sec,
             timeout: Duration::from_secs(self.handshake_timeout_secs),
         })
+    }
+
+    /// Checks the options both protocols use.
+    fn check_common(&self) -> Result<(), ArgError> {
+        let invalid = |option: &'static str, reason: String| ArgError::Invalid { option, reason };
+        if !self.connect.contains(':') {
+            return Err(invalid(
+                "connect",
+                format!("`{}` is not HOST:PORT", self.connect),
+            ));
+        }
+        if self.threads == 0 || self.threads > 1024 {
+            return Err(invalid(
+                "threads",
+                format!("{} is not between 1 and 1024", self.threads),
+            ));
+        }
+        if !(self.max_shares_per_sec >= 0.0 && self.max_shares_per_sec.is_finite()) {
+            return Err(invalid(
+                "max-shares-per-sec",
+                format!("{} is not a number >= 0", self.max_shares_per_sec),
+            ));
+        }
+        if self.user_identity.len() > 255 {
+            return Err(invalid("user-identity", "longer than 255 bytes".into()));
+        }
+        if self.handshake_timeout_secs == 0 {
+            return Err(invalid(
+                "handshake-timeout-secs",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Where events go: `--events-file` or stdout.

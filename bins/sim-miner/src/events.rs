@@ -23,11 +23,12 @@ pub struct CoinbaseOutput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    /// Noise handshake and `SetupConnection` succeeded.
+    /// Noise handshake and `SetupConnection` succeeded (SV1: `mining.subscribe` answered).
     Connected {
         /// `HOST:PORT` connected to.
         server: String,
-        /// Whether the server certificate was checked against an authority key.
+        /// Whether the server certificate was checked against an authority key (always false
+        /// for SV1).
         authenticated: bool,
     },
     /// The connection ended (the miner reconnects with backoff).
@@ -46,13 +47,13 @@ pub enum Event {
     ChannelOpened {
         /// Channel id to submit shares on.
         channel_id: u32,
-        /// `extended` or `standard`.
+        /// `extended`, `standard` or `sv1` (SV1: authorized; channel ids are 0).
         kind: String,
         /// Group channel the server put the channel in.
         group_channel_id: u32,
-        /// Server-assigned extranonce prefix, hex.
+        /// Server-assigned extranonce prefix, hex (SV1: extranonce1).
         extranonce_prefix: String,
-        /// Bytes of extranonce the miner rolls (0 for standard channels).
+        /// Bytes of extranonce the miner rolls (0 for standard channels; SV1: extranonce2 size).
         extranonce_size: u16,
         /// Share target, big-endian hex.
         target: String,

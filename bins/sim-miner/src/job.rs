@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 
-use crate::work::{easier_target, network_target, MerkleSource, Work};
+use crate::work::{easier_target, network_target, MerkleSource, Work, VERSION_ROLLING_MASK};
 
 /// At most this many future jobs are kept (a misbehaving server cannot grow memory unbounded).
 const MAX_FUTURE_JOBS: usize = 64;
@@ -181,7 +181,7 @@ impl JobBook {
     pub fn work(&self) -> Option<Work> {
         let tip = self.tip?;
         let (job, min_ntime) = self.active.as_ref()?;
-        let (merkle, version_rolling_allowed) = match &job.body {
+        let (merkle, version_mask) = match &job.body {
             JobBody::Extended {
                 version_rolling_allowed,
                 merkle_path,
@@ -200,14 +200,18 @@ impl JobBook {
                         merkle_path: merkle_path.clone(),
                         extranonce_size: self.channel.extranonce_size,
                     },
-                    *version_rolling_allowed,
+                    if *version_rolling_allowed {
+                        VERSION_ROLLING_MASK
+                    } else {
+                        0
+                    },
                 )
             }
             JobBody::Standard { merkle_root } => (
                 MerkleSource::Standard {
                     merkle_root: *merkle_root,
                 },
-                false,
+                0,
             ),
         };
         let network_target = network_target(tip.nbits);
@@ -216,7 +220,7 @@ impl JobBook {
             channel_id: self.channel.id,
             job_id: job.id,
             version: job.version,
-            version_rolling_allowed,
+            version_mask,
             prev_hash: tip.prev_hash,
             nbits: tip.nbits,
             min_ntime: *min_ntime,

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use jdc_sim_miner::Args;
+use jdc_sim_miner::{Args, Config};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -15,6 +15,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let shutdown = jdc_shared::shutdown::on_signals();
-    jdc_sim_miner::run(config, Arc::new(events), shutdown).await?;
+    let events = Arc::new(events);
+    match config {
+        Config::Sv2(config) => jdc_sim_miner::run(config, events, shutdown).await?,
+        Config::Sv1(config) => jdc_sim_miner::sv1::run(config, events, shutdown).await?,
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The I/O shell: connect, set up, open the channel, feed the hashers, submit shares,
-//! reconnect with backoff.
+//! The SV2 I/O shell: connect, set up, open the channel, feed the hashers, submit shares (the
+//! runner reconnects with backoff).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{CoinbaseOutput, Event, Events};
 use crate::hasher::{FoundShare, Hashers};
-
-/// Found shares waiting for the connection; hashers wait when it is full.
-const SHARE_QUEUE: usize = 1024;
 use crate::job::{Channel, ChannelKind, Job, JobBody, JobBook, Tip};
+use crate::runner::{supervise, Connection, MinerError, Stats};
 use crate::work::{rpc_hex, target_hex};
 
 /// `SetupConnection` flag bit 0 for the Mining protocol.
@@ -33,13 +31,8 @@ const REQUIRES_STANDARD_JOBS: u32 = 0b1;
 const OPEN_REQUEST_ID: u32 = 1;
 /// Largest message accepted from the server (jobs carry up to 2 x 64 KiB of coinbase).
 const MAX_SERVER_PAYLOAD: usize = 256 * 1024;
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Hash-rate log interval.
-const STATS_EVERY: Duration = Duration::from_secs(10);
 
-/// Validated miner settings.
+/// Validated SV2 miner settings.
 #[derive(Debug, Clone)]
 pub struct MinerConfig {
     /// `HOST:PORT` of the server.
@@ -62,14 +55,6 @@ pub struct MinerConfig {
     pub max_shares_per_sec: f64,
     /// Timeout for connecting, the handshake and each setup reply.
     pub timeout: Duration,
-}
-
-/// Why the miner stopped for good.
-#[derive(Debug, thiserror::Error)]
-pub enum MinerError {
-    /// Hashing threads could not be started.
-    #[error("cannot start hashing threads: {0}")]
-    Threads(std::io::Error),
 }
 
 /// Why one connection ended.
@@ -122,11 +107,6 @@ pub async fn run(
              pass --authority-public-key or --authority-key-file"
         );
     }
-    // Bounded: with no submission limit the hashers wait for the connection to catch up
-    // (as a device waits for its link) rather than queueing shares in memory without end.
-    let (tx, mut shares) = mpsc::channel(SHARE_QUEUE);
-    let hashers = Hashers::start(config.threads, config.max_shares_per_sec, tx)
-        .map_err(MinerError::Threads)?;
     tracing::info!(
         server = %config.server,
         channel = config.channel.as_str(),
@@ -134,45 +114,46 @@ pub async fn run(
         max_shares_per_sec = config.max_shares_per_sec,
         "sim-miner starting"
     );
-    let mut backoff = BACKOFF_MIN;
-    let mut session_id = 0u64;
-    loop {
-        session_id += 1;
-        let mut connected = false;
-        let result = Session {
-            config: &config,
-            id: session_id,
-            hashers: &hashers,
-            events: &events,
+    let sv2 = Sv2 {
+        config: &config,
+        events: &events,
+    };
+    supervise(
+        &sv2,
+        config.threads,
+        config.max_shares_per_sec,
+        &events,
+        &shutdown,
+    )
+    .await
+}
+
+/// The SV2 protocol for [`supervise`].
+struct Sv2<'a> {
+    config: &'a MinerConfig,
+    events: &'a Events,
+}
+
+impl Connection for Sv2<'_> {
+    type Error = SessionError;
+
+    async fn run(
+        &self,
+        id: u64,
+        hashers: &Hashers,
+        shares: &mut mpsc::Receiver<FoundShare>,
+        shutdown: &CancellationToken,
+        connected: &mut bool,
+    ) -> Result<(), SessionError> {
+        Session {
+            config: self.config,
+            id,
+            hashers,
+            events: self.events,
         }
-        .run(&mut shares, &shutdown, &mut connected)
-        .await;
-        hashers.publish(None);
-        match result {
-            Ok(()) => break,
-            Err(e) => {
-                if connected {
-                    tracing::warn!(error = %e, "disconnected; reconnecting");
-                    events.emit(Event::Disconnected {
-                        reason: e.to_string(),
-                    });
-                    backoff = BACKOFF_MIN;
-                } else {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "connection attempt failed");
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.cancelled() => break,
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        .run(shares, shutdown, connected)
+        .await
     }
-    tracing::info!(hashes = hashers.hashes(), "sim-miner stopping");
-    // Hashers waiting on a full queue give up once it is gone.
-    drop(shares);
-    let _ = tokio::task::spawn_blocking(move || hashers.stop()).await;
-    Ok(())
 }
 
 struct Session<'a> {
@@ -233,9 +214,7 @@ impl Session<'_> {
         );
         let mut book = JobBook::new(channel, self.id);
         let mut sequence = 0u32;
-        let mut stats = tokio::time::interval(STATS_EVERY);
-        stats.tick().await;
-        let mut last_hashes = self.hashers.hashes();
+        let mut stats = Stats::new(self.hashers);
         loop {
             tokio::select! {
                 biased;
@@ -256,12 +235,7 @@ impl Session<'_> {
                 Some(share) = shares.recv() => {
                     self.submit(share, &book, &mut sequence, &mut writer).await?;
                 }
-                _ = stats.tick() => {
-                    let now = self.hashers.hashes();
-                    let rate = (now - last_hashes) as f64 / STATS_EVERY.as_secs_f64();
-                    last_hashes = now;
-                    tracing::info!(hash_rate = format!("{:.0} H/s", rate), shares = sequence, "mining");
-                }
+                _ = stats.tick() => stats.log(self.hashers, sequence),
             }
         }
     }
@@ -647,10 +621,26 @@ fn coinbase_outputs(channel: &Channel, body: &JobBody) -> Option<Vec<CoinbaseOut
     else {
         return None;
     };
-    let mut raw = coinbase_prefix.clone();
-    raw.extend_from_slice(&channel.extranonce_prefix);
-    raw.extend(std::iter::repeat_n(0u8, channel.extranonce_size));
-    raw.extend_from_slice(coinbase_suffix);
+    coinbase_outputs_of(
+        coinbase_prefix,
+        &channel.extranonce_prefix,
+        channel.extranonce_size,
+        coinbase_suffix,
+    )
+}
+
+/// Outputs of the coinbase `head || extranonce_prefix || extranonce_size zeros || tail`, if it
+/// parses as a transaction.
+pub(crate) fn coinbase_outputs_of(
+    head: &[u8],
+    extranonce_prefix: &[u8],
+    extranonce_size: usize,
+    tail: &[u8],
+) -> Option<Vec<CoinbaseOutput>> {
+    let mut raw = head.to_vec();
+    raw.extend_from_slice(extranonce_prefix);
+    raw.extend(std::iter::repeat_n(0u8, extranonce_size));
+    raw.extend_from_slice(tail);
     let tx: Transaction = consensus::deserialize(&raw).ok()?;
     Some(
         tx.output

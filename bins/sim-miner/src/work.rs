@@ -7,8 +7,9 @@ use std::sync::atomic::AtomicU64;
 use stratum_core::bitcoin::hashes::{sha256, sha256d, Hash, HashEngine};
 use stratum_core::bitcoin::{CompactTarget, Target};
 
-/// BIP323 general-purpose version bits a miner may roll.
-pub const VERSION_ROLLING_MASK: u32 = stratum_core::channels_sv2::VERSION_ROLLING_MASK;
+/// The BIP320 general-purpose version bits, the ones the miner rolls: on SV2 channels (inside
+/// the protocol's wider `0x1fffffe0`) and as the mask asked for with SV1 `mining.configure`.
+pub const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
 
 /// Nonces per work unit (a unit is one extranonce/version combination and a nonce range).
 pub const UNIT_NONCES: u64 = 1 << 24;
@@ -45,8 +46,9 @@ pub struct Work {
     pub job_id: u32,
     /// Job version.
     pub version: u32,
-    /// Whether bits in [`VERSION_ROLLING_MASK`] may be changed.
-    pub version_rolling_allowed: bool,
+    /// Version bits the miner may roll (0 = none; SV2: [`VERSION_ROLLING_MASK`] when the job
+    /// allows it, SV1: the mask negotiated with `mining.configure`).
+    pub version_mask: u32,
     /// Previous block hash (internal order).
     pub prev_hash: [u8; 32],
     /// Compact network target.
@@ -81,15 +83,12 @@ pub struct Unit {
 
 impl Work {
     /// The header fields of unit `u`. Units are disjoint: the low byte picks one of 256 nonce
-    /// ranges (and, when allowed, rolled version bits), the rest is the extranonce counter.
+    /// ranges (and rolled version bits, if any may be rolled), the rest is the extranonce
+    /// counter.
     pub fn unit(&self, u: u64) -> Unit {
         let low = (u & 0xff) as u32;
         let rest = u >> 8;
-        let version = if self.version_rolling_allowed {
-            roll_version(self.version, low << 13)
-        } else {
-            self.version
-        };
+        let version = roll_version(self.version, self.version_mask, low);
         let (extranonce, merkle_root) = match &self.merkle {
             MerkleSource::Extended {
                 coinbase_head,
@@ -115,9 +114,22 @@ impl Work {
     }
 }
 
-/// `version` with the rollable bits XORed with `bits` (only bits inside the mask change).
-pub fn roll_version(version: u32, bits: u32) -> u32 {
-    (version & !VERSION_ROLLING_MASK) | ((version ^ bits) & VERSION_ROLLING_MASK)
+/// `version` with the bits of `mask` XORed with `n`, spread over them from the lowest set bit
+/// up (bits of `n` beyond the mask's width are dropped): only bits inside the mask change.
+/// For [`VERSION_ROLLING_MASK`] and `n` below 2^16 this is `version ^ (n << 13)`.
+pub fn roll_version(version: u32, mask: u32, n: u32) -> u32 {
+    let mut spread = 0;
+    let mut free = mask;
+    let mut n = n;
+    while free != 0 && n != 0 {
+        let lowest = free & free.wrapping_neg();
+        if n & 1 == 1 {
+            spread |= lowest;
+        }
+        free &= !lowest;
+        n >>= 1;
+    }
+    version ^ spread
 }
 
 /// Merkle root of a coinbase (`head || extranonce || tail`, non-witness serialization) and its

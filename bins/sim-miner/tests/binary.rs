@@ -28,6 +28,12 @@ async fn help_describes_the_options() {
         "--max-shares-per-sec",
         "--events-file",
         "--log-format",
+        "--protocol",
+        "sv1",
+        "--user",
+        "--password",
+        "--no-version-rolling",
+        "mining.authorize",
     ] {
         assert!(help.contains(option), "--help lacks {option}");
     }

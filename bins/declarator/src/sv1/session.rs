@@ -573,6 +573,16 @@ impl Session {
         let mut outcome = ch.on_extended_share(share);
         self.server
             .settle_share(self.peer, channel_id, "sv1", &mut outcome);
+        if outcome.close {
+            let (code, text) = submit_error(outcome.rejected.unwrap_or("too-many-shares"));
+            return Step {
+                out: vec![error_line(json!(id), code, &text)],
+                close: Some(
+                    "share budget of the tip exhausted (far more shares than the difficulty allows)"
+                        .into(),
+                ),
+            };
+        }
         match outcome.rejected {
             None => {
                 if let Some(v) = self.vardiff.as_mut() {

@@ -10,7 +10,7 @@ fn work(target: [u8; 32], job_id: u32, nbits: u32) -> Work {
         channel_id: 1,
         job_id,
         version: 0x2000_0000,
-        version_rolling_allowed: true,
+        version_mask: crate::work::VERSION_ROLLING_MASK,
         prev_hash: [1; 32],
         nbits,
         min_ntime: 10,

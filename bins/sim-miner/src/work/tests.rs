@@ -65,11 +65,26 @@ fn easier_target_picks_the_larger_number() {
 #[test]
 fn version_rolling_stays_inside_the_mask() {
     let base = 0x2000_0000;
-    for bits in [0u32, 1 << 13, 0xff << 13, 0xffff_ffff] {
-        let v = roll_version(base, bits);
-        assert_eq!(v & !VERSION_ROLLING_MASK, base & !VERSION_ROLLING_MASK);
+    for mask in [VERSION_ROLLING_MASK, 0x1fe0_0000, 0x0000_6000, 0] {
+        let width = mask.count_ones();
+        let mut seen = std::collections::HashSet::new();
+        let mut counters = std::collections::HashSet::new();
+        for n in [0u32, 1, 2, 3, 0xff, 0xffff_ffff] {
+            let v = roll_version(base, mask, n);
+            assert_eq!(v & !mask, base & !mask, "mask {mask:08x}, n {n}");
+            seen.insert(v);
+            // The counter bits the mask has room for.
+            counters.insert(n & u32::MAX.checked_shr(32 - width).unwrap_or(0));
+        }
+        assert_eq!(seen.len(), counters.len(), "mask {mask:08x}");
     }
-    assert_ne!(roll_version(base, 1 << 13), base);
+    assert_eq!(
+        roll_version(base, VERSION_ROLLING_MASK, 0xab),
+        base ^ (0xab << 13)
+    );
+    assert_eq!(roll_version(base, 0x1fe0_0000, 1), base | 1 << 21);
+    assert_eq!(roll_version(base, 0x0000_6000, 0b11), base | 0x6000);
+    assert_eq!(roll_version(base, 0, 5), base);
 }
 
 #[test]
@@ -79,7 +94,7 @@ fn units_are_disjoint_and_roll_when_allowed() {
         channel_id: 1,
         job_id: 1,
         version: 0x2000_0000,
-        version_rolling_allowed: true,
+        version_mask: VERSION_ROLLING_MASK,
         prev_hash: [0; 32],
         nbits: 0x207fffff,
         min_ntime: 0,

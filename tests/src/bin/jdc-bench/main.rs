@@ -7,6 +7,7 @@
 //! cargo build --release --workspace --bins
 //! target/release/jdc-bench tip-latency --tips 100
 //! target/release/jdc-bench template-pipeline --txs 5000
+//! target/release/jdc-bench sv1-shares --secs 10
 //! ```
 //!
 //! `tip-latency`: blocks are mined by `generatetoaddress` (to an address no wallet knows, so
@@ -31,6 +32,8 @@ use jdc_shared::messages::{JobKind, JobSent, Selection, Template, Tip};
 use jdc_tests::bitcoind::Bitcoind;
 use jdc_tests::stack::Stack;
 use zeromq::{Socket, SocketRecv};
+
+mod sv1_shares;
 
 /// Benchmarks of the jdc stack (real processes, real regtest bitcoind).
 #[derive(Parser)]
@@ -81,6 +84,15 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         rounds: usize,
     },
+    /// Stratum V1 shares accepted per second by the declarator pinned to one core.
+    Sv1Shares {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// V1 connections sending shares.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
 }
 
 /// An address no wallet owns (BIP173 test vector, regtest).
@@ -116,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::JdLatency { txs, tips } => rt.block_on(jd_latency(txs, tips)),
         Command::FallbackLatency { rounds } => rt.block_on(fallback_latency(rounds)),
+        Command::Sv1Shares { secs, connections } => rt.block_on(sv1_shares::run(secs, connections)),
     }
 }
 
