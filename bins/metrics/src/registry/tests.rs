@@ -760,6 +760,10 @@ fn the_exposition_holds_exactly_the_named_metrics() {
     };
     m.handle(&received("declarator", Topic::Declaration, &d), 1)
         .unwrap();
+    let mut hb = heartbeat(1);
+    hb.heartbeat.counters = [("sv1_bad_input_flood".to_string(), 1)].into();
+    m.handle(&received("declarator", Topic::Heartbeat, &hb.heartbeat), 1)
+        .unwrap();
     let text = render(&m, 1);
     let exposed: Vec<(String, String)> = text
         .lines()
@@ -785,4 +789,35 @@ fn docs_list_every_metric() {
             def.exposed()
         );
     }
+}
+
+#[test]
+fn v1_bad_input_counters_from_the_declarators_heartbeats() {
+    let mut m = Metrics::new(&PROCESSES);
+    let hb = |flood: u64, malformed: u64| {
+        let mut hb = heartbeat(1);
+        hb.heartbeat.counters = [
+            ("sv1_bad_input_flood".to_string(), flood),
+            ("sv1_bad_input_malformed".to_string(), malformed),
+        ]
+        .into();
+        hb
+    };
+    // Totals grow, then the declarator restarts and counts from zero again.
+    for (f, b) in [(100, 1), (150, 3), (5, 0)] {
+        m.handle(
+            &received("declarator", Topic::Heartbeat, &hb(f, b).heartbeat),
+            1,
+        )
+        .unwrap();
+    }
+    let text = render(&m, 1);
+    assert_eq!(
+        value(&text, "jdc_sv1_bad_input_total{reason=\"flood\"}"),
+        Some(155.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_sv1_bad_input_total{reason=\"malformed\"}"),
+        Some(3.0)
+    );
 }
