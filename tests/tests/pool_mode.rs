@@ -542,3 +542,66 @@ async fn returns_to_a_recovered_higher_ranked_upstream() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_device_mines_for_the_pool_like_an_sv2_device() -> anyhow::Result<()> {
+    let jds = TestJds::start(Misbehave::No).await?;
+    let pool = TestPool::start_with_jds(PoolMisbehave::No, &jds).await?;
+    let upstream = upstream_entry(&pool, &jds, "full-template");
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let node = Bitcoind::start()?;
+        node.generate(1)?;
+        let start = node.rpc()?.get_block_count()?;
+        let mut stack = Stack::new(&node, "51", &upstream)?;
+        // Easy targets at the pool and for the V1 device (1 H/s each).
+        stack.start(
+            "declarator",
+            &[
+                "--set",
+                "declarator.upstream_nominal_hash_rate=1.0",
+                "--set",
+                "declarator.sv1_initial_hash_rate=1.0",
+            ],
+            "Stratum V1 server listening",
+        )?;
+        stack
+            .get("declarator")?
+            .wait_for_log("mining for the pool", Duration::from_secs(5))?;
+        stack.start_template_source()?;
+        let args = [
+            "--protocol".to_string(),
+            "sv1".into(),
+            "--connect".into(),
+            format!("127.0.0.1:{}", stack.ports.sv1),
+            "--max-shares-per-sec".into(),
+            "10".into(),
+        ];
+        let program = stack.bin("jdc-sim-miner");
+        stack.start_command("v1-miner", &program, &args, "")?;
+        let rpc = node.rpc()?;
+        wait_until(
+            "3 blocks mined for the pool by the V1 device",
+            Duration::from_secs(60),
+            || Ok((rpc.get_block_count()? >= start + 3).then_some(())),
+        )?;
+        wait_until(
+            "a V1 share accepted by the pool",
+            Duration::from_secs(30),
+            || Ok(pool.shares().iter().any(Result::is_ok).then_some(())),
+        )?;
+        for h in start + 1..=rpc.get_block_count()? {
+            let block = rpc.get_block(&rpc.get_block_hash(h)?)?;
+            let first = block.txdata[0]
+                .output
+                .first()
+                .context("coinbase without outputs")?;
+            if first.script_pubkey.as_bytes() != pool_payout_script().as_bytes() {
+                bail!("block {h}: the first coinbase output is not the pool's payout");
+            }
+        }
+        Ok(())
+    })?;
+    assert!(pool.violations().is_empty(), "{:?}", pool.violations());
+    assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+    Ok(())
+}

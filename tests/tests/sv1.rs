@@ -314,3 +314,46 @@ fn the_sim_miner_mines_through_the_v1_port_and_vardiff_raises_its_difficulty() -
     assert!(log.contains("worker=rig7"), "the worker name is logged");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_and_sv2_devices_never_share_an_extranonce_prefix() -> anyhow::Result<()> {
+    let (bitcoind, s) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let bitcoind = Bitcoind::start()?;
+        bitcoind.generate(1)?;
+        let s = stack(&bitcoind, &[])?;
+        Ok((bitcoind, s))
+    })?;
+    let mut prefixes = Vec::new();
+    let mut sv2 = Vec::new();
+    let mut v1_devices = Vec::new();
+    // Interleaved: SV2, V1, SV2, V1, ... from the one allocator.
+    for _ in 0..4 {
+        let dev = s.connect_device().await?;
+        prefixes.push(("sv2", dev.prefix.clone(), dev.extranonce_size));
+        sv2.push(dev);
+        let addr = format!("127.0.0.1:{}", s.ports.sv1);
+        let v1 = tokio::task::block_in_place(|| -> anyhow::Result<V1Client> {
+            let mut v1 = V1Client::connect(&addr)?;
+            v1.handshake(None)?;
+            Ok(v1)
+        })?;
+        prefixes.push(("v1", v1.extranonce1.clone(), v1.extranonce2_size));
+        v1_devices.push(v1);
+    }
+    let total = prefixes[0].1.len() + prefixes[0].2;
+    for (kind, prefix, rollable) in &prefixes {
+        assert_eq!(
+            prefix.len() + rollable,
+            total,
+            "{kind}: every device rolls the same extranonce layout"
+        );
+    }
+    let distinct: std::collections::HashSet<&Vec<u8>> = prefixes.iter().map(|p| &p.1).collect();
+    assert_eq!(
+        distinct.len(),
+        prefixes.len(),
+        "prefixes collide: {prefixes:?}"
+    );
+    drop(bitcoind);
+    Ok(())
+}
