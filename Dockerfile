@@ -57,7 +57,7 @@ RUN if ldd /usr/local/bin/jdc-* | grep 'not found'; then exit 1; fi \
  && jdc-declarator --version
 USER jdc
 WORKDIR /var/lib/jdc
-# 34255: SV2 mining (jdc-declarator); 9100: /metrics and /healthz (jdc-metrics);
+# 34255: SV2 mining and 3333: Stratum V1 (jdc-declarator); 9100: /metrics and /healthz (jdc-metrics);
 # 28400-28402: the bus (compose network only).
-EXPOSE 34255 9100 28400 28401 28402
+EXPOSE 34255 3333 9100 28400 28401 28402
 CMD ["jdc-declarator", "--help"]
