@@ -7,6 +7,7 @@
 //! - [`telemetry`]: tracing set-up.
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`sv2`]: SV2 Noise transport and authority keys (declarator, sim-miner).
+//! - [`tdp`]: SV2 Template Distribution messages built from a block's parts.
 #![forbid(unsafe_code)]
 
 pub mod bus;
@@ -18,6 +19,7 @@ pub mod monitor;
 pub mod priority;
 pub mod shutdown;
 pub mod sv2;
+pub mod tdp;
 pub mod telemetry;
 pub mod time;
 

@@ -7,12 +7,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use jdc_shared::bitcoin::{
-    consensus::serialize, script::Builder, Amount, CompactTarget, Network, Target, TxOut,
-};
+use jdc_shared::bitcoin::{Network, TxOut};
 use jdc_shared::chain::{self, ChainError};
 use jdc_shared::messages::{JobKind, Selection, Tip};
-use stratum_core::binary_sv2::{B0255Owned, B064KOwned, Seq0255Owned, U256Owned};
+use jdc_shared::tdp::TemplateParts;
 use stratum_core::template_distribution_sv2::{NewTemplateOwned, SetNewPrevHashOwned};
 
 use crate::payout::Payout;
@@ -110,14 +108,12 @@ impl WorkState {
 
     /// The template-distribution `SetNewPrevHash` activating this state's job.
     pub fn set_new_prev_hash(&self) -> SetNewPrevHashOwned {
-        let target = Target::from_compact(CompactTarget::from_consensus(self.tip.nbits));
-        SetNewPrevHashOwned {
-            template_id: self.job.template_id,
-            prev_hash: U256Owned::from(self.tip.prev_hash),
-            header_timestamp: self.tip.header_timestamp,
-            n_bits: self.tip.nbits,
-            target: U256Owned::from(target.to_le_bytes()),
-        }
+        jdc_shared::tdp::set_new_prev_hash(
+            self.job.template_id,
+            self.tip.prev_hash,
+            self.tip.header_timestamp,
+            self.tip.nbits,
+        )
     }
 }
 
@@ -549,28 +545,16 @@ impl WorkBook {
         merkle_path: Vec<[u8; 32]>,
         tx_count: u32,
     ) -> Result<JobWork, WorkError> {
-        // BIP34: the scriptSig starts with the height, encoded as `CScript() << height`.
-        let bip34 = Builder::new().push_int(i64::from(height)).into_script();
-        let commitment_out = TxOut {
-            value: Amount::ZERO,
-            script_pubkey: chain::witness_commitment_script(commitment),
-        };
-        let template = NewTemplateOwned {
+        let template = jdc_shared::tdp::new_template(&TemplateParts {
             template_id,
-            future_template: false,
+            future: false,
+            height,
             version,
-            coinbase_tx_version: 2,
-            coinbase_prefix: B0255Owned::new(bip34.into_bytes())
-                .map_err(|_| WorkError::Encode("coinbase prefix"))?,
-            coinbase_tx_input_sequence: u32::MAX,
-            coinbase_tx_value_remaining: coinbase_value,
-            coinbase_tx_outputs_count: 1,
-            coinbase_tx_outputs: B064KOwned::new(serialize(&commitment_out))
-                .map_err(|_| WorkError::Encode("coinbase outputs"))?,
-            coinbase_tx_locktime: 0,
-            merkle_path: Seq0255Owned::new(merkle_path.into_iter().map(U256Owned::from).collect())
-                .map_err(|_| WorkError::Encode("merkle path"))?,
-        };
+            coinbase_value,
+            witness_commitment: *commitment,
+            merkle_path,
+        })
+        .map_err(|e| WorkError::Encode(e.0))?;
         Ok(JobWork {
             template_id,
             kind,
