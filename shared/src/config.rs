@@ -289,6 +289,15 @@ pub struct WatcherConfig {
     /// bitcoind builds a large template on every core (script checks), which would compete
     /// with the empty-block job on its way to the devices. 0 asks at once.
     pub template_after_tip_delay_ms: u64,
+    /// SV2 Template Distribution server address (`host:port`); empty (the default) turns it off.
+    pub tdp_listen: String,
+    /// Folder of the TDP server's Noise authority key; generated on first start if absent.
+    pub tdp_key_dir: PathBuf,
+    /// Validity of the certificates the TDP server presents, seconds.
+    pub tdp_cert_validity_secs: u64,
+    /// A template refresh on the same tip goes to TDP clients only when its fees exceed those
+    /// of the last one sent by at least this many satoshis.
+    pub tdp_fee_delta_sats: u64,
 }
 
 impl Default for WatcherConfig {
@@ -297,6 +306,10 @@ impl Default for WatcherConfig {
             mempool_refresh_min_interval_ms: 1000,
             tip_poll_interval_ms: 1000,
             template_after_tip_delay_ms: 3,
+            tdp_listen: String::new(),
+            tdp_key_dir: PathBuf::from("tdp-keys"),
+            tdp_cert_validity_secs: 3600,
+            tdp_fee_delta_sats: 1000,
         }
     }
 }

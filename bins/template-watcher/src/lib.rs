@@ -29,6 +29,7 @@ pub mod gbt;
 pub mod health;
 pub mod http;
 pub mod node;
+pub mod tdp;
 pub mod templates;
 pub mod tips;
 pub mod zmq_feed;
@@ -57,6 +58,9 @@ pub enum WatcherError {
     /// The ZMQ subscription could not be set up.
     #[error(transparent)]
     Feed(#[from] zmq_feed::FeedError),
+    /// The Template Distribution server could not start.
+    #[error("Template Distribution server: {0}")]
+    Tdp(String),
     /// A task stopped before shutdown was requested.
     #[error("the {0} task stopped unexpectedly")]
     TaskStopped(&'static str),
@@ -114,6 +118,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
     )?;
 
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
+    // The optional Template Distribution server.
+    if let Some(settings) = tdp::TdpSettings::from_config(&config)? {
+        let (keys, generated) =
+            jdc_shared::sv2::AuthorityKeys::load_or_generate(&config.template_watcher.tdp_key_dir)
+                .map_err(|e| WatcherError::Tdp(format!("authority key: {e}")))?;
+        if generated {
+            tracing::info!(dir = %config.template_watcher.tdp_key_dir.display(), "generated a new TDP authority key");
+        }
+        let listener = tokio::net::TcpListener::bind(&settings.listen)
+            .await
+            .map_err(|e| WatcherError::Tdp(format!("cannot listen on {}: {e}", settings.listen)))?;
+        tracing::info!(addr = %settings.listen, public_key = %keys.public_key_string(), "Template Distribution server listening");
+        let (c, n, s) = (
+            config.clone(),
+            node::Node::new(target.clone()),
+            stop.clone(),
+        );
+        tasks.spawn(async move {
+            tdp::serve(c, listener, settings, keys, n, s).await;
+            "tdp"
+        });
+    }
     // bitcoind's ZMQ counters ride on our heartbeats (jdc-metrics reads them).
     let (counters, s) = (publisher.clone(), stop.clone());
     tasks.spawn(async move {

@@ -208,6 +208,11 @@ impl Node {
         )
     }
 
+    /// `submitblock <hex>`: `None` when bitcoind accepted the block, else its reason.
+    pub fn submit_block(&self, block_hex: String) -> Result<Option<String>, NodeError> {
+        self.call("submitblock", &[serde_json::Value::String(block_hex)])
+    }
+
     /// `getblocktemplate {"rules":["segwit"]}`.
     pub fn block_template(&self) -> Result<GbtResult, NodeError> {
         self.call(

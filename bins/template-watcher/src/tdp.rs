@@ -1,0 +1,319 @@
+//! The optional SV2 Template Distribution server (`template_watcher.tdp_listen`): any SV2
+//! software (a pool, a JDC) takes templates from plain bitcoind through it.
+//!
+//! It follows the watcher's own bus stream (tips first, then templates), so it sees exactly
+//! what the bus carries, as soon as it is published. Each client is a task with its own
+//! [`session::Session`] behind a Noise NX responder with the TDP server's authority key; a
+//! client that falls behind skips to the latest tip and template, and a broken one is dropped
+//! alone. `SubmitSolution` becomes a full block for `submitblock`.
+
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jdc_shared::bus::{self, BusStats, Topic};
+use jdc_shared::config::{Config, ConfigError};
+use jdc_shared::sv2::{self, AuthorityKeys, Sv2Error, Sv2Writer};
+use stratum_core::binary_sv2::Str0255Owned;
+use stratum_core::common_messages_sv2::{
+    Protocol, SetupConnectionErrorOwned, SetupConnectionSuccessOwned,
+};
+use stratum_core::parsers_sv2::{AnyMessageOwned, CommonMessagesOwned, TemplateDistributionOwned};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+use session::{Feed, Session};
+
+/// Time a client has for the handshake and `SetupConnection`.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that does not take our writes within this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message a client may send (a `SubmitSolution` carries a coinbase: < 64 KiB).
+const MAX_CLIENT_PAYLOAD: usize = 70_000;
+/// Most clients at once.
+const MAX_CLIENTS: usize = 256;
+
+/// The TDP server's settings.
+#[derive(Debug, Clone)]
+pub struct TdpSettings {
+    /// Listening address.
+    pub listen: String,
+    /// Certificate validity.
+    pub cert_validity: Duration,
+    /// Fee increase that makes a refresh worth sending, satoshis.
+    pub fee_delta: u64,
+}
+
+impl TdpSettings {
+    /// The settings, `None` when `tdp_listen` is empty; errors name the key.
+    pub fn from_config(c: &Config) -> Result<Option<Self>, ConfigError> {
+        let w = &c.template_watcher;
+        if w.tdp_listen.trim().is_empty() {
+            return Ok(None);
+        }
+        if w.tdp_listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::new(
+                "template_watcher.tdp_listen",
+                format!("{:?} is not host:port (e.g. 127.0.0.1:8442)", w.tdp_listen),
+            ));
+        }
+        Ok(Some(Self {
+            listen: w.tdp_listen.clone(),
+            cert_validity: Duration::from_secs(w.tdp_cert_validity_secs.max(60)),
+            fee_delta: w.tdp_fee_delta_sats,
+        }))
+    }
+}
+
+/// Why a TDP client was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum TdpClientError {
+    /// Transport, handshake or framing.
+    #[error(transparent)]
+    Transport(#[from] Sv2Error),
+    /// The client broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The client stopped reading.
+    #[error("client stopped reading: a write did not complete within {0:?}")]
+    WriteTimeout(Duration),
+}
+
+/// Runs the server until `shutdown`: follows the bus stream at `bus_endpoint` and serves
+/// clients on `listener`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    settings: TdpSettings,
+    keys: AuthorityKeys,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) {
+    let (feed_tx, feed_rx) = watch::channel(Feed::default());
+    let follow = follow_bus(config, feed_tx, shutdown.clone());
+    let keys = Arc::new(keys);
+    let settings = Arc::new(settings);
+    let accept = async {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TDP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tasks.len() >= MAX_CLIENTS {
+                tracing::warn!(%peer, max = MAX_CLIENTS, "TDP client refused: too many clients");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let (keys, settings, node, feed, shutdown) = (
+                keys.clone(),
+                settings.clone(),
+                node.clone(),
+                feed_rx.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                match client(stream, peer, &keys, &settings, node, feed, shutdown).await {
+                    Ok(()) | Err(TdpClientError::Transport(Sv2Error::Closed)) => {
+                        tracing::info!(%peer, "TDP client disconnected")
+                    }
+                    Err(e) => tracing::warn!(%peer, error = %e, "TDP client dropped"),
+                }
+            });
+        }
+        tasks.shutdown().await;
+    };
+    tokio::join!(follow, accept);
+}
+
+/// Keeps `feed` at the latest tip and template of the watcher's bus stream.
+async fn follow_bus(config: Config, feed: watch::Sender<Feed>, shutdown: CancellationToken) {
+    let (mut inbox, _tasks) = bus::subscribe(
+        config
+            .bus
+            .subscribe_options(&["watcher"], &[Topic::Tip, Topic::Template]),
+        Arc::new(BusStats::default()),
+        shutdown.clone(),
+    );
+    loop {
+        let msg = tokio::select! {
+            m = inbox.recv() => match m { Some(m) => m, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        match msg.topic {
+            Topic::Tip => match msg.decode() {
+                Ok(tip) => feed.send_modify(|f| f.tip = Some(Arc::new(tip))),
+                Err(e) => tracing::warn!(error = %e, "TDP: undecodable tip on the bus"),
+            },
+            Topic::Template => match msg.decode() {
+                Ok(t) => feed.send_modify(|f| f.template = Some(Arc::new(t))),
+                Err(e) => tracing::warn!(error = %e, "TDP: undecodable template on the bus"),
+            },
+            _ => {}
+        }
+    }
+}
+
+async fn send_all(
+    writer: &mut Sv2Writer,
+    msgs: Vec<AnyMessageOwned>,
+) -> Result<(), TdpClientError> {
+    tokio::time::timeout(WRITE_TIMEOUT, writer.send_all(msgs))
+        .await
+        .map_err(|_| TdpClientError::WriteTimeout(WRITE_TIMEOUT))?
+        .map_err(TdpClientError::from)
+}
+
+fn setup_error(code: &str) -> Vec<AnyMessageOwned> {
+    Str0255Owned::new(code.as_bytes().to_vec())
+        .map(|error_code| {
+            AnyMessageOwned::Common(CommonMessagesOwned::SetupConnectionError(
+                SetupConnectionErrorOwned {
+                    flags: 0,
+                    error_code,
+                },
+            ))
+        })
+        .into_iter()
+        .collect()
+}
+
+async fn client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    keys: &AuthorityKeys,
+    settings: &TdpSettings,
+    node: Arc<Node>,
+    mut feed: watch::Receiver<Feed>,
+    shutdown: CancellationToken,
+) -> Result<(), TdpClientError> {
+    let (mut reader, mut writer) =
+        sv2::accept(stream, keys, settings.cert_validity, SETUP_TIMEOUT).await?;
+    reader.set_max_payload(MAX_CLIENT_PAYLOAD);
+    let setup = tokio::time::timeout(SETUP_TIMEOUT, reader.recv())
+        .await
+        .map_err(|_| {
+            TdpClientError::Protocol(format!("no SetupConnection within {SETUP_TIMEOUT:?}"))
+        })??;
+    let AnyMessageOwned::Common(CommonMessagesOwned::SetupConnection(setup)) = setup else {
+        return Err(TdpClientError::Protocol(
+            "the first message must be SetupConnection".into(),
+        ));
+    };
+    if setup.protocol != Protocol::TemplateDistributionProtocol {
+        send_all(&mut writer, setup_error("unsupported-protocol")).await?;
+        return Err(TdpClientError::Protocol(format!(
+            "SetupConnection for {:?}, not Template Distribution",
+            setup.protocol
+        )));
+    }
+    if setup.min_version > 2 || setup.max_version < 2 {
+        send_all(&mut writer, setup_error("protocol-version-mismatch")).await?;
+        return Err(TdpClientError::Protocol(format!(
+            "protocol versions {}..{} exclude 2",
+            setup.min_version, setup.max_version
+        )));
+    }
+    send_all(
+        &mut writer,
+        vec![AnyMessageOwned::Common(
+            CommonMessagesOwned::SetupConnectionSuccess(SetupConnectionSuccessOwned {
+                used_version: 2,
+                flags: 0,
+            }),
+        )],
+    )
+    .await?;
+    tracing::info!(
+        %peer,
+        vendor = %String::from_utf8_lossy(setup.vendor.as_ref()),
+        "TDP client connected"
+    );
+    let mut session = Session::new(settings.fee_delta);
+    // Templates start once the client said how much coinbase room it needs (or right away
+    // when it sends something else first).
+    let mut started = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            changed = feed.changed(), if started => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let current = feed.borrow_and_update().clone();
+                let out = session.on_feed(&current).map_err(TdpClientError::Protocol)?;
+                if !out.is_empty() {
+                    send_all(&mut writer, out).await?;
+                }
+            }
+            msg = reader.recv() => {
+                let AnyMessageOwned::TemplateDistribution(msg) = msg? else {
+                    return Err(TdpClientError::Protocol("only Template Distribution messages after setup".into()));
+                };
+                match msg {
+                    TemplateDistributionOwned::CoinbaseOutputConstraints(c) => {
+                        session.set_constraints(c.coinbase_output_max_additional_size);
+                        tracing::debug!(%peer, bytes = c.coinbase_output_max_additional_size, "TDP coinbase output constraints");
+                    }
+                    TemplateDistributionOwned::RequestTransactionData(r) => {
+                        let answer = session.transaction_data(r.template_id);
+                        send_all(&mut writer, answer.into_iter().collect()).await?;
+                    }
+                    TemplateDistributionOwned::SubmitSolution(s) => {
+                        submit(&session, &s, peer, node.clone()).await;
+                    }
+                    other => {
+                        return Err(TdpClientError::Protocol(format!(
+                            "a client may not send {}",
+                            format!("{other:?}").split(['(', ' ', '{']).next().unwrap_or("that")
+                        )));
+                    }
+                }
+                if !started {
+                    started = true;
+                    feed.mark_changed();
+                }
+            }
+        }
+    }
+}
+
+/// Turns a solution into a block and hands it to bitcoind (off the client's task).
+async fn submit(
+    session: &Session,
+    s: &stratum_core::template_distribution_sv2::SubmitSolutionOwned,
+    peer: SocketAddr,
+    node: Arc<Node>,
+) {
+    let block = match session.solution(s) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "TDP solution refused");
+            return;
+        }
+    };
+    let (hash, txs) = (block.hash, block.tx_count);
+    tracing::info!(%peer, %hash, txs, "TDP solution: submitting the block");
+    let hex = hex::encode(block.bytes);
+    tokio::spawn(async move {
+        match node.run(move |n| n.submit_block(hex)).await {
+            Ok(None) => tracing::info!(%hash, txs, "TDP block accepted by bitcoind"),
+            Ok(Some(reason)) => tracing::warn!(%hash, %reason, "TDP block rejected by bitcoind"),
+            Err(e) => tracing::error!(%hash, error = %e, "TDP block: submitblock failed"),
+        }
+    });
+}
