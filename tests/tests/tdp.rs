@@ -222,6 +222,37 @@ async fn a_tdp_client_gets_templates_and_tips_and_its_solution_becomes_a_block(
         "{refused:?}"
     );
 
+    // A frame announcing 16 MB (SubmitSolution, message type 0x76): dropped, unread.
+    let (mut big, answer) =
+        Client::connect(&addr, &key, Protocol::TemplateDistributionProtocol).await?;
+    assert!(matches!(
+        answer,
+        Message::Common(CommonMessagesOwned::SetupConnectionSuccess(_))
+    ));
+    let header = big.writer.seal_for_tests(&[0, 0, 0x76, 0xff, 0xff, 0xff])?;
+    big.writer.send_raw_for_tests(&header).await?;
+    let dropped = tokio::time::timeout(Duration::from_secs(10), async {
+        while big.reader.recv().await.is_ok() {}
+    })
+    .await;
+    assert!(
+        dropped.is_ok(),
+        "a client announcing an oversized frame was not dropped"
+    );
+
+    // A client that never reads what it is sent: the others do not wait for it.
+    let (mut stalled, _) =
+        Client::connect(&addr, &key, Protocol::TemplateDistributionProtocol).await?;
+    stalled
+        .writer
+        .send(Message::TemplateDistribution(
+            Tdp::CoinbaseOutputConstraints(CoinbaseOutputConstraints {
+                coinbase_output_max_additional_size: 0,
+                coinbase_output_max_additional_sigops: 0,
+            }),
+        ))
+        .await?;
+
     // A new block: a new future template and its SetNewPrevHash, within milliseconds.
     let mined = tokio::task::block_in_place(|| node.generate(1))?[0];
     let t0 = Instant::now();
@@ -322,6 +353,7 @@ async fn a_tdp_client_gets_templates_and_tips_and_its_solution_becomes_a_block(
         log.contains("TDP client dropped"),
         "the bad clients are logged"
     );
+    drop(stalled);
     drop(stack.take("template-watcher"));
     Ok(())
 }
