@@ -6,6 +6,7 @@
 //! - [`jds`]: a strict test Job Declarator Server on SRI's crates.
 //! - [`pool`]: a strict test pool (Mining protocol, SRI's server channel).
 //! - [`sv1_client`]: a scripted Stratum V1 device and the header arithmetic to solve its jobs.
+//! - [`tdp_client`]: a Template Distribution client (for the template-watcher's TDP server).
 
 pub mod bitcoind;
 pub mod device;
@@ -13,6 +14,7 @@ pub mod exposition;
 pub mod jds;
 pub mod pool;
 pub mod sv1_client;
+pub mod tdp_client;
 
 /// Running the jdc binaries as processes.
 pub mod stack;

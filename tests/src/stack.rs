@@ -451,6 +451,22 @@ listen = "127.0.0.1:{m}"
         Ok(())
     }
 
+    /// Turns on the template-watcher's Template Distribution server on `port` (every refresh
+    /// sent: no fee delta; mempool refreshes every 200 ms) before it starts; returns the file
+    /// of its authority public key (written when it starts).
+    pub fn enable_tdp(&self, port: u16) -> anyhow::Result<PathBuf> {
+        let keys = self.dir.join("tdp-keys");
+        let config = std::fs::read_to_string(&self.config)?;
+        std::fs::write(
+            &self.config,
+            format!(
+                "{config}\n[template_watcher]\ntdp_listen = \"127.0.0.1:{port}\"\ntdp_key_dir = \"{}\"\ntdp_fee_delta_sats = 0\nmempool_refresh_min_interval_ms = 200\n",
+                keys.display()
+            ),
+        )?;
+        Ok(keys.join("authority_public_key"))
+    }
+
     /// The authority public key the declarator generated.
     pub fn authority_key(&self) -> anyhow::Result<String> {
         let path = self.dir.join("keys").join("authority_public_key");
