@@ -34,6 +34,7 @@ use jdc_tests::stack::Stack;
 use zeromq::{Socket, SocketRecv};
 
 mod sv1_shares;
+mod tdp_latency;
 
 /// Benchmarks of the jdc stack (real processes, real regtest bitcoind).
 #[derive(Parser)]
@@ -84,6 +85,15 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         rounds: usize,
     },
+    /// New tip → SetNewPrevHash at a Template Distribution client of the template-watcher.
+    TdpLatency {
+        /// Number of tips to measure.
+        #[arg(long, default_value_t = 100)]
+        tips: usize,
+        /// Pause between blocks, milliseconds.
+        #[arg(long, default_value_t = 150)]
+        interval_ms: u64,
+    },
     /// Stratum V1 shares accepted per second by the declarator pinned to one core.
     Sv1Shares {
         /// Seconds of load.
@@ -129,6 +139,9 @@ fn main() -> anyhow::Result<()> {
         Command::JdLatency { txs, tips } => rt.block_on(jd_latency(txs, tips)),
         Command::FallbackLatency { rounds } => rt.block_on(fallback_latency(rounds)),
         Command::Sv1Shares { secs, connections } => rt.block_on(sv1_shares::run(secs, connections)),
+        Command::TdpLatency { tips, interval_ms } => {
+            rt.block_on(tdp_latency::run(tips, interval_ms))
+        }
     }
 }
 
