@@ -23,6 +23,19 @@ fn stack(bitcoind: &Bitcoind, extra: &[&str]) -> anyhow::Result<Stack> {
     s.start("declarator", &args, "Stratum V1 server listening")?;
     s.start_template_source()?;
     s.start("metrics", &[], "listening")?;
+    // Shares are not re-sent: jdc-metrics must hear the declarator before the first one.
+    let port = s.ports.metrics;
+    wait_until(
+        "jdc-metrics to hear the declarator",
+        Duration::from_secs(15),
+        || {
+            let text = exposition::scrape(port)?;
+            Ok(
+                (exposition::sum(&text, "jdc_process_up", &["process=\"declarator\""]) == 1.0)
+                    .then_some(()),
+            )
+        },
+    )?;
     Ok(s)
 }
 
