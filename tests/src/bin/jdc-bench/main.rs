@@ -33,6 +33,7 @@ use jdc_tests::bitcoind::Bitcoind;
 use jdc_tests::stack::Stack;
 use zeromq::{Socket, SocketRecv};
 
+mod side_by_side;
 mod sv1_shares;
 mod tdp_latency;
 
@@ -84,6 +85,16 @@ enum Command {
         /// Fall-overs to measure.
         #[arg(long, default_value_t = 30)]
         rounds: usize,
+    },
+    /// Side by side on one bitcoind: new tip → job at a sim-miner through our declarator, and
+    /// through SRI's jd_client_sv2 (solo) fed by the template-watcher's TDP server.
+    SideBySide {
+        /// Number of tips to measure.
+        #[arg(long, default_value_t = 50)]
+        tips: usize,
+        /// Pause between blocks, milliseconds.
+        #[arg(long, default_value_t = 300)]
+        interval_ms: u64,
     },
     /// New tip → SetNewPrevHash at a Template Distribution client of the template-watcher.
     TdpLatency {
@@ -139,6 +150,9 @@ fn main() -> anyhow::Result<()> {
         Command::JdLatency { txs, tips } => rt.block_on(jd_latency(txs, tips)),
         Command::FallbackLatency { rounds } => rt.block_on(fallback_latency(rounds)),
         Command::Sv1Shares { secs, connections } => rt.block_on(sv1_shares::run(secs, connections)),
+        Command::SideBySide { tips, interval_ms } => {
+            rt.block_on(side_by_side::run(tips, interval_ms))
+        }
         Command::TdpLatency { tips, interval_ms } => {
             rt.block_on(tdp_latency::run(tips, interval_ms))
         }
@@ -175,11 +189,10 @@ async fn listen_hashblock(endpoint: String) -> anyhow::Result<HashblockTimes> {
 /// Waits for the sim-miner's `SetNewPrevHash` for block `hash` and bitcoind's `hashblock` for
 /// it; returns (miner receipt, hashblock receipt) in unix µs.
 async fn tip_at_miner(
-    stack: &Stack,
+    miner: &jdc_tests::stack::Proc,
     hashblock: &HashblockTimes,
     hash: &str,
 ) -> anyhow::Result<(u64, u64)> {
-    let miner = stack.get("miner")?;
     let (_, event) = tokio::task::block_in_place(|| {
         miner.wait_for_event(0, Duration::from_secs(10), |e| {
             e["event"] == "set-new-prev-hash" && e["prev_hash"] == hash
@@ -254,7 +267,7 @@ impl TipStages {
         hashblock: &HashblockTimes,
         hash: &str,
     ) -> anyhow::Result<()> {
-        let (at_miner, zmq_at) = tip_at_miner(stack, hashblock, hash).await?;
+        let (at_miner, zmq_at) = tip_at_miner(stack.get("miner")?, hashblock, hash).await?;
         self.total.push(at_miner.saturating_sub(zmq_at));
         let Some((detected, sent, height)) = self
             .tip_times
