@@ -4,6 +4,7 @@
 //! - [`messages`]: the payloads carried on the bus (tips, templates, selections, events).
 //! - [`config`]: the one TOML configuration of the stack, with env and CLI overrides.
 //! - [`chain`]: bitcoin helpers (merkle paths, witness commitments, subsidy, hex hashes).
+//! - [`net`]: the accept loop every jdc server shares.
 //! - [`telemetry`]: tracing set-up.
 //! - [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`sv2`]: SV2 Noise transport and authority keys (declarator, sim-miner).
@@ -16,6 +17,7 @@ pub mod config;
 pub mod messages;
 pub mod metric_names;
 pub mod monitor;
+pub mod net;
 pub mod priority;
 pub mod shutdown;
 pub mod sv2;

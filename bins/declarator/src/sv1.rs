@@ -182,26 +182,12 @@ pub async fn serve(
     bad: Arc<BadInput>,
     shutdown: CancellationToken,
 ) {
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "V1 accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let stop = shutdown.clone();
+    jdc_shared::net::accept_loop(listener, "Stratum V1", shutdown, move |stream, peer, _| {
         let Some(admitted) = server.admit() else {
             tracing::warn!(%peer, "V1 connection refused: too many devices");
-            continue;
+            return None;
         };
-        let _ = stream.set_nodelay(true);
         let session = Session::new(
             server.clone(),
             settings.clone(),
@@ -209,22 +195,18 @@ pub async fn serve(
             peer,
             Instant::now(),
         );
-        let (server, settings, bad, shutdown) = (
-            server.clone(),
-            settings.clone(),
-            bad.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
+        let (server, settings, bad, shutdown) =
+            (server.clone(), settings.clone(), bad.clone(), stop.clone());
+        Some(async move {
             let _admitted = admitted;
             tracing::info!(%peer, "V1 device connected");
             match connection(server, settings, bad, stream, session, shutdown).await {
                 Ok(()) => tracing::info!(%peer, "V1 device disconnected"),
                 Err(e) => tracing::warn!(%peer, error = %e, "V1 device dropped"),
             }
-        });
-    }
-    tasks.shutdown().await;
+        })
+    })
+    .await;
 }
 
 async fn connection(

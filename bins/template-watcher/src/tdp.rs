@@ -97,45 +97,29 @@ pub async fn serve(
     let follow = follow_bus(config, feed_tx, shutdown.clone());
     let keys = Arc::new(keys);
     let settings = Arc::new(settings);
-    let accept = async {
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.cancelled() => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TDP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if tasks.len() >= MAX_CLIENTS {
+    let stop = shutdown.clone();
+    let accept =
+        jdc_shared::net::accept_loop(listener, "TDP", shutdown, move |stream, peer, open| {
+            if open >= MAX_CLIENTS {
                 tracing::warn!(%peer, max = MAX_CLIENTS, "TDP client refused: too many clients");
-                continue;
+                return None;
             }
-            let _ = stream.set_nodelay(true);
             let (keys, settings, node, feed, shutdown) = (
                 keys.clone(),
                 settings.clone(),
                 node.clone(),
                 feed_rx.clone(),
-                shutdown.clone(),
+                stop.clone(),
             );
-            tasks.spawn(async move {
+            Some(async move {
                 match client(stream, peer, &keys, &settings, node, feed, shutdown).await {
                     Ok(()) | Err(TdpClientError::Transport(Sv2Error::Closed)) => {
                         tracing::info!(%peer, "TDP client disconnected")
                     }
                     Err(e) => tracing::warn!(%peer, error = %e, "TDP client dropped"),
                 }
-            });
-        }
-        tasks.shutdown().await;
-    };
+            })
+        });
     tokio::join!(follow, accept);
 }
 

@@ -320,40 +320,25 @@ impl Server {
 
     /// Accepts devices until `shutdown`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.cancelled() => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        let server = self.clone();
+        let stop = shutdown.clone();
+        jdc_shared::net::accept_loop(listener, "SV2", shutdown, move |stream, peer, _| {
+            let Some(admitted) = server.admit() else {
+                tracing::warn!(%peer, max = server.settings.max_connections, "connection refused: too many devices");
+                return None;
             };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Some(admitted) = self.admit() else {
-                tracing::warn!(%peer, max = self.settings.max_connections, "connection refused: too many devices");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let server = self.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
+            let (server, shutdown) = (server.clone(), stop.clone());
+            Some(async move {
                 let _admitted = admitted;
-                match server.clone().connection(stream, peer, shutdown).await {
-                    Ok(()) => tracing::info!(%peer, "device disconnected"),
-                    Err(ConnectionError::Transport(Sv2Error::Closed)) => {
+                match server.connection(stream, peer, shutdown).await {
+                    Ok(()) | Err(ConnectionError::Transport(Sv2Error::Closed)) => {
                         tracing::info!(%peer, "device disconnected")
                     }
                     Err(e) => tracing::warn!(%peer, error = %e, "device dropped"),
                 }
-            });
-        }
-        tasks.shutdown().await;
+            })
+        })
+        .await;
     }
 
     async fn connection(
