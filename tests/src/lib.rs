@@ -5,6 +5,7 @@
 //! - [`exposition`]: a strict checker of the Prometheus text format.
 //! - [`jds`]: a strict test Job Declarator Server on SRI's crates.
 //! - [`pool`]: a strict test pool (Mining protocol, SRI's server channel).
+//! - [`sri_roles`]: SRI's reference roles as test peers (where they are, a solo jd_client_sv2).
 //! - [`sv1_client`]: a scripted Stratum V1 device and the header arithmetic to solve its jobs.
 //! - [`tdp_client`]: a Template Distribution client (for the template-watcher's TDP server).
 
@@ -13,6 +14,7 @@ pub mod device;
 pub mod exposition;
 pub mod jds;
 pub mod pool;
+pub mod sri_roles;
 pub mod sv1_client;
 pub mod tdp_client;
 

@@ -5,7 +5,6 @@
 //! The translator is built once by `scripts/install-translator` (run by `scripts/test`, which
 //! passes its path in `JDCTEST_TRANSLATOR`); without it this test says so and passes.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bitcoincore_rpc::RpcApi;
@@ -13,18 +12,12 @@ use jdc_tests::bitcoind::{free_port, Bitcoind};
 use jdc_tests::stack::{Proc, Stack};
 use jdc_tests::wait_until;
 
-fn translator() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("JDCTEST_TRANSLATOR") {
-        return Some(PathBuf::from(p));
-    }
-    let cached = PathBuf::from(std::env::var_os("HOME")?)
-        .join(".cache/jdc-tools/translator_sv2-0.6.0-test/bin/translator_sv2");
-    cached.exists().then_some(cached)
-}
-
 #[test]
 fn v1_miner_through_the_reference_translator_mines_blocks_bitcoind_accepts() -> anyhow::Result<()> {
-    let Some(translator) = translator() else {
+    let Some(translator) = jdc_tests::sri_roles::installed(
+        "JDCTEST_TRANSLATOR",
+        "translator_sv2-0.6.0-test/bin/translator_sv2",
+    ) else {
         eprintln!(
             "SKIPPED: translator_sv2 not installed (scripts/install-translator; scripts/test runs it)"
         );

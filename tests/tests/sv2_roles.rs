@@ -6,24 +6,14 @@
 //! their paths in `JDCTEST_JD_CLIENT` and `JDCTEST_POOL`); without them these tests say so
 //! and pass.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoincore_rpc::RpcApi;
 use jdc_shared::sv2::AuthorityKeys;
 use jdc_tests::bitcoind::{free_port, Bitcoind};
+use jdc_tests::sri_roles::{self, wait_for_line};
 use jdc_tests::stack::{Proc, Stack};
 use jdc_tests::wait_until;
-
-fn role(var: &str, cached: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(var) {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from(std::env::var_os("HOME")?)
-        .join(".cache/jdc-tools")
-        .join(cached);
-    p.exists().then_some(p)
-}
 
 /// A stack whose template-watcher serves Template Distribution; returns it with the server's
 /// address and key.
@@ -40,78 +30,23 @@ fn tdp_stack(node: &Bitcoind) -> anyhow::Result<(Stack, String, String)> {
     Ok((stack, format!("127.0.0.1:{port}"), key))
 }
 
-/// Waits for `needle` in a process's log file (these roles log to stdout).
-fn wait_for_line(log: &Path, needle: &str, times: usize, timeout: Duration) -> anyhow::Result<()> {
-    wait_until(
-        &format!("{times}× {needle:?} in {}", log.display()),
-        timeout,
-        || {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            Ok((text.matches(needle).count() >= times).then_some(()))
-        },
-    )
-}
-
 #[test]
 fn jd_client_sv2_solo_mines_blocks_bitcoind_accepts_on_our_templates() -> anyhow::Result<()> {
-    let Some(jd_client) = role(
-        "JDCTEST_JD_CLIENT",
-        "jd_client_sv2-0.6.0-test/bin/jd_client_sv2",
-    ) else {
+    let Some(jd_client) = sri_roles::jd_client() else {
         eprintln!("SKIPPED: jd_client_sv2 not installed (scripts/install-sv2-roles; scripts/test runs it)");
         return Ok(());
     };
     let node = Bitcoind::start()?;
     node.generate(1)?;
     let (mut stack, tdp, tdp_key) = tdp_stack(&node)?;
-    let keys = AuthorityKeys::generate();
-    let port = free_port();
-    let config = stack.dir.join("jd-client.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listening_address = "127.0.0.1:{port}"
-max_supported_version = 2
-min_supported_version = 2
-authority_public_key = "{public}"
-authority_secret_key = "{secret}"
-cert_validity_sec = 3600
-shares_per_minute = 60.0
-share_batch_size = 1
-mode = "SOLOMINING"
-jdc_signature = "sri-jdc-on-jdc-tdp"
-coinbase_reward_script = "raw(51)"
-upstreams = []
-
-[template_provider_type.Sv2Tp]
-address = "{tdp}"
-public_key = "{tdp_key}"
-"#,
-            public = keys.public_key_string(),
-            secret = keys.secret_key_string(),
-        ),
-    )?;
-    let jdc = Proc::spawn(
-        "jd-client",
-        &jd_client,
-        &["-c".into(), config.display().to_string()],
-        &[],
-        &stack.dir,
-    )?;
-    let log = stack.dir.join("jd-client.log");
-    wait_for_line(
-        &log,
-        "ready to accept connections",
-        1,
-        Duration::from_secs(30),
-    )?;
+    let jdc = sri_roles::start_solo_jd_client(&jd_client, &stack, &tdp, &tdp_key, "raw(51)", 60.0)?;
     let rpc = node.rpc()?;
     let start = rpc.get_block_count()?;
     let miner = [
         "--connect".to_string(),
-        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{}", jdc.port),
         "--authority-public-key".into(),
-        keys.public_key_string(),
+        jdc.public_key.clone(),
         "--max-shares-per-sec".into(),
         "5".into(),
     ];
@@ -136,7 +71,8 @@ public_key = "{tdp_key}"
 
 #[test]
 fn pool_sv2_takes_templates_and_new_tips_from_our_server() -> anyhow::Result<()> {
-    let Some(pool) = role("JDCTEST_POOL", "pool_sv2-0.7.0-test/bin/pool_sv2") else {
+    let Some(pool) = sri_roles::installed("JDCTEST_POOL", "pool_sv2-0.7.0-test/bin/pool_sv2")
+    else {
         eprintln!(
             "SKIPPED: pool_sv2 not installed (scripts/install-sv2-roles; scripts/test runs it)"
         );
