@@ -187,6 +187,33 @@ enum Inner {
 }
 
 impl Events {
+    /// `share-submitted` for `share`, sent as `sequence` on `channel_id`, and
+    /// `block-candidate` when it is a block (logged too), whatever the protocol.
+    pub fn share_sent(&self, channel_id: u32, sequence: u32, share: &crate::hasher::FoundShare) {
+        let t_us = jdc_shared::time::now_micros();
+        let hash = crate::work::rpc_hex(&share.hash);
+        self.emit(Event::ShareSubmitted {
+            channel_id,
+            sequence_number: sequence,
+            job_id: share.job_id,
+            nonce: share.nonce,
+            ntime: share.ntime,
+            version: share.version,
+            extranonce: hex::encode(&share.extranonce),
+            hash: hash.clone(),
+            t_us,
+        });
+        if share.is_block {
+            tracing::info!(hash = %hash, job_id = share.job_id, "block candidate submitted");
+            self.emit(Event::BlockCandidate {
+                hash,
+                job_id: share.job_id,
+                sequence_number: sequence,
+                t_us,
+            });
+        }
+    }
+
     /// JSON lines on stdout.
     pub fn stdout() -> Self {
         Self::writer(Box::new(std::io::stdout()))

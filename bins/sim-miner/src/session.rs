@@ -585,28 +585,7 @@ impl Session<'_> {
             }),
         };
         writer.send(Message::Mining(msg)).await?;
-        let t_us = now_micros();
-        let hash = rpc_hex(&share.hash);
-        self.events.emit(Event::ShareSubmitted {
-            channel_id: share.channel_id,
-            sequence_number: *sequence,
-            job_id: share.job_id,
-            nonce: share.nonce,
-            ntime: share.ntime,
-            version: share.version,
-            extranonce: hex::encode(&share.extranonce),
-            hash: hash.clone(),
-            t_us,
-        });
-        if share.is_block {
-            tracing::info!(hash = %hash, job_id = share.job_id, "block candidate submitted");
-            self.events.emit(Event::BlockCandidate {
-                hash,
-                job_id: share.job_id,
-                sequence_number: *sequence,
-                t_us,
-            });
-        }
+        self.events.share_sent(share.channel_id, *sequence, &share);
         Ok(())
     }
 }

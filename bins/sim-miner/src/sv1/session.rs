@@ -495,28 +495,7 @@ impl Session<'_> {
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
         self.write(&line, id, Pending::Submit { sequence }).await?;
-        let t_us = now_micros();
-        let hash = rpc_hex(&share.hash);
-        self.events.emit(Event::ShareSubmitted {
-            channel_id: 0,
-            sequence_number: sequence,
-            job_id: share.job_id,
-            nonce: share.nonce,
-            ntime: share.ntime,
-            version: share.version,
-            extranonce: hex::encode(&share.extranonce),
-            hash: hash.clone(),
-            t_us,
-        });
-        if share.is_block {
-            tracing::info!(hash = %hash, job_id = share.job_id, "block candidate submitted");
-            self.events.emit(Event::BlockCandidate {
-                hash,
-                job_id: share.job_id,
-                sequence_number: sequence,
-                t_us,
-            });
-        }
+        self.events.share_sent(0, sequence, &share);
         Ok(())
     }
 }
