@@ -359,6 +359,15 @@ impl Publisher {
             .send_if_modified(|c| c.insert(name, value) != Some(value));
     }
 
+    /// Adds `n` to a monotonic total carried by heartbeats (atomically: concurrent callers
+    /// never publish a smaller total after a larger one).
+    pub fn add_to_counter(&self, name: &'static str, n: u64) {
+        self.counters.send_modify(|c| {
+            let total = c.entry(name).or_insert(0);
+            *total = total.saturating_add(n);
+        });
+    }
+
     /// Sets the state string carried by heartbeats (e.g. `ok`, `waiting-for-bitcoind`).
     pub fn set_state(&self, state: &str) {
         self.state.send_if_modified(|s| {

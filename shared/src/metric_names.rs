@@ -220,6 +220,38 @@ pub const SV1_BAD_INPUT: MetricDef = MetricDef {
     help: "Bad input from Stratum V1 devices (malformed, oversized, unknown_method, flood): answered with an error or the device dropped",
 };
 
+/// `jdc_tdp_clients`
+pub const TDP_CLIENTS: MetricDef = MetricDef {
+    name: "jdc_tdp_clients",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Template Distribution clients connected to the template-watcher's TDP server",
+};
+
+/// `jdc_tdp_templates_sent`
+pub const TDP_TEMPLATES_SENT: MetricDef = MetricDef {
+    name: "jdc_tdp_templates_sent",
+    kind: MetricKind::Counter,
+    labels: &["kind"],
+    help: "NewTemplate messages the TDP server sent its clients: future (empty block on a new tip) or full",
+};
+
+/// `jdc_tdp_solutions`
+pub const TDP_SOLUTIONS: MetricDef = MetricDef {
+    name: "jdc_tdp_solutions",
+    kind: MetricKind::Counter,
+    labels: &["result"],
+    help: "SubmitSolution from TDP clients: accepted or rejected by bitcoind, invalid (no block could be made), failed (submitblock did not answer)",
+};
+
+/// `jdc_tdp_clients_dropped`
+pub const TDP_CLIENTS_DROPPED: MetricDef = MetricDef {
+    name: "jdc_tdp_clients_dropped",
+    kind: MetricKind::Counter,
+    labels: &["reason"],
+    help: "TDP clients the server dropped: bad_input (handshake, framing, protocol), slow (stopped reading), full (too many clients)",
+};
+
 /// `jdc_declared_jobs`
 pub const DECLARED_JOBS: MetricDef = MetricDef {
     name: "jdc_declared_jobs",
@@ -349,6 +381,10 @@ pub const ALL: &[&MetricDef] = &[
     &BITCOIND_ZMQ_GAPS,
     &BITCOIND_ZMQ_MALFORMED,
     &SV1_BAD_INPUT,
+    &TDP_CLIENTS,
+    &TDP_TEMPLATES_SENT,
+    &TDP_SOLUTIONS,
+    &TDP_CLIENTS_DROPPED,
     &DECLARED_JOBS,
     &TIP_TO_DECLARED_JOB_ACCEPTED_SECONDS,
     &HASHRATE_ESTIMATE_HASHES_PER_SECOND,

@@ -10,7 +10,6 @@
 pub mod session;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,50 +98,35 @@ impl Sv1Settings {
     }
 }
 
-/// Counts of bad input from V1 devices, mirrored into the declarator's heartbeat counters.
+/// Counts of bad input from V1 devices, kept in the declarator's heartbeat counters.
 pub struct BadInput {
     bus: Publisher,
-    malformed: AtomicU64,
-    oversized: AtomicU64,
-    unknown_method: AtomicU64,
-    flood: AtomicU64,
 }
 
 impl BadInput {
     /// Counters published through `bus`'s heartbeats.
     pub fn new(bus: Publisher) -> Self {
-        Self {
-            bus,
-            malformed: AtomicU64::new(0),
-            oversized: AtomicU64::new(0),
-            unknown_method: AtomicU64::new(0),
-            flood: AtomicU64::new(0),
-        }
-    }
-
-    fn bump(&self, counter: &AtomicU64, name: &'static str) {
-        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        self.bus.set_counter(name, n);
+        Self { bus }
     }
 
     /// A line that is not JSON-RPC, or a request with bad parameters.
     pub fn malformed(&self) {
-        self.bump(&self.malformed, "sv1_bad_input_malformed");
+        self.bus.add_to_counter("sv1_bad_input_malformed", 1);
     }
 
     /// A line longer than `sv1_max_line_bytes`.
     pub fn oversized(&self) {
-        self.bump(&self.oversized, "sv1_bad_input_oversized");
+        self.bus.add_to_counter("sv1_bad_input_oversized", 1);
     }
 
     /// A method V1 devices do not send.
     pub fn unknown_method(&self) {
-        self.bump(&self.unknown_method, "sv1_bad_input_unknown_method");
+        self.bus.add_to_counter("sv1_bad_input_unknown_method", 1);
     }
 
     /// A submit over the device's rate.
     pub fn flood(&self) {
-        self.bump(&self.flood, "sv1_bad_input_flood");
+        self.bus.add_to_counter("sv1_bad_input_flood", 1);
     }
 }
 

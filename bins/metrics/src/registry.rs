@@ -56,6 +56,11 @@ struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -170,6 +175,10 @@ pub struct Metrics {
     zmq_gaps: Counter,
     zmq_malformed: Counter,
     sv1_bad_input: Family<ReasonLabel, Counter>,
+    tdp_clients: Gauge,
+    tdp_templates: Family<KindLabel, Counter>,
+    tdp_solutions: Family<ResultLabel, Counter>,
+    tdp_dropped: Family<ReasonLabel, Counter>,
     /// Last counter values from heartbeats (restart-aware mirroring), by counter name.
     zmq_last: HashMap<&'static str, u64>,
     declarations: Family<DeclarationLabels, Counter>,
@@ -233,6 +242,10 @@ impl Metrics {
             zmq_gaps: Counter::default(),
             zmq_malformed: Counter::default(),
             sv1_bad_input: Family::default(),
+            tdp_clients: Gauge::default(),
+            tdp_templates: Family::default(),
+            tdp_solutions: Family::default(),
+            tdp_dropped: Family::default(),
             zmq_last: HashMap::new(),
             declarations: Family::default(),
             tip_to_declared: Histogram::new(DECLARED_BUCKETS),
@@ -328,6 +341,22 @@ impl Metrics {
             &mut registry,
             &names::SV1_BAD_INPUT,
             m.sv1_bad_input.clone(),
+        );
+        register(&mut registry, &names::TDP_CLIENTS, m.tdp_clients.clone());
+        register(
+            &mut registry,
+            &names::TDP_TEMPLATES_SENT,
+            m.tdp_templates.clone(),
+        );
+        register(
+            &mut registry,
+            &names::TDP_SOLUTIONS,
+            m.tdp_solutions.clone(),
+        );
+        register(
+            &mut registry,
+            &names::TDP_CLIENTS_DROPPED,
+            m.tdp_dropped.clone(),
         );
         register(&mut registry, &names::DECLARED_JOBS, m.declarations.clone());
         register(
@@ -545,18 +574,63 @@ impl Metrics {
                         mirror(counter, self.zmq_last.insert(name, total), total);
                     }
                 }
+                let counters = &hb.heartbeat.counters;
+                let last = &mut self.zmq_last;
                 for (name, reason) in [
                     ("sv1_bad_input_malformed", "malformed"),
                     ("sv1_bad_input_oversized", "oversized"),
                     ("sv1_bad_input_unknown_method", "unknown_method"),
                     ("sv1_bad_input_flood", "flood"),
                 ] {
-                    if let Some(&total) = hb.heartbeat.counters.get(name) {
-                        let counter = self.sv1_bad_input.get_or_create(&ReasonLabel {
-                            reason: reason.to_string(),
-                        });
-                        mirror(&counter, self.zmq_last.insert(name, total), total);
-                    }
+                    mirror_labelled(counters, last, name, || {
+                        self.sv1_bad_input
+                            .get_or_create(&ReasonLabel {
+                                reason: reason.to_string(),
+                            })
+                            .clone()
+                    });
+                }
+                for (name, kind) in [
+                    ("tdp_templates_future", "future"),
+                    ("tdp_templates_full", "full"),
+                ] {
+                    mirror_labelled(counters, last, name, || {
+                        self.tdp_templates
+                            .get_or_create(&KindLabel {
+                                kind: kind.to_string(),
+                            })
+                            .clone()
+                    });
+                }
+                for (name, result) in [
+                    ("tdp_solutions_accepted", "accepted"),
+                    ("tdp_solutions_rejected", "rejected"),
+                    ("tdp_solutions_invalid", "invalid"),
+                    ("tdp_solutions_failed", "failed"),
+                ] {
+                    mirror_labelled(counters, last, name, || {
+                        self.tdp_solutions
+                            .get_or_create(&ResultLabel {
+                                result: result.to_string(),
+                            })
+                            .clone()
+                    });
+                }
+                for (name, reason) in [
+                    ("tdp_dropped_bad_input", "bad_input"),
+                    ("tdp_dropped_slow", "slow"),
+                    ("tdp_dropped_full", "full"),
+                ] {
+                    mirror_labelled(counters, last, name, || {
+                        self.tdp_dropped
+                            .get_or_create(&ReasonLabel {
+                                reason: reason.to_string(),
+                            })
+                            .clone()
+                    });
+                }
+                if let Some(&n) = counters.get("tdp_clients") {
+                    self.tdp_clients.set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
             Message::Event(ev) => {
@@ -687,6 +761,19 @@ fn mirror(counter: &Counter, last: Option<u64>, total: u64) {
         _ => total,
     };
     counter.inc_by(grown);
+}
+
+/// Mirrors the heartbeat counter `name`, when the heartbeat has it, into the labelled counter
+/// `counter` gives.
+fn mirror_labelled(
+    counters: &std::collections::BTreeMap<String, u64>,
+    last: &mut HashMap<&'static str, u64>,
+    name: &'static str,
+    counter: impl FnOnce() -> Counter,
+) {
+    if let Some(&total) = counters.get(name) {
+        mirror(&counter(), last.insert(name, total), total);
+    }
 }
 
 /// Raises a counter mirroring a monotonic total to that total.

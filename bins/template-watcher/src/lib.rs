@@ -130,13 +130,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
             .await
             .map_err(|e| WatcherError::Tdp(format!("cannot listen on {}: {e}", settings.listen)))?;
         tracing::info!(addr = %settings.listen, public_key = %keys.public_key_string(), "Template Distribution server listening");
-        let (c, n, s) = (
+        let (c, n, p, s) = (
             config.clone(),
             node::Node::new(target.clone()),
+            publisher.clone(),
             stop.clone(),
         );
         tasks.spawn(async move {
-            tdp::serve(c, listener, settings, keys, n, s).await;
+            tdp::serve(c, listener, settings, keys, n, p, s).await;
             "tdp"
         });
     }

@@ -2,19 +2,25 @@
 //! software (a pool, a JDC) takes templates from plain bitcoind through it.
 //!
 //! It follows the watcher's own bus stream (tips first, then templates), so it sees exactly
-//! what the bus carries, as soon as it is published. Each client is a task with its own
+//! what the bus carries, as soon as it is published. Tips go to clients as they come;
+//! templates are decoded and prepared once for all clients ([`prepared`]), off the watcher's
+//! thread, and not at all while no client is connected. Each client is a task with its own
 //! [`session::Session`] behind a Noise NX responder with the TDP server's authority key; a
 //! client that falls behind skips to the latest tip and template, and a broken one is dropped
-//! alone. `SubmitSolution` becomes a full block for `submitblock`.
+//! alone. `SubmitSolution` becomes a full block for `submitblock`. What the server does is
+//! counted in the watcher's heartbeat counters (`tdp_*`, exported by jdc-metrics).
 
+pub mod prepared;
 pub mod session;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jdc_shared::bus::{self, BusStats, Topic};
+use jdc_shared::bus::{self, BusStats, Publisher, Received, Topic};
 use jdc_shared::config::{Config, ConfigError};
+use jdc_shared::messages::Template;
 use jdc_shared::sv2::{self, AuthorityKeys, Sv2Error, Sv2Writer};
 use stratum_core::binary_sv2::Str0255Owned;
 use stratum_core::common_messages_sv2::{
@@ -22,10 +28,11 @@ use stratum_core::common_messages_sv2::{
 };
 use stratum_core::parsers_sv2::{AnyMessageOwned, CommonMessagesOwned, TemplateDistributionOwned};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
+use prepared::PreparedTemplate;
 use session::{Feed, Session};
 
 /// Time a client has for the handshake and `SetupConnection`.
@@ -83,18 +90,98 @@ pub enum TdpClientError {
     WriteTimeout(Duration),
 }
 
+/// What the server does, kept in the watcher's heartbeat counters: `tdp_clients` (connected
+/// now) and monotonic totals of templates sent, solutions and dropped clients.
+pub struct TdpStats {
+    bus: Publisher,
+    clients: AtomicU64,
+    /// Woken when a client connects (templates are prepared only for someone).
+    joined: Notify,
+}
+
+impl TdpStats {
+    /// Stats published through `bus`'s heartbeats, starting at zero clients.
+    pub fn new(bus: Publisher) -> Self {
+        bus.set_counter("tdp_clients", 0);
+        Self {
+            bus,
+            clients: AtomicU64::new(0),
+            joined: Notify::new(),
+        }
+    }
+
+    fn connected(&self) -> u64 {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    fn client_joined(&self) {
+        let n = self.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        self.bus.set_counter("tdp_clients", n);
+        self.joined.notify_one();
+    }
+
+    fn client_left(&self) {
+        let n = self
+            .clients
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        self.bus.set_counter("tdp_clients", n);
+    }
+
+    fn count(&self, name: &'static str) {
+        self.bus.add_to_counter(name, 1);
+    }
+
+    /// Counts the templates among messages sent to a client.
+    fn sent(&self, msgs: &[AnyMessageOwned]) {
+        for m in msgs {
+            if let AnyMessageOwned::TemplateDistribution(TemplateDistributionOwned::NewTemplate(
+                t,
+            )) = m
+            {
+                self.count(if t.future_template {
+                    "tdp_templates_future"
+                } else {
+                    "tdp_templates_full"
+                });
+            }
+        }
+    }
+}
+
+/// A connected client, counted while it lives.
+struct ClientSlot(Arc<TdpStats>);
+
+impl ClientSlot {
+    fn new(stats: Arc<TdpStats>) -> Self {
+        stats.client_joined();
+        Self(stats)
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.client_left();
+    }
+}
+
 /// Runs the server until `shutdown`: follows the bus stream at `bus_endpoint` and serves
-/// clients on `listener`.
+/// clients on `listener`; `bus` carries its counters.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     settings: TdpSettings,
     keys: AuthorityKeys,
     node: Arc<Node>,
+    bus: Publisher,
     shutdown: CancellationToken,
 ) {
+    let stats = Arc::new(TdpStats::new(bus));
     let (feed_tx, feed_rx) = watch::channel(Feed::default());
-    let follow = follow_bus(config, feed_tx, shutdown.clone());
+    let feed_tx = Arc::new(feed_tx);
+    let (raw_tx, raw_rx) = watch::channel(None);
+    let follow = follow_bus(config, feed_tx.clone(), raw_tx, shutdown.clone());
+    let prepare = prepare_templates(raw_rx, feed_tx, stats.clone(), shutdown.clone());
     let keys = Arc::new(keys);
     let settings = Arc::new(settings);
     let stop = shutdown.clone();
@@ -102,29 +189,50 @@ pub async fn serve(
         jdc_shared::net::accept_loop(listener, "TDP", shutdown, move |stream, peer, open| {
             if open >= MAX_CLIENTS {
                 tracing::warn!(%peer, max = MAX_CLIENTS, "TDP client refused: too many clients");
+                stats.count("tdp_dropped_full");
                 return None;
             }
-            let (keys, settings, node, feed, shutdown) = (
+            let (keys, settings, node, feed, stats, shutdown) = (
                 keys.clone(),
                 settings.clone(),
                 node.clone(),
                 feed_rx.clone(),
+                stats.clone(),
                 stop.clone(),
             );
             Some(async move {
-                match client(stream, peer, &keys, &settings, node, feed, shutdown).await {
+                let client = Client {
+                    peer,
+                    keys: &keys,
+                    settings: &settings,
+                    node,
+                    stats: stats.clone(),
+                };
+                match client.run(stream, feed, shutdown).await {
                     Ok(()) | Err(TdpClientError::Transport(Sv2Error::Closed)) => {
                         tracing::info!(%peer, "TDP client disconnected")
                     }
-                    Err(e) => tracing::warn!(%peer, error = %e, "TDP client dropped"),
+                    Err(e) => {
+                        stats.count(match e {
+                            TdpClientError::WriteTimeout(_) => "tdp_dropped_slow",
+                            _ => "tdp_dropped_bad_input",
+                        });
+                        tracing::warn!(%peer, error = %e, "TDP client dropped")
+                    }
                 }
             })
         });
-    tokio::join!(follow, accept);
+    tokio::join!(follow, prepare, accept);
 }
 
-/// Keeps `feed` at the latest tip and template of the watcher's bus stream.
-async fn follow_bus(config: Config, feed: watch::Sender<Feed>, shutdown: CancellationToken) {
+/// Keeps `feed` at the latest tip of the watcher's bus stream, and `raw` at its latest
+/// template (still encoded: [`prepare_templates`] decodes it when someone needs it).
+async fn follow_bus(
+    config: Config,
+    feed: Arc<watch::Sender<Feed>>,
+    raw: watch::Sender<Option<Received>>,
+    shutdown: CancellationToken,
+) {
     let (mut inbox, _tasks) = bus::subscribe(
         config
             .bus
@@ -142,11 +250,53 @@ async fn follow_bus(config: Config, feed: watch::Sender<Feed>, shutdown: Cancell
                 Ok(tip) => feed.send_modify(|f| f.tip = Some(Arc::new(tip))),
                 Err(e) => tracing::warn!(error = %e, "TDP: undecodable tip on the bus"),
             },
-            Topic::Template => match msg.decode() {
-                Ok(t) => feed.send_modify(|f| f.template = Some(Arc::new(t))),
-                Err(e) => tracing::warn!(error = %e, "TDP: undecodable template on the bus"),
-            },
+            Topic::Template => {
+                // A re-send of the template already taken changes nothing.
+                let same = raw
+                    .borrow()
+                    .as_ref()
+                    .and_then(Received::peek_id)
+                    .is_some_and(|id| msg.peek_id() == Some(id));
+                if !same {
+                    raw.send_replace(Some(msg));
+                }
+            }
             _ => {}
+        }
+    }
+}
+
+/// Decodes and prepares the latest template for the clients (on a blocking thread: a
+/// template can be megabytes), only while at least one is connected.
+async fn prepare_templates(
+    mut raw: watch::Receiver<Option<Received>>,
+    feed: Arc<watch::Sender<Feed>>,
+    stats: Arc<TdpStats>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = raw.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        while stats.connected() == 0 {
+            tokio::select! {
+                _ = stats.joined.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        let Some(msg) = raw.borrow_and_update().clone() else {
+            continue;
+        };
+        let prepared = tokio::task::spawn_blocking(move || {
+            let template: Template = msg.decode().map_err(|e| e.to_string())?;
+            PreparedTemplate::new(template).map_err(|e| format!("template: {e}"))
+        })
+        .await;
+        match prepared {
+            Ok(Ok(p)) => feed.send_modify(|f| f.template = Some(Arc::new(p))),
+            Ok(Err(e)) => tracing::warn!(error = %e, "TDP: template from the bus not usable"),
+            Err(e) => tracing::error!(error = %e, "TDP: preparing a template failed"),
         }
     }
 }
@@ -175,101 +325,118 @@ fn setup_error(code: &str) -> Vec<AnyMessageOwned> {
         .collect()
 }
 
-async fn client(
-    stream: TcpStream,
+/// One client connection and what it needs from the server.
+struct Client<'a> {
     peer: SocketAddr,
-    keys: &AuthorityKeys,
-    settings: &TdpSettings,
+    keys: &'a AuthorityKeys,
+    settings: &'a TdpSettings,
     node: Arc<Node>,
-    mut feed: watch::Receiver<Feed>,
-    shutdown: CancellationToken,
-) -> Result<(), TdpClientError> {
-    let (mut reader, mut writer) =
-        sv2::accept(stream, keys, settings.cert_validity, SETUP_TIMEOUT).await?;
-    reader.set_max_payload(MAX_CLIENT_PAYLOAD);
-    let setup = tokio::time::timeout(SETUP_TIMEOUT, reader.recv())
-        .await
-        .map_err(|_| {
-            TdpClientError::Protocol(format!("no SetupConnection within {SETUP_TIMEOUT:?}"))
-        })??;
-    let AnyMessageOwned::Common(CommonMessagesOwned::SetupConnection(setup)) = setup else {
-        return Err(TdpClientError::Protocol(
-            "the first message must be SetupConnection".into(),
-        ));
-    };
-    if setup.protocol != Protocol::TemplateDistributionProtocol {
-        send_all(&mut writer, setup_error("unsupported-protocol")).await?;
-        return Err(TdpClientError::Protocol(format!(
-            "SetupConnection for {:?}, not Template Distribution",
-            setup.protocol
-        )));
-    }
-    if setup.min_version > 2 || setup.max_version < 2 {
-        send_all(&mut writer, setup_error("protocol-version-mismatch")).await?;
-        return Err(TdpClientError::Protocol(format!(
-            "protocol versions {}..{} exclude 2",
-            setup.min_version, setup.max_version
-        )));
-    }
-    send_all(
-        &mut writer,
-        vec![AnyMessageOwned::Common(
-            CommonMessagesOwned::SetupConnectionSuccess(SetupConnectionSuccessOwned {
-                used_version: 2,
-                flags: 0,
-            }),
-        )],
-    )
-    .await?;
-    tracing::info!(
-        %peer,
-        vendor = %String::from_utf8_lossy(setup.vendor.as_ref()),
-        "TDP client connected"
-    );
-    let mut session = Session::new(settings.fee_delta);
-    // Templates start once the client said how much coinbase room it needs (or right away
-    // when it sends something else first).
-    let mut started = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(()),
-            changed = feed.changed(), if started => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                let current = feed.borrow_and_update().clone();
-                let out = session.on_feed(&current).map_err(TdpClientError::Protocol)?;
-                if !out.is_empty() {
-                    send_all(&mut writer, out).await?;
-                }
-            }
-            msg = reader.recv() => {
-                let AnyMessageOwned::TemplateDistribution(msg) = msg? else {
-                    return Err(TdpClientError::Protocol("only Template Distribution messages after setup".into()));
-                };
-                match msg {
-                    TemplateDistributionOwned::CoinbaseOutputConstraints(c) => {
-                        session.set_constraints(c.coinbase_output_max_additional_size);
-                        tracing::debug!(%peer, bytes = c.coinbase_output_max_additional_size, "TDP coinbase output constraints");
+    stats: Arc<TdpStats>,
+}
+
+impl Client<'_> {
+    async fn run(
+        self,
+        stream: TcpStream,
+        mut feed: watch::Receiver<Feed>,
+        shutdown: CancellationToken,
+    ) -> Result<(), TdpClientError> {
+        let Self {
+            peer,
+            keys,
+            settings,
+            node,
+            stats,
+        } = self;
+        let (mut reader, mut writer) =
+            sv2::accept(stream, keys, settings.cert_validity, SETUP_TIMEOUT).await?;
+        reader.set_max_payload(MAX_CLIENT_PAYLOAD);
+        let setup = tokio::time::timeout(SETUP_TIMEOUT, reader.recv())
+            .await
+            .map_err(|_| {
+                TdpClientError::Protocol(format!("no SetupConnection within {SETUP_TIMEOUT:?}"))
+            })??;
+        let AnyMessageOwned::Common(CommonMessagesOwned::SetupConnection(setup)) = setup else {
+            return Err(TdpClientError::Protocol(
+                "the first message must be SetupConnection".into(),
+            ));
+        };
+        if setup.protocol != Protocol::TemplateDistributionProtocol {
+            send_all(&mut writer, setup_error("unsupported-protocol")).await?;
+            return Err(TdpClientError::Protocol(format!(
+                "SetupConnection for {:?}, not Template Distribution",
+                setup.protocol
+            )));
+        }
+        if setup.min_version > 2 || setup.max_version < 2 {
+            send_all(&mut writer, setup_error("protocol-version-mismatch")).await?;
+            return Err(TdpClientError::Protocol(format!(
+                "protocol versions {}..{} exclude 2",
+                setup.min_version, setup.max_version
+            )));
+        }
+        send_all(
+            &mut writer,
+            vec![AnyMessageOwned::Common(
+                CommonMessagesOwned::SetupConnectionSuccess(SetupConnectionSuccessOwned {
+                    used_version: 2,
+                    flags: 0,
+                }),
+            )],
+        )
+        .await?;
+        tracing::info!(
+            %peer,
+            vendor = %String::from_utf8_lossy(setup.vendor.as_ref()),
+            "TDP client connected"
+        );
+        let _slot = ClientSlot::new(stats.clone());
+        let mut session = Session::new(settings.fee_delta);
+        // Templates start once the client said how much coinbase room it needs (or right away
+        // when it sends something else first).
+        let mut started = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                changed = feed.changed(), if started => {
+                    if changed.is_err() {
+                        return Ok(());
                     }
-                    TemplateDistributionOwned::RequestTransactionData(r) => {
-                        let answer = session.transaction_data(r.template_id);
-                        send_all(&mut writer, answer.into_iter().collect()).await?;
-                    }
-                    TemplateDistributionOwned::SubmitSolution(s) => {
-                        submit(&session, &s, peer, node.clone()).await;
-                    }
-                    other => {
-                        return Err(TdpClientError::Protocol(format!(
-                            "a client may not send {}",
-                            format!("{other:?}").split(['(', ' ', '{']).next().unwrap_or("that")
-                        )));
+                    let current = feed.borrow_and_update().clone();
+                    let out = session.on_feed(&current).map_err(TdpClientError::Protocol)?;
+                    if !out.is_empty() {
+                        stats.sent(&out);
+                        send_all(&mut writer, out).await?;
                     }
                 }
-                if !started {
-                    started = true;
-                    feed.mark_changed();
+                msg = reader.recv() => {
+                    let AnyMessageOwned::TemplateDistribution(msg) = msg? else {
+                        return Err(TdpClientError::Protocol("only Template Distribution messages after setup".into()));
+                    };
+                    match msg {
+                        TemplateDistributionOwned::CoinbaseOutputConstraints(c) => {
+                            session.set_constraints(c.coinbase_output_max_additional_size);
+                            tracing::debug!(%peer, bytes = c.coinbase_output_max_additional_size, "TDP coinbase output constraints");
+                        }
+                        TemplateDistributionOwned::RequestTransactionData(r) => {
+                            let answer = session.transaction_data(r.template_id);
+                            send_all(&mut writer, answer.into_iter().collect()).await?;
+                        }
+                        TemplateDistributionOwned::SubmitSolution(s) => {
+                            submit(&session, &s, peer, node.clone(), stats.clone());
+                        }
+                        other => {
+                            return Err(TdpClientError::Protocol(format!(
+                                "a client may not send {}",
+                                format!("{other:?}").split(['(', ' ', '{']).next().unwrap_or("that")
+                            )));
+                        }
+                    }
+                    if !started {
+                        started = true;
+                        feed.mark_changed();
+                    }
                 }
             }
         }
@@ -277,15 +444,17 @@ async fn client(
 }
 
 /// Turns a solution into a block and hands it to bitcoind (off the client's task).
-async fn submit(
+fn submit(
     session: &Session,
     s: &stratum_core::template_distribution_sv2::SubmitSolutionOwned,
     peer: SocketAddr,
     node: Arc<Node>,
+    stats: Arc<TdpStats>,
 ) {
     let block = match session.solution(s) {
         Ok(b) => b,
         Err(e) => {
+            stats.count("tdp_solutions_invalid");
             tracing::warn!(%peer, error = %e, "TDP solution refused");
             return;
         }
@@ -295,9 +464,18 @@ async fn submit(
     let hex = hex::encode(block.bytes);
     tokio::spawn(async move {
         match node.run(move |n| n.submit_block(hex)).await {
-            Ok(None) => tracing::info!(%hash, txs, "TDP block accepted by bitcoind"),
-            Ok(Some(reason)) => tracing::warn!(%hash, %reason, "TDP block rejected by bitcoind"),
-            Err(e) => tracing::error!(%hash, error = %e, "TDP block: submitblock failed"),
+            Ok(None) => {
+                stats.count("tdp_solutions_accepted");
+                tracing::info!(%hash, txs, "TDP block accepted by bitcoind")
+            }
+            Ok(Some(reason)) => {
+                stats.count("tdp_solutions_rejected");
+                tracing::warn!(%hash, %reason, "TDP block rejected by bitcoind")
+            }
+            Err(e) => {
+                stats.count("tdp_solutions_failed");
+                tracing::error!(%hash, error = %e, "TDP block: submitblock failed")
+            }
         }
     });
 }

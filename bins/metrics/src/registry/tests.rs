@@ -761,7 +761,13 @@ fn the_exposition_holds_exactly_the_named_metrics() {
     m.handle(&received("declarator", Topic::Declaration, &d), 1)
         .unwrap();
     let mut hb = heartbeat(1);
-    hb.heartbeat.counters = [("sv1_bad_input_flood".to_string(), 1)].into();
+    hb.heartbeat.counters = [
+        ("sv1_bad_input_flood".to_string(), 1),
+        ("tdp_templates_full".to_string(), 1),
+        ("tdp_solutions_accepted".to_string(), 1),
+        ("tdp_dropped_slow".to_string(), 1),
+    ]
+    .into();
     m.handle(&received("declarator", Topic::Heartbeat, &hb.heartbeat), 1)
         .unwrap();
     let text = render(&m, 1);
@@ -819,5 +825,51 @@ fn v1_bad_input_counters_from_the_declarators_heartbeats() {
     assert_eq!(
         value(&text, "jdc_sv1_bad_input_total{reason=\"malformed\"}"),
         Some(3.0)
+    );
+}
+
+#[test]
+fn tdp_counters_and_clients_from_the_watchers_heartbeats() {
+    let mut m = Metrics::new(&PROCESSES);
+    let hb = |clients: u64, full: u64, accepted: u64, slow: u64| {
+        let mut hb = heartbeat(1);
+        hb.heartbeat.counters = [
+            ("tdp_clients".to_string(), clients),
+            ("tdp_templates_full".to_string(), full),
+            ("tdp_templates_future".to_string(), 2 * full),
+            ("tdp_solutions_accepted".to_string(), accepted),
+            ("tdp_dropped_slow".to_string(), slow),
+        ]
+        .into();
+        hb
+    };
+    for (c, f, a, s) in [(3, 10, 1, 0), (2, 12, 2, 1)] {
+        m.handle(
+            &received("watcher", Topic::Heartbeat, &hb(c, f, a, s).heartbeat),
+            1,
+        )
+        .unwrap();
+    }
+    let text = render(&m, 1);
+    assert_eq!(
+        value(&text, "jdc_tdp_clients"),
+        Some(2.0),
+        "a gauge: the latest"
+    );
+    assert_eq!(
+        value(&text, "jdc_tdp_templates_sent_total{kind=\"full\"}"),
+        Some(12.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_tdp_templates_sent_total{kind=\"future\"}"),
+        Some(24.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_tdp_solutions_total{result=\"accepted\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_tdp_clients_dropped_total{reason=\"slow\"}"),
+        Some(1.0)
     );
 }

@@ -5,9 +5,9 @@
 //! `SetNewPrevHash` activating it (the tip path: no `getblocktemplate` wait); the full template
 //! follows as soon as bitcoind's is in, and later refreshes only when their fees beat the last
 //! sent by `tdp_fee_delta_sats`. Templates leave room for the client's coinbase outputs
-//! (`CoinbaseOutputConstraints`): bitcoind's last transactions are left out when they would
-//! not fit beside them. The client's `RequestTransactionData` and `SubmitSolution` are
-//! answered from the templates it was sent.
+//! (`CoinbaseOutputConstraints`): the client gets the [`Cut`] of the prepared template that
+//! fits beside them. The client's `RequestTransactionData` and `SubmitSolution` are answered
+//! from the templates it was sent.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,8 +19,10 @@ use jdc_shared::bitcoin::{
     Block, BlockHash, CompactTarget, Transaction, TxMerkleNode,
 };
 use jdc_shared::chain;
-use jdc_shared::messages::{Template, Tip};
+use jdc_shared::messages::Tip;
 use jdc_shared::tdp::{self, TemplateParts};
+
+use super::prepared::{Cut, PreparedTemplate};
 use stratum_core::binary_sv2::{B016MOwned, B064KOwned, Seq064KOwned, Str0255Owned};
 use stratum_core::parsers_sv2::{AnyMessageOwned, TemplateDistributionOwned};
 use stratum_core::template_distribution_sv2::{
@@ -29,17 +31,14 @@ use stratum_core::template_distribution_sv2::{
 
 /// Templates a client may still refer to.
 const TEMPLATES_KEPT: usize = 32;
-/// Weight of a coinbase without the client's outputs (generous: scriptSig of 100 bytes,
-/// witness commitment, witness reserved value).
-const COINBASE_BASE_WEIGHT: u64 = 1_000;
 
 /// The latest tip and template the watcher published.
 #[derive(Debug, Clone, Default)]
 pub struct Feed {
     /// The tip.
     pub tip: Option<Arc<Tip>>,
-    /// The template (for that tip, or older while its template is on its way).
-    pub template: Option<Arc<Template>>,
+    /// The template (for that tip, or older while its template is on its way), prepared.
+    pub template: Option<Arc<PreparedTemplate>>,
 }
 
 /// A template the client was sent.
@@ -49,9 +48,19 @@ struct Sent {
     /// Previous block hash (internal byte order), once known.
     prev_hash: Option<[u8; 32]>,
     nbits: u32,
-    /// The transactions (coinbase excluded), raw.
-    txs: Vec<Arc<[u8]>>,
-    txids: Vec<[u8; 32]>,
+    /// Its transactions (coinbase excluded): the first `kept` of a prepared template; none for
+    /// the empty future template of a tip.
+    txs: Option<(Arc<PreparedTemplate>, usize)>,
+}
+
+impl Sent {
+    fn txids(&self) -> &[[u8; 32]] {
+        self.txs.as_ref().map_or(&[], |(t, kept)| t.txids(*kept))
+    }
+
+    fn raw_txs(&self) -> impl Iterator<Item = &[u8]> {
+        self.txs.iter().flat_map(|(t, kept)| t.raw_txs(*kept))
+    }
 }
 
 /// A solution the client found, ready for `submitblock`.
@@ -123,7 +132,7 @@ impl Session {
             }
         }
         if let Some(t) = &feed.template {
-            if self.tip.as_deref() == Some(t.prev_hash.as_str()) {
+            if self.tip.as_deref() == Some(t.template.prev_hash.as_str()) {
                 out.extend(self.full_template(t)?);
             }
         }
@@ -155,8 +164,7 @@ impl Session {
             template_id,
             prev_hash: Some(prev_hash),
             nbits: tip.nbits,
-            txs: Vec::new(),
-            txids: Vec::new(),
+            txs: None,
         });
         self.tip = Some(tip.prev_hash.clone());
         self.last_full = None;
@@ -167,8 +175,9 @@ impl Session {
     }
 
     /// bitcoind's template for the tip, when it is new and worth sending.
-    fn full_template(&mut self, t: &Template) -> Result<Vec<AnyMessageOwned>, String> {
-        let fees = t.coinbase_value.saturating_sub(t.subsidy);
+    fn full_template(&mut self, p: &Arc<PreparedTemplate>) -> Result<Vec<AnyMessageOwned>, String> {
+        let t = &p.template;
+        let fees = p.fees();
         match self.last_full {
             Some((id, _)) if id == t.id => return Ok(vec![]),
             Some((_, sent_fees)) if fees < sent_fees.saturating_add(self.fee_delta) => {
@@ -176,46 +185,22 @@ impl Session {
             }
             _ => {}
         }
-        let prev_hash = chain::hash_from_rpc_hex(&t.prev_hash).map_err(|e| e.to_string())?;
-        // Room for the client's outputs: bitcoind's last transactions go when needed (a
-        // suffix: parents always come before their children).
-        let room = t
-            .weight_limit
-            .saturating_sub(COINBASE_BASE_WEIGHT + 4 * u64::from(self.extra_coinbase_bytes));
-        let mut weight = 0u64;
-        let mut kept = 0usize;
-        let mut value = t.subsidy;
-        for tx in &t.txs {
-            if weight + tx.weight > room {
-                break;
-            }
-            weight += tx.weight;
-            value += tx.fee;
-            kept += 1;
-        }
-        let txs = &t.txs[..kept];
-        let mut txids = Vec::with_capacity(kept);
-        let mut wtxids = Vec::with_capacity(kept);
-        for tx in txs {
-            txids.push(chain::hash_from_rpc_hex(&tx.txid).map_err(|e| e.to_string())?);
-            wtxids.push(chain::hash_from_rpc_hex(&tx.wtxid).map_err(|e| e.to_string())?);
-        }
+        let cut: Arc<Cut> = p.cut_for(self.extra_coinbase_bytes);
         let template = tdp::new_template(&TemplateParts {
             template_id: t.id,
             future: false,
             height: t.height,
             version: t.version,
-            coinbase_value: value,
-            witness_commitment: chain::witness_commitment(&wtxids),
-            merkle_path: chain::coinbase_merkle_path(&txids),
+            coinbase_value: cut.coinbase_value,
+            witness_commitment: cut.witness_commitment,
+            merkle_path: cut.merkle_path.clone(),
         })
         .map_err(|e| e.to_string())?;
         self.remember(Sent {
             template_id: t.id,
-            prev_hash: Some(prev_hash),
+            prev_hash: Some(p.prev_hash),
             nbits: t.bits,
-            txs: txs.iter().map(|tx| Arc::from(tx.data.as_slice())).collect(),
-            txids,
+            txs: Some((p.clone(), cut.kept)),
         });
         self.last_full = Some((t.id, fees));
         Ok(vec![AnyMessageOwned::TemplateDistribution(
@@ -241,8 +226,7 @@ impl Session {
     pub fn transaction_data(&self, template_id: u64) -> Option<AnyMessageOwned> {
         let data = self.find(template_id).and_then(|s| {
             let list: Vec<B016MOwned> = s
-                .txs
-                .iter()
+                .raw_txs()
                 .filter_map(|tx| B016MOwned::new(tx.to_vec()).ok())
                 .collect();
             Some(RequestTransactionDataSuccessOwned {
@@ -283,12 +267,13 @@ impl Session {
         if !coinbase.is_coinbase() {
             return Err(bad("coinbase_tx is not a coinbase".into()));
         }
-        let mut txdata = Vec::with_capacity(sent.txs.len() + 1);
-        let mut leaves = Vec::with_capacity(sent.txs.len() + 1);
+        let txids = sent.txids();
+        let mut txdata = Vec::with_capacity(txids.len() + 1);
+        let mut leaves = Vec::with_capacity(txids.len() + 1);
         leaves.push(coinbase.compute_txid().to_byte_array());
-        leaves.extend_from_slice(&sent.txids);
+        leaves.extend_from_slice(txids);
         txdata.push(coinbase);
-        for raw in &sent.txs {
+        for raw in sent.raw_txs() {
             let tx: Transaction = deserialize(raw)
                 .map_err(|e| bad(format!("a template transaction does not parse: {e}")))?;
             txdata.push(tx);

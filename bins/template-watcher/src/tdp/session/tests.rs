@@ -2,7 +2,9 @@ use super::*;
 use jdc_shared::bitcoin::{
     absolute::LockTime, transaction, Amount, OutPoint, ScriptBuf, Sequence, TxIn, TxOut, Witness,
 };
-use jdc_shared::messages::TemplateTx;
+use jdc_shared::messages::{Template, TemplateTx};
+
+use crate::tdp::prepared::COINBASE_BASE_WEIGHT;
 use stratum_core::template_distribution_sv2::{NewTemplateOwned, SetNewPrevHashOwned};
 
 const PREV: &str = "00000000000000000001c0b0a2c9b1d3bd49a6f8de6c2b8d5e3a4f8fcd0e1a2b";
@@ -52,9 +54,17 @@ fn tx(n: u8) -> (Transaction, TemplateTx) {
     (t, info)
 }
 
-fn template(id: u64, prev: &str, txs: &[TemplateTx]) -> Arc<Template> {
+fn template(id: u64, prev: &str, txs: &[TemplateTx]) -> Arc<PreparedTemplate> {
+    prepare(raw_template(id, prev, txs))
+}
+
+fn prepare(t: Template) -> Arc<PreparedTemplate> {
+    Arc::new(PreparedTemplate::new(t).unwrap())
+}
+
+fn raw_template(id: u64, prev: &str, txs: &[TemplateTx]) -> Template {
     let fees: u64 = txs.iter().map(|t| t.fee).sum();
-    Arc::new(Template {
+    Template {
         id,
         height: 101,
         prev_hash: prev.into(),
@@ -69,7 +79,7 @@ fn template(id: u64, prev: &str, txs: &[TemplateTx]) -> Arc<Template> {
         sigop_limit: 80_000,
         txs: txs.to_vec(),
         tip_detected_at_us: 0,
-    })
+    }
 }
 
 fn new_template(m: &AnyMessageOwned) -> &NewTemplateOwned {
@@ -148,12 +158,12 @@ fn the_full_template_follows_and_refreshes_need_the_fee_delta() {
 fn coinbase_room_leaves_out_the_last_transactions() {
     let (_, a) = tx(1);
     let (_, b) = tx(2);
-    let mut t = (*template(10, PREV, &[a.clone(), b.clone()])).clone();
+    let mut t = raw_template(10, PREV, &[a.clone(), b.clone()]);
     // Room for the coinbase and both transactions, until the client asks for more.
     t.weight_limit = COINBASE_BASE_WEIGHT + a.weight + b.weight;
     let feed = Feed {
         tip: Some(tip(PREV)),
-        template: Some(Arc::new(t)),
+        template: Some(prepare(t)),
     };
     let mut roomy = Session::new(0);
     let out = roomy.on_feed(&feed).unwrap();
