@@ -494,6 +494,34 @@ impl Bitcoind {
         }
     }
 
+    /// Sends `sats` from the default wallet to `addr` paying `sat_per_vb` (the wallet's funds
+    /// must be spendable already: see [`Bitcoind::send_to_address`]).
+    pub fn send_with_fee_rate(
+        &self,
+        addr: &Address,
+        sats: u64,
+        sat_per_vb: u64,
+    ) -> anyhow::Result<Txid> {
+        use serde_json::json;
+        self.default_wallet_rpc()?
+            .call(
+                "sendtoaddress",
+                &[
+                    json!(addr.to_string()),
+                    json!(Amount::from_sat(sats).to_btc()),
+                    json!(""),
+                    json!(""),
+                    json!(false),
+                    json!(true),
+                    json!(null),
+                    json!("unset"),
+                    json!(false),
+                    json!(sat_per_vb),
+                ],
+            )
+            .context("sendtoaddress with fee_rate")
+    }
+
     /// Runs `bitcoin-cli` against this node and returns its trimmed stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new(self.bin_dir.join("bitcoin-cli"));

@@ -455,12 +455,21 @@ listen = "127.0.0.1:{m}"
     /// sent: no fee delta; mempool refreshes every 200 ms) before it starts; returns the file
     /// of its authority public key (written when it starts).
     pub fn enable_tdp(&self, port: u16) -> anyhow::Result<PathBuf> {
+        self.enable_tdp_with_fee_delta(port, 0)
+    }
+
+    /// [`Stack::enable_tdp`] with refreshes sent only when fees rose by `fee_delta_sats`.
+    pub fn enable_tdp_with_fee_delta(
+        &self,
+        port: u16,
+        fee_delta_sats: u64,
+    ) -> anyhow::Result<PathBuf> {
         let keys = self.dir.join("tdp-keys");
         let config = std::fs::read_to_string(&self.config)?;
         std::fs::write(
             &self.config,
             format!(
-                "{config}\n[template_watcher]\ntdp_listen = \"127.0.0.1:{port}\"\ntdp_key_dir = \"{}\"\ntdp_fee_delta_sats = 0\nmempool_refresh_min_interval_ms = 200\n",
+                "{config}\n[template_watcher]\ntdp_listen = \"127.0.0.1:{port}\"\ntdp_key_dir = \"{}\"\ntdp_fee_delta_sats = {fee_delta_sats}\nmempool_refresh_min_interval_ms = 200\n",
                 keys.display()
             ),
         )?;

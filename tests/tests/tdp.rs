@@ -1,11 +1,13 @@
 //! The template-watcher's SV2 Template Distribution server, end to end: a client on SRI's
 //! crates (Noise with the server's authority key) gets a template and the tip at once, a new
 //! tip within milliseconds, a fresh template with the mempool's transactions and their data,
-//! and its solution becomes a block bitcoind accepts. Bad clients are dropped alone.
+//! and its solution becomes a block bitcoind accepts. Bad clients are dropped alone. Many
+//! clients get every tip, refreshes go out only when fees rose past the configured delta, and
+//! jdc-metrics counts clients and templates sent.
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use bitcoincore_rpc::RpcApi;
 use jdc_shared::bitcoin::{
     consensus::{deserialize, serialize},
@@ -13,6 +15,7 @@ use jdc_shared::bitcoin::{
     Transaction,
 };
 use jdc_tests::bitcoind::{free_port, Bitcoind};
+use jdc_tests::exposition::{scrape, sum};
 use jdc_tests::stack::Stack;
 use jdc_tests::tdp_client::{coinbase, solve, Client};
 use jdc_tests::wait_until;
@@ -224,6 +227,182 @@ async fn a_tdp_client_gets_templates_and_tips_and_its_solution_becomes_a_block(
         "the bad clients are logged"
     );
     drop(stalled);
+    drop(stack.take("template-watcher"));
+    Ok(())
+}
+
+/// Connects a TDP client that asks for no coinbase room and waits for the current tip.
+async fn connected_client(addr: &str, key: &str) -> anyhow::Result<Client> {
+    let (mut client, answer) =
+        Client::connect(addr, key, Protocol::TemplateDistributionProtocol).await?;
+    if !matches!(
+        answer,
+        Message::Common(CommonMessagesOwned::SetupConnectionSuccess(_))
+    ) {
+        bail!("SetupConnection refused: {answer:?}");
+    }
+    client
+        .writer
+        .send(Message::TemplateDistribution(
+            Tdp::CoinbaseOutputConstraints(CoinbaseOutputConstraints {
+                coinbase_output_max_additional_size: 0,
+                coinbase_output_max_additional_sigops: 0,
+            }),
+        ))
+        .await?;
+    client
+        .until("SetNewPrevHash", Duration::from_secs(10), |m| {
+            matches!(m, Tdp::SetNewPrevHash(_)).then_some(())
+        })
+        .await?;
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_get_every_tip_and_refreshes_only_past_the_fee_delta() -> anyhow::Result<()> {
+    const CLIENTS: usize = 32;
+    const FEE_DELTA: u64 = 50_000;
+    let tdp_port = free_port();
+    let (node, funding, mut stack, key_file) =
+        tokio::task::block_in_place(|| -> anyhow::Result<_> {
+            let (node, funding) = Bitcoind::start_funded()?;
+            let mut stack = Stack::new(&node, "51", "")?;
+            let key_file = stack.enable_tdp_with_fee_delta(tdp_port, FEE_DELTA)?;
+            stack.start(
+                "template-watcher",
+                &[],
+                "Template Distribution server listening",
+            )?;
+            stack.start("metrics", &[], "listening")?;
+            Ok((node, funding, stack, key_file))
+        })?;
+    let key = std::fs::read_to_string(&key_file)?.trim().to_string();
+    let addr = format!("127.0.0.1:{tdp_port}");
+    let metrics = stack.ports.metrics;
+    let metric = move |name: &str, labels: &[&str]| -> anyhow::Result<f64> {
+        Ok(sum(&scrape(metrics)?, name, labels))
+    };
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        clients.push(connected_client(&addr, &key).await?);
+    }
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "jdc-metrics to count the TDP clients",
+            Duration::from_secs(10),
+            || Ok((metric("jdc_tdp_clients", &[])? == CLIENTS as f64).then_some(())),
+        )
+    })?;
+
+    // A new block reaches every client, then the (empty) template for it.
+    let mined = tokio::task::block_in_place(|| node.generate(1))?[0];
+    let mut base_value = 0;
+    for (i, client) in clients.iter_mut().enumerate() {
+        client
+            .until("the new tip", Duration::from_secs(10), |m| match m {
+                Tdp::SetNewPrevHash(p) if p.prev_hash.to_array() == mined.to_byte_array() => {
+                    Some(())
+                }
+                _ => None,
+            })
+            .await
+            .with_context(|| format!("client {i}"))?;
+        base_value = client
+            .until(
+                "the template for the new tip",
+                Duration::from_secs(10),
+                |m| match m {
+                    Tdp::NewTemplate(t) if !t.future_template => {
+                        Some(t.coinbase_tx_value_remaining)
+                    }
+                    _ => None,
+                },
+            )
+            .await
+            .with_context(|| format!("client {i}"))?;
+    }
+
+    // A payment with a small fee: bitcoind's template gains it, but its fees stay under the
+    // delta, so no client is sent a refresh.
+    let templates_before = metric("jdc_templates_total", &[])?;
+    let cheap = tokio::task::block_in_place(|| node.send_to_address(&funding, 100_000))?;
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "the watcher to publish a template with the cheap payment",
+            Duration::from_secs(30),
+            || {
+                let fees = metric("jdc_template_fees_sats", &[])?;
+                let n = metric("jdc_templates_total", &[])?;
+                Ok((fees > 0.0 && n > templates_before).then_some(fees))
+            },
+        )
+    })
+    .and_then(|fees| {
+        if fees >= FEE_DELTA as f64 {
+            bail!("the cheap payment paid {fees} sats, not less than the delta");
+        }
+        Ok(())
+    })?;
+    // The server reads the same bus stream as jdc-metrics: a refresh would be on its way now.
+    let quiet = clients[0].next(Duration::from_secs(1)).await;
+    if let Ok(m) = quiet {
+        bail!("a template refresh under the fee delta was sent: {m:?}");
+    }
+
+    // A payment paying far more than the delta: every client gets a refresh with both.
+    let rich = tokio::task::block_in_place(|| node.send_with_fee_rate(&funding, 100_000, 500))?;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let refresh = client
+            .until(
+                "a refresh with both payments",
+                Duration::from_secs(30),
+                |m| match m {
+                    // Coinbase + 2 transactions: a merkle path of 2.
+                    Tdp::NewTemplate(t)
+                        if !t.future_template && t.merkle_path.iter().count() == 2 =>
+                    {
+                        Some(t.clone())
+                    }
+                    _ => None,
+                },
+            )
+            .await
+            .with_context(|| format!("client {i} (payments {cheap} and {rich})"))?;
+        assert!(
+            refresh.coinbase_tx_value_remaining >= base_value + FEE_DELTA,
+            "client {i}: {} sats, the template before had {base_value}",
+            refresh.coinbase_tx_value_remaining
+        );
+    }
+    let full_sent = metric("jdc_tdp_templates_sent_total", &["kind=\"full\""])?;
+    let future_sent = metric("jdc_tdp_templates_sent_total", &["kind=\"future\""])?;
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "jdc-metrics to count the templates sent",
+            Duration::from_secs(10),
+            || {
+                let full = metric("jdc_tdp_templates_sent_total", &["kind=\"full\""])?;
+                let future = metric("jdc_tdp_templates_sent_total", &["kind=\"future\""])?;
+                // Per client: a future template on connecting and on the block; the full
+                // template on connecting (when there was one), on the block, and the refresh.
+                Ok((future >= 2.0 * CLIENTS as f64 && full >= 2.0 * CLIENTS as f64).then_some(()))
+            },
+        )
+    })
+    .with_context(|| format!("full {full_sent}, future {future_sent}"))?;
+
+    // Clients leaving are counted out.
+    clients.truncate(CLIENTS / 2);
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "jdc-metrics to see half the TDP clients gone",
+            Duration::from_secs(15),
+            || Ok((metric("jdc_tdp_clients", &[])? == (CLIENTS / 2) as f64).then_some(())),
+        )
+    })?;
+    drop(clients);
+    drop(stack.take("metrics"));
     drop(stack.take("template-watcher"));
     Ok(())
 }
