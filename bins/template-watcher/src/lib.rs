@@ -126,18 +126,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Watc
         if generated {
             tracing::info!(dir = %config.template_watcher.tdp_key_dir.display(), "generated a new TDP authority key");
         }
-        let listener = tokio::net::TcpListener::bind(&settings.listen)
-            .await
-            .map_err(|e| WatcherError::Tdp(format!("cannot listen on {}: {e}", settings.listen)))?;
+        let cannot_listen = |e: std::io::Error| {
+            WatcherError::Tdp(format!("cannot listen on {}: {e}", settings.listen))
+        };
+        let listener = std::net::TcpListener::bind(&settings.listen).map_err(cannot_listen)?;
+        listener.set_nonblocking(true).map_err(cannot_listen)?;
         tracing::info!(addr = %settings.listen, public_key = %keys.public_key_string(), "Template Distribution server listening");
-        let (c, n, p, s) = (
+        let server = tdp::start(
             config.clone(),
+            listener,
+            settings,
+            keys,
             node::Node::new(target.clone()),
             publisher.clone(),
             stop.clone(),
-        );
+        )
+        .map_err(|e| WatcherError::Tdp(format!("cannot start its thread: {e}")))?;
         tasks.spawn(async move {
-            tdp::serve(c, listener, settings, keys, n, p, s).await;
+            if tokio::task::spawn_blocking(move || server.join())
+                .await
+                .map_or(true, |joined| joined.is_err())
+            {
+                tracing::error!("the TDP server thread failed");
+            }
             "tdp"
         });
     }

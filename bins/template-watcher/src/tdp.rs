@@ -165,6 +165,35 @@ impl Drop for ClientSlot {
     }
 }
 
+/// Starts the server on a thread of its own (its own single-threaded runtime), so that no
+/// amount of client work (handshakes, megabytes of transaction data to encrypt) can delay
+/// the watcher's tip path; it runs until `shutdown`. `listener` must be non-blocking.
+pub fn start(
+    config: Config,
+    listener: std::net::TcpListener,
+    settings: TdpSettings,
+    keys: AuthorityKeys,
+    node: Arc<Node>,
+    bus: Publisher,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("tdp".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        serve(config, listener, settings, keys, node, bus, shutdown).await
+                    }
+                    Err(e) => tracing::error!(error = %e, "TDP: cannot use the listening socket"),
+                }
+            })
+        })
+}
+
 /// Runs the server until `shutdown`: follows the bus stream at `bus_endpoint` and serves
 /// clients on `listener`; `bus` carries its counters.
 pub async fn serve(
