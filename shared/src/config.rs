@@ -424,7 +424,8 @@ pub struct DeclaratorConfig {
     pub upstream: Vec<UpstreamConfig>,
     /// Nominal hashrate announced to the pool for our devices together, hashes per second.
     pub upstream_nominal_hash_rate: f32,
-    /// Seconds an upstream may take to answer (handshake, setup, channel, tokens).
+    /// Seconds an upstream may take to connect and to answer each request (handshake, setup,
+    /// channel, tokens, declarations, custom jobs); also the TCP keepalive idle time.
     pub upstream_timeout_secs: u64,
     /// Mining job tokens kept allocated ahead of need.
     pub upstream_tokens_ahead: usize,
@@ -432,6 +433,11 @@ pub struct DeclaratorConfig {
     pub upstream_hold_down_secs: u64,
     /// Seconds before a failed upstream is first probed again (then doubling, up to 300).
     pub upstream_probe_secs: u64,
+    /// Share results (accepted or rejected shares) the rejected-share rate is taken over.
+    pub upstream_reject_window: usize,
+    /// Leave a pool when more than this fraction of the last `upstream_reject_window` shares
+    /// were rejected (`stale-share` excepted); 1 never leaves.
+    pub upstream_reject_max_fraction: f64,
     /// Stratum V1 server address for devices that speak only V1; empty turns it off.
     pub sv1_listen: String,
     /// Hashrate a new V1 device is assumed to have until variable difficulty measures it
@@ -485,6 +491,8 @@ impl Default for DeclaratorConfig {
             upstream_tokens_ahead: 2,
             upstream_hold_down_secs: 300,
             upstream_probe_secs: 10,
+            upstream_reject_window: 50,
+            upstream_reject_max_fraction: 0.5,
             sv1_listen: "0.0.0.0:3333".into(),
             sv1_initial_hash_rate: 1.0e12,
             sv1_version_rolling_mask: "1fffe000".into(),

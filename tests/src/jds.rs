@@ -51,6 +51,17 @@ pub enum Misbehave {
     /// Presents an expired certificate (issued two hours ago, valid for a minute); a client
     /// that completes the handshake anyway is a violation.
     ExpiredCertificate,
+    /// Answers this many token requests on each connection, then nothing at all (neither
+    /// tokens nor declarations), keeping the connection open: a JDS that stalls mid-session.
+    StallAfterTokens(usize),
+    /// Answers declarations with bytes that are not SV2 frames.
+    GarbageOnDeclaration,
+    /// Refuses every declaration with an error code no specification or implementation uses
+    /// ([`crate::pool::UNKNOWN_ERROR_CODE`]).
+    UnknownErrorCode,
+    /// Refuses the first declaration it gets (over all connections) with `stale-chain-tip`, as
+    /// a JDS whose node has not seen our tip yet does; behaves after.
+    StaleChainTipOnce,
 }
 
 /// A running test JDS.
@@ -72,6 +83,10 @@ pub struct TestJds {
     /// `PushSolution`s received: `Ok(block hash)` when one forms a block of an accepted
     /// declaration that meets its target, `Err(why)` otherwise.
     pub solutions: Solutions,
+    /// Declarations refused with `stale-chain-tip` ([`Misbehave::StaleChainTipOnce`]).
+    pub stale_refusals: Arc<std::sync::atomic::AtomicUsize>,
+    /// Open connections, to drop them all at once.
+    crash: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -131,7 +146,9 @@ impl TestJds {
         let mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>> = Arc::default();
         let declared: Arc<Mutex<Vec<AcceptedDeclaration>>> = Arc::default();
         let solutions: Solutions = Arc::default();
+        let stale_refusals: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let state = Shared {
+            stale_refusals: stale_refusals.clone(),
             solutions: solutions.clone(),
             keys: keys.clone(),
             misbehave,
@@ -142,14 +159,24 @@ impl TestJds {
             mempool: mempool.clone(),
             declared: declared.clone(),
         };
+        let crash: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let open = crash.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = state.clone();
-                tokio::spawn(async move {
+                let connection = tokio::spawn(async move {
                     if let Err(why) = state.serve(stream).await {
-                        state.violation(why);
+                        // A client hanging up while we answer ends the session like a
+                        // hang-up between messages: not a violation.
+                        if !crate::peer_hung_up(&why) {
+                            state.violation(why);
+                        }
                     }
                 });
+                if let Ok(mut open) = open.lock() {
+                    open.retain(|c| !c.is_finished());
+                    open.push(connection.abort_handle());
+                }
             }
         });
         Ok(TestJds {
@@ -161,8 +188,20 @@ impl TestJds {
             mempool,
             declared,
             solutions,
+            stale_refusals,
+            crash,
             task,
         })
+    }
+
+    /// Drops every open connection at once, as a crashed JDS would; the listener stays up,
+    /// so the JDS is back for new connections.
+    pub fn drop_connections(&self) {
+        if let Ok(mut open) = self.crash.lock() {
+            for connection in open.drain(..) {
+                connection.abort();
+            }
+        }
     }
 
     /// Violations recorded so far.
@@ -209,6 +248,7 @@ struct Shared {
     mempool: Arc<Mutex<HashMap<[u8; 32], Vec<u8>>>>,
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
     solutions: Solutions,
+    stale_refusals: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
@@ -305,6 +345,7 @@ impl Shared {
         let mut unused: HashSet<Vec<u8>> = HashSet::new();
         let mut awaiting: HashMap<u32, Awaiting> = HashMap::new();
         let mut last_token: Option<Vec<u8>> = None;
+        let mut answered = 0usize;
         loop {
             let msg = match reader.recv().await {
                 Ok(m) => m,
@@ -312,6 +353,9 @@ impl Shared {
                 Err(Sv2Error::Closed | Sv2Error::Io(_)) => return Ok(()),
                 Err(e) => return Err(format!("reading from the client: {e}")),
             };
+            if matches!(self.misbehave, Misbehave::StallAfterTokens(n) if answered >= n) {
+                continue;
+            }
             let req = match msg {
                 Message::JobDeclaration(JobDeclarationOwned::AllocateMiningJobToken(req)) => req,
                 Message::JobDeclaration(JobDeclarationOwned::DeclareMiningJob(d)) => {
@@ -362,6 +406,7 @@ impl Shared {
                 _ => self.new_token()?,
             };
             last_token = Some(token.clone());
+            answered += 1;
             unused.insert(token.clone());
             if coinbase_only {
                 if let Ok(mut t) = self.coinbase_only_tokens.lock() {
@@ -399,8 +444,33 @@ impl Shared {
         if !unused.remove(&token) {
             return refuse(writer, request_id, "invalid-mining-job-token").await;
         }
-        if self.misbehave == Misbehave::RefuseDeclarations {
-            return refuse(writer, request_id, "invalid-job").await;
+        match self.misbehave {
+            Misbehave::RefuseDeclarations => {
+                return refuse(writer, request_id, "invalid-job").await;
+            }
+            Misbehave::UnknownErrorCode => {
+                return refuse(writer, request_id, crate::pool::UNKNOWN_ERROR_CODE).await;
+            }
+            Misbehave::GarbageOnDeclaration => {
+                return writer
+                    .send_raw_for_tests(b"this is not an SV2 frame either")
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            Misbehave::StaleChainTipOnce
+                if self
+                    .stale_refusals
+                    .compare_exchange(
+                        0,
+                        1,
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                    )
+                    .is_ok() =>
+            {
+                return refuse(writer, request_id, "stale-chain-tip").await;
+            }
+            _ => {}
         }
         let wtxids: Vec<[u8; 32]> = d.wtxid_list.iter().map(|h| h.to_array()).collect();
         let coinbase = match declared_coinbase(

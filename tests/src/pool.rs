@@ -67,7 +67,18 @@ pub enum PoolMisbehave {
     /// Presents an expired certificate (see [`crate::jds::Misbehave::ExpiredCertificate`]); a
     /// client that completes the handshake anyway is a violation.
     ExpiredCertificate,
+    /// Opens the channel, then never answers anything again, keeping the connection open (a
+    /// stalled pool).
+    Stall,
+    /// Answers the first `SetCustomMiningJob` with bytes that are not an SV2 frame.
+    Garbage,
+    /// Refuses every custom job with an error code no specification or implementation uses
+    /// ([`UNKNOWN_ERROR_CODE`]).
+    UnknownErrorCode,
 }
+
+/// The error code of [`PoolMisbehave::UnknownErrorCode`] (and of the test JDS's).
+pub const UNKNOWN_ERROR_CODE: &str = "gremlins-ate-it";
 
 /// The pool's extranonce prefix length for our channel (as an SRI pool with a 4-byte static
 /// prefix would give).
@@ -200,7 +211,11 @@ impl TestPool {
                 let shared = shared.clone();
                 let connection = tokio::spawn(async move {
                     if let Err(why) = shared.serve(stream).await {
-                        shared.violation(why);
+                        // A client hanging up while we answer ends the session like a
+                        // hang-up between messages: not a violation.
+                        if !crate::peer_hung_up(&why) {
+                            shared.violation(why);
+                        }
                     }
                 });
                 if let Ok(mut open) = open.lock() {
@@ -455,7 +470,18 @@ impl Shared {
                 Err(Sv2Error::Closed | Sv2Error::Io(_)) => return Ok(()),
                 Err(e) => return Err(format!("reading from the client: {e}")),
             };
+            if self.misbehave == PoolMisbehave::Stall {
+                continue;
+            }
             match msg {
+                Message::Mining(MiningOwned::SetCustomMiningJob(_))
+                    if self.misbehave == PoolMisbehave::Garbage =>
+                {
+                    writer
+                        .send_raw_for_tests(b"this is not an SV2 frame at all")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 Message::Mining(MiningOwned::UpdateChannel(u)) => {
                     if u.channel_id != 7 {
                         return Err(format!("UpdateChannel for channel {}", u.channel_id));
@@ -545,6 +571,9 @@ impl Shared {
         }
         if self.misbehave == PoolMisbehave::RefuseCustomJobs {
             return error("invalid-job");
+        }
+        if self.misbehave == PoolMisbehave::UnknownErrorCode {
+            return error(UNKNOWN_ERROR_CODE);
         }
         let token = m.token.as_bytes().to_vec();
         let declared = self

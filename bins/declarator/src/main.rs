@@ -13,7 +13,10 @@ use jdc_shared::config::{CommonArgs, Config};
 /// Mines solo to `[[declarator.payout]]`, or for a pool with your own templates when
 /// `[[declarator.upstream]]` entries are configured (pool, jds, authority_public_key,
 /// user_identity, mode = full-template | coinbase-only): jobs are declared to the pool's JDS and
-/// set as custom jobs; on a pool failure it mines solo.
+/// set as custom jobs; on a pool failure (also: no answer within
+/// `declarator.upstream_timeout_secs`, or more than `declarator.upstream_reject_max_fraction`
+/// of the last `declarator.upstream_reject_window` shares rejected) devices mine solo at once
+/// and move to the next upstream that works.
 ///
 /// Devices need the authority public key: print it with `jdc-declarator authority-key`
 /// (the key is created in `declarator.key_dir` on first start).

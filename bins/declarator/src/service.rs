@@ -361,11 +361,11 @@ async fn hub(hub: Hub) {
                 // The upstream changed: pay the new pool, or ourselves, from the current job on.
                 match to {
                     crate::upstream::runner::HubSwitch::Solo(why) => {
-                        tracing::warn!(reason = %why, "mining solo");
+                        tracing::debug!(reason = %why, "mining solo");
                         book.set_pool_outputs(None);
                     }
                     crate::upstream::runner::HubSwitch::Pool { name, outputs } => {
-                        tracing::warn!(upstream = %name, "mining for the next upstream");
+                        tracing::debug!(upstream = %name, "mining for the next upstream");
                         book.set_pool_outputs(Some(outputs));
                     }
                     crate::upstream::runner::HubSwitch::Rebuild(why) => {

@@ -67,6 +67,24 @@ pub enum UpstreamError {
         /// What happened.
         detail: String,
     },
+    /// The pool refused to open our channel (`OpenMiningChannel.Error`).
+    #[error("{upstream}: refused our channel: `{code}`")]
+    ChannelRefused {
+        /// Which upstream.
+        upstream: String,
+        /// Its error code.
+        code: String,
+    },
+    /// The pool's channel leaves too few extranonce bytes for our devices.
+    #[error("{upstream}: gave us {got} extranonce bytes; we need at least {need}")]
+    ExtranonceTooSmall {
+        /// Which upstream.
+        upstream: String,
+        /// Bytes the pool gave under its prefix.
+        got: u16,
+        /// Bytes we asked for.
+        need: u16,
+    },
     /// The upstream did not answer in time.
     #[error("{upstream}: no answer to {waiting_for} within {timeout:?}")]
     Timeout {
@@ -77,6 +95,86 @@ pub enum UpstreamError {
         /// How long we waited.
         timeout: Duration,
     },
+}
+
+impl UpstreamError {
+    /// The fallback trigger this error is (the text names the upstream and the cause).
+    pub fn trigger(&self) -> fallback::Trigger {
+        use fallback::Trigger;
+        let text = self.to_string();
+        match self {
+            UpstreamError::SetupRefused { .. } => Trigger::SetupRefused(text),
+            UpstreamError::ChannelRefused { .. } => Trigger::ChannelRefused(text),
+            UpstreamError::ExtranonceTooSmall { .. } => Trigger::ExtranonceTooSmall(text),
+            UpstreamError::Timeout { .. } => Trigger::Timeout(text),
+            UpstreamError::Connect { .. }
+            | UpstreamError::Handshake { .. }
+            | UpstreamError::Protocol { .. } => Trigger::Disconnected(text),
+        }
+    }
+
+    /// A failed read from an upstream: a dead peer found by TCP keepalive (or an unacknowledged
+    /// send past `TCP_USER_TIMEOUT`) is a timeout, anything else a protocol or connection error.
+    pub(crate) fn from_read(upstream: &str, error: &Sv2Error, timeout: Duration) -> Self {
+        match error {
+            Sv2Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => UpstreamError::Timeout {
+                upstream: upstream.to_string(),
+                waiting_for: "TCP keepalive probes (the peer is gone)",
+                timeout,
+            },
+            other => UpstreamError::Protocol {
+                upstream: upstream.to_string(),
+                detail: format!("connection failed: {other}"),
+            },
+        }
+    }
+}
+
+/// TCP keepalive of upstream sockets: probes start after `timeout` of silence, every
+/// `timeout / 3` (at least 1 s), and the connection is dropped after this many unanswered ones.
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// Connects TCP to `address` within `timeout`, with TCP keepalive (and, on Linux,
+/// `TCP_USER_TIMEOUT`) so that a peer that vanishes without closing (power loss, a cut link)
+/// is noticed within about twice `timeout`.
+pub async fn connect_tcp(
+    upstream: &str,
+    address: &str,
+    timeout: Duration,
+) -> Result<TcpStream, UpstreamError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| UpstreamError::Timeout {
+            upstream: upstream.to_string(),
+            waiting_for: "TCP connect",
+            timeout,
+        })?
+        .map_err(|source| UpstreamError::Connect {
+            upstream: upstream.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = set_keepalive(&stream, timeout) {
+        tracing::warn!(upstream, error = %e, "cannot set TCP keepalive; a silently dead upstream is only noticed by answer deadlines");
+    }
+    Ok(stream)
+}
+
+/// Sets the keepalive of [`connect_tcp`] on `stream`.
+pub fn set_keepalive(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    let interval = (timeout / 3).max(Duration::from_secs(1));
+    let params = socket2::TcpKeepalive::new()
+        .with_time(timeout.max(Duration::from_secs(1)))
+        .with_interval(interval);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let params = params.with_retries(KEEPALIVE_PROBES);
+    socket.set_tcp_keepalive(&params)?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(
+        timeout.max(Duration::from_secs(1)) + interval * KEEPALIVE_PROBES,
+    ))?;
+    Ok(())
 }
 
 /// Opens a session with an upstream: TCP to `address`, the Noise NX handshake verifying
@@ -90,13 +188,7 @@ pub(crate) async fn open_session(
     flags: u32,
     timeout: Duration,
 ) -> Result<(Sv2Reader, Sv2Writer), UpstreamError> {
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(|source| UpstreamError::Connect {
-            upstream: upstream.to_string(),
-            source,
-        })?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect_tcp(upstream, address, timeout).await?;
     let (mut reader, mut writer) =
         connect(stream, Some(authority), timeout)
             .await
@@ -138,7 +230,7 @@ pub(crate) async fn open_session(
             waiting_for: "SetupConnection",
             timeout,
         })?
-        .map_err(|e| protocol_error(format!("connection failed during setup: {e}")))?;
+        .map_err(|e| UpstreamError::from_read(upstream, &e, timeout))?;
     match answer {
         Message::Common(CommonMessagesOwned::SetupConnectionSuccess(_)) => Ok((reader, writer)),
         Message::Common(CommonMessagesOwned::SetupConnectionError(e)) => {
@@ -162,6 +254,8 @@ pub struct UpstreamSpec {
     pub pool: pool::PoolSettings,
     /// The JDS side.
     pub jds: jds::JdsSettings,
+    /// When rejected shares make us leave it.
+    pub reject: fallback::RejectLimits,
 }
 
 /// Extranonce bytes our channel index takes under the pool's prefix (65,536 device channels).
@@ -173,6 +267,7 @@ pub fn specs(
 ) -> Result<Vec<UpstreamSpec>, jdc_shared::config::ConfigError> {
     use jdc_shared::config::ConfigError;
     let timeout = Duration::from_secs(config.upstream_timeout_secs.max(1));
+    let reject = reject_limits(config)?;
     config
         .upstream
         .iter()
@@ -223,9 +318,39 @@ pub fn specs(
                     tokens_ahead: config.upstream_tokens_ahead.max(1),
                     timeout,
                 },
+                reject,
             })
         })
         .collect()
+}
+
+/// Largest `declarator.upstream_reject_window`.
+pub const MAX_REJECT_WINDOW: usize = 100_000;
+
+/// `declarator.upstream_reject_window` and `declarator.upstream_reject_max_fraction`; errors
+/// name the key.
+pub fn reject_limits(
+    config: &jdc_shared::config::DeclaratorConfig,
+) -> Result<fallback::RejectLimits, jdc_shared::config::ConfigError> {
+    use jdc_shared::config::ConfigError;
+    let window = config.upstream_reject_window;
+    if !(1..=MAX_REJECT_WINDOW).contains(&window) {
+        return Err(ConfigError::new(
+            "declarator.upstream_reject_window",
+            format!("{window} is not a number of shares from 1 to {MAX_REJECT_WINDOW}"),
+        ));
+    }
+    let max_fraction = config.upstream_reject_max_fraction;
+    if !(max_fraction > 0.0 && max_fraction <= 1.0) {
+        return Err(ConfigError::new(
+            "declarator.upstream_reject_max_fraction",
+            format!("{max_fraction} is not a fraction above 0 and at most 1"),
+        ));
+    }
+    Ok(fallback::RejectLimits {
+        window,
+        max_fraction,
+    })
 }
 
 /// Connects to upstream `index` of the list: pool, then JDS, then a first token for the
@@ -240,7 +365,7 @@ pub async fn connect_one(
     jds.wait_for_tokens(1).await?;
     let outputs = jds.pool_outputs().map(<[_]>::to_vec).unwrap_or_default();
     let name = format!("upstream {}", index + 1);
-    tracing::info!(upstream = %name, pool = %spec.pool.address, jds = %spec.jds.address, mode = ?spec.jds.mode, "mining for the pool with our own templates");
+    tracing::debug!(upstream = %name, pool = %spec.pool.address, jds = %spec.jds.address, mode = ?spec.jds.mode, "upstream connected");
     let factory = stratum_core::channels_sv2::server::jobs::factory::JobFactory::new(
         true,
         None,
@@ -259,10 +384,19 @@ pub async fn connect_one(
     ))
 }
 
+/// An upstream that could not be used, and why.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Its position in the configured list.
+    pub index: usize,
+    /// What went wrong (its text names the upstream and the cause).
+    pub trigger: fallback::Trigger,
+}
+
 /// Connects to the first upstream of the list that works (logging each failure with its
 /// cause), but `skip` (the one that just failed), and whose extranonce space under its prefix
 /// is `layout` bytes when given (devices keep their extranonce sizes across a switch). Returns
-/// it with the failures met on the way, by position.
+/// it with the failures met on the way, by position. Used at start: says so when none works.
 pub async fn connect_first(
     specs: &[UpstreamSpec],
     coinbase_tag: &str,
@@ -270,7 +404,25 @@ pub async fn connect_first(
     skip: Option<usize>,
 ) -> (
     Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)>,
-    Vec<(usize, String)>,
+    Vec<Failure>,
+) {
+    let found = try_in_order(specs, coinbase_tag, layout, skip).await;
+    if found.0.is_none() && !specs.is_empty() {
+        tracing::warn!("no upstream is usable: mining solo to our own payout");
+    }
+    found
+}
+
+/// [`connect_first`] without the final word: the runner looks for the next upstream with it
+/// in the background while devices mine solo.
+pub async fn try_in_order(
+    specs: &[UpstreamSpec],
+    coinbase_tag: &str,
+    layout: Option<u16>,
+    skip: Option<usize>,
+) -> (
+    Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)>,
+    Vec<Failure>,
 ) {
     let mut failures = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
@@ -281,18 +433,18 @@ pub async fn connect_first(
             Ok((up, outputs)) => match layout_mismatch(&up, layout) {
                 None => return (Some((up, outputs)), failures),
                 Some(why) => {
-                    tracing::warn!(upstream = %up.name, reason = %why, "upstream unusable; trying the next");
-                    failures.push((i, why));
+                    let trigger =
+                        fallback::Trigger::ExtranonceTooSmall(format!("{}: {why}", up.name));
+                    tracing::warn!(upstream = %up.name, reason = %trigger, "upstream unusable; trying the next");
+                    failures.push(Failure { index: i, trigger });
                 }
             },
             Err(e) => {
-                tracing::warn!(upstream = i + 1, error = %e, "upstream unusable; trying the next");
-                failures.push((i, e.to_string()));
+                let trigger = e.trigger();
+                tracing::warn!(upstream = i + 1, reason = %trigger, "upstream unusable; trying the next");
+                failures.push(Failure { index: i, trigger });
             }
         }
-    }
-    if !specs.is_empty() {
-        tracing::warn!("no upstream is usable: mining solo to our own payout");
     }
     (None, failures)
 }
@@ -308,3 +460,6 @@ pub fn layout_mismatch(up: &runner::Upstream, layout: Option<u16>) -> Option<Str
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -154,9 +154,11 @@ pub struct Catalog {
 
 /// How many templates' bodies of the current tip are kept for block assembly: a share for an
 /// older job of the same tip can still be a block. Jobs change at most every few seconds
-/// (bitcoind renews its template about every 6 s) and devices switch within milliseconds, so
-/// three cover the shares in flight while bounding memory (each body holds its template).
-const CATALOG_DEPTH: usize = 3;
+/// (bitcoind renews its template about every 6 s) and devices switch within milliseconds, but
+/// an upstream failure adds two jobs on one tip at once (solo work, then the next upstream's):
+/// four cover the job before the failure too, while bounding memory (each body holds its
+/// template).
+const CATALOG_DEPTH: usize = 4;
 
 impl Catalog {
     /// Adds a body. Bodies of other tips are dropped (a block on a replaced tip would be

@@ -30,8 +30,12 @@ impl fmt::Display for Source {
 /// What went wrong with an upstream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
-    /// The connection to the pool or the JDS was lost or could not be made.
-    Disconnected,
+    /// The connection to the pool or the JDS was lost, could not be made, or the peer broke
+    /// the protocol (garbage, unexpected messages): the cause.
+    Disconnected(String),
+    /// The pool or the JDS did not answer in time (a stalled peer, or TCP keepalive found it
+    /// gone): what we waited for.
+    Timeout(String),
     /// `SetupConnection` was refused (e.g. the JDS does not support our mode).
     SetupRefused(String),
     /// The pool refused to open our channel.
@@ -39,9 +43,11 @@ pub enum Trigger {
     /// The pool closed our channel.
     ChannelClosed(String),
     /// The pool's extranonce leaves too little room for our devices.
-    ExtranonceTooSmall,
+    ExtranonceTooSmall(String),
     /// The pool changed our extranonce prefix (our devices' layout is built on the first).
     ExtranoncePrefixChanged,
+    /// The pool gives another number of extranonce bytes than our devices' layout takes.
+    LayoutMismatch(String),
     /// `DeclareMiningJob.Error` with this code.
     DeclareRejected(String),
     /// `SetCustomMiningJob.Error` with this code.
@@ -59,6 +65,35 @@ pub enum Trigger {
 /// race, redeclared on the current tip, never a reason to fall back.
 pub const STALE_CHAIN_TIP: &str = "stale-chain-tip";
 
+/// Error codes of `DeclareMiningJob.Error` and `SetCustomMiningJob.Error` that SRI's JDS and
+/// pool send (the spec leaves codes to implementations). Any other code is still a refusal,
+/// logged as unknown.
+pub const KNOWN_JOB_ERROR_CODES: &[&str] = &[
+    STALE_CHAIN_TIP,
+    "invalid-mining-job-token",
+    "invalid-channel-id",
+    "missing-txs",
+    "invalid-coinbase-tx",
+    "invalid-coinbase-tx-input",
+    "invalid-coinbase-tx-outputs",
+    "invalid-coinbase-prefix",
+    "invalid-job",
+    "invalid-job-param-value",
+    "job-not-yet-validated",
+    "invalid-min-ntime",
+    "invalid-nbits",
+    "invalid-version",
+    "invalid-merkle-path",
+    "jd-not-supported",
+];
+
+/// Whether a job refusal's code is one we know (`invalid-job-param-value-<field>` included).
+pub fn is_known_job_error_code(code: &str) -> bool {
+    KNOWN_JOB_ERROR_CODES
+        .iter()
+        .any(|k| code == *k || code.starts_with(&format!("{k}-")))
+}
+
 impl Trigger {
     /// Whether this is the tip race rather than a failure.
     pub fn is_race(&self) -> bool {
@@ -66,19 +101,33 @@ impl Trigger {
     }
 }
 
+/// `(code)`, or `(code: an error code we do not know, taken as a refusal)`.
+fn refusal(f: &mut fmt::Formatter<'_>, what: &str, code: &str) -> fmt::Result {
+    if is_known_job_error_code(code) {
+        write!(f, "{what} refused ({code})")
+    } else {
+        write!(
+            f,
+            "{what} refused ({code}: an error code we do not know, taken as a refusal)"
+        )
+    }
+}
+
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Trigger::Disconnected => f.write_str("connection lost"),
-            Trigger::SetupRefused(c) => write!(f, "SetupConnection refused ({c})"),
-            Trigger::ChannelRefused(c) => write!(f, "channel refused ({c})"),
+            Trigger::Disconnected(why) => write!(f, "connection lost ({why})"),
+            Trigger::Timeout(why) => write!(f, "timed out ({why})"),
+            Trigger::SetupRefused(why) => write!(f, "SetupConnection refused ({why})"),
+            Trigger::ChannelRefused(why) => write!(f, "channel refused ({why})"),
             Trigger::ChannelClosed(c) => write!(f, "channel closed by the pool ({c})"),
-            Trigger::ExtranonceTooSmall => f.write_str("extranonce too small"),
+            Trigger::ExtranonceTooSmall(why) => write!(f, "extranonce too small ({why})"),
             Trigger::ExtranoncePrefixChanged => {
                 f.write_str("the pool changed our extranonce prefix")
             }
-            Trigger::DeclareRejected(c) => write!(f, "DeclareMiningJob refused ({c})"),
-            Trigger::CustomJobRejected(c) => write!(f, "SetCustomMiningJob refused ({c})"),
+            Trigger::LayoutMismatch(why) => write!(f, "extranonce layout does not fit ({why})"),
+            Trigger::DeclareRejected(c) => refusal(f, "DeclareMiningJob", c),
+            Trigger::CustomJobRejected(c) => refusal(f, "SetCustomMiningJob", c),
             Trigger::RejectRate { rejected, of } => {
                 write!(f, "{rejected} of the last {of} shares rejected")
             }
@@ -206,6 +255,25 @@ impl Fallback {
     }
 }
 
+/// When the rejected-share rate makes us leave a pool (`declarator.upstream_reject_window`,
+/// `declarator.upstream_reject_max_fraction`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RejectLimits {
+    /// Share results (accepted or rejected shares, not messages) the rate is taken over.
+    pub window: usize,
+    /// Leave when more than this fraction of the window was rejected (1 never leaves).
+    pub max_fraction: f64,
+}
+
+impl Default for RejectLimits {
+    fn default() -> Self {
+        Self {
+            window: 50,
+            max_fraction: 0.5,
+        }
+    }
+}
+
 /// Rejected-share rate over a sliding window of share results.
 #[derive(Debug)]
 pub struct RejectRate {
@@ -215,19 +283,38 @@ pub struct RejectRate {
 }
 
 impl RejectRate {
-    /// Triggers when more than `max_rejected` (a fraction) of the last `window` shares were
+    /// Triggers when more than `limits.max_fraction` of the last `limits.window` shares were
     /// rejected.
-    pub fn new(window: usize, max_rejected: f64) -> Self {
+    pub fn new(limits: RejectLimits) -> Self {
         Self {
-            window: window.max(1),
-            max_rejected,
+            window: limits.window.max(1),
+            max_rejected: limits.max_fraction,
             results: VecDeque::new(),
         }
     }
 
+    /// Records `count` shares the pool accepted (`SubmitShares.Success` acknowledges a batch:
+    /// its `new_submits_accepted_count`); returns the trigger when the rate is exceeded.
+    pub fn accepted(&mut self, count: u32) -> Option<Trigger> {
+        // More than a window's worth only pushes older results out.
+        let n = usize::try_from(count)
+            .unwrap_or(usize::MAX)
+            .min(self.window);
+        let mut trigger = None;
+        for _ in 0..n {
+            trigger = trigger.or(self.record(true));
+        }
+        trigger
+    }
+
+    /// Records one share the pool rejected; returns the trigger when the rate is exceeded.
+    pub fn rejected(&mut self) -> Option<Trigger> {
+        self.record(false)
+    }
+
     /// Records one share result; returns the trigger when the rate is exceeded (and starts
     /// a new window).
-    pub fn record(&mut self, accepted: bool) -> Option<Trigger> {
+    fn record(&mut self, accepted: bool) -> Option<Trigger> {
         if self.results.len() == self.window {
             self.results.pop_front();
         }

@@ -3,7 +3,7 @@
 //! job tokens allocated ahead of need, so a new tip never waits for a token round trip.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, TxOut};
 use jdc_shared::sv2::{Message, Sv2Reader, Sv2Writer};
@@ -112,13 +112,14 @@ pub struct JdsClient {
     reader: Sv2Reader,
     writer: Sv2Writer,
     next_request_id: u32,
-    /// `AllocateMiningJobToken` requests not answered yet.
-    pending: HashSet<u32>,
+    /// `AllocateMiningJobToken` requests not answered yet: when each was sent.
+    pending: HashMap<u32, Instant>,
     tokens: VecDeque<Token>,
     /// Every token received, to refuse a JDS that hands one out twice.
     seen: HashSet<Vec<u8>>,
-    /// Declarations not answered yet: request id → number of transactions declared.
-    declaring: HashMap<u32, usize>,
+    /// Declarations not answered yet: request id → number of transactions declared, and when
+    /// the JDS was last waited for on it (sent, or missing transactions provided).
+    declaring: HashMap<u32, (usize, Instant)>,
     /// Events read while waiting for something else.
     queued: VecDeque<JdsEvent>,
 }
@@ -141,14 +142,14 @@ impl JdsClient {
             settings.timeout,
         )
         .await?;
-        tracing::info!(upstream = %name, mode = ?settings.mode, "job declarator connected");
+        tracing::debug!(upstream = %name, mode = ?settings.mode, "job declarator connected");
         let mut client = JdsClient {
             name,
             settings,
             reader,
             writer,
             next_request_id: 1,
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             tokens: VecDeque::new(),
             seen: HashSet::new(),
             declaring: HashMap::new(),
@@ -192,7 +193,7 @@ impl JdsClient {
         while self.tokens.len() + self.pending.len() < self.settings.tokens_ahead {
             let request_id = self.next_request_id;
             self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-            self.pending.insert(request_id);
+            self.pending.insert(request_id, Instant::now());
             requests.push(Message::JobDeclaration(
                 JobDeclarationOwned::AllocateMiningJobToken(AllocateMiningJobTokenOwned {
                     user_identifier: user.clone(),
@@ -217,7 +218,8 @@ impl JdsClient {
                 "internal: declaration request id {request_id} is still pending"
             )));
         }
-        self.declaring.insert(request_id, declare.wtxid_list.len());
+        self.declaring
+            .insert(request_id, (declare.wtxid_list.len(), Instant::now()));
         self.writer
             .send(Message::JobDeclaration(
                 JobDeclarationOwned::DeclareMiningJob(declare),
@@ -243,6 +245,10 @@ impl JdsClient {
             request_id,
             transaction_list,
         };
+        // The JDS answered; its deadline for the declaration starts again.
+        if let Some((_, since)) = self.declaring.get_mut(&request_id) {
+            *since = Instant::now();
+        }
         self.writer
             .send(Message::JobDeclaration(
                 JobDeclarationOwned::ProvideMissingTransactionsSuccess(msg),
@@ -275,6 +281,36 @@ impl JdsClient {
             .map_err(|e| self.protocol(format!("cannot send PushSolution: {e}")))
     }
 
+    /// When the oldest unanswered request (`AllocateMiningJobToken` or `DeclareMiningJob`) is
+    /// overdue, and which kind it is: a JDS that stops answering is a fallback trigger.
+    pub fn deadline(&self) -> Option<(Instant, &'static str)> {
+        let tokens = self
+            .pending
+            .values()
+            .min()
+            .map(|t| (*t, "AllocateMiningJobToken"));
+        let declarations = self
+            .declaring
+            .values()
+            .map(|(_, t)| t)
+            .min()
+            .map(|t| (*t, "DeclareMiningJob"));
+        [tokens, declarations]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
+            .map(|(t, what)| (t + self.settings.timeout, what))
+    }
+
+    /// The error for a missed [`JdsClient::deadline`] on `waiting_for`.
+    pub fn overdue(&self, waiting_for: &'static str) -> UpstreamError {
+        UpstreamError::Timeout {
+            upstream: self.name.clone(),
+            waiting_for,
+            timeout: self.settings.timeout,
+        }
+    }
+
     /// The next event from the JDS.
     pub async fn next_event(&mut self) -> Result<JdsEvent, UpstreamError> {
         if let Some(e) = self.queued.pop_front() {
@@ -289,7 +325,7 @@ impl JdsClient {
             .reader
             .recv()
             .await
-            .map_err(|e| self.protocol(format!("connection failed: {e}")))?;
+            .map_err(|e| UpstreamError::from_read(&self.name, &e, self.settings.timeout))?;
         match msg {
             Message::JobDeclaration(JobDeclarationOwned::AllocateMiningJobTokenSuccess(ok)) => {
                 self.on_token(ok)?;
@@ -305,7 +341,7 @@ impl JdsClient {
             Message::JobDeclaration(JobDeclarationOwned::DeclareMiningJobError(e)) => {
                 self.answered(e.request_id, "DeclareMiningJob.Error")?;
                 let code = String::from_utf8_lossy(e.error_code.as_bytes()).into_owned();
-                tracing::warn!(
+                tracing::debug!(
                     upstream = %self.name,
                     request_id = e.request_id,
                     %code,
@@ -318,7 +354,7 @@ impl JdsClient {
                 })
             }
             Message::JobDeclaration(JobDeclarationOwned::ProvideMissingTransactions(m)) => {
-                let Some(&count) = self.declaring.get(&m.request_id) else {
+                let Some(&(count, _)) = self.declaring.get(&m.request_id) else {
                     return Err(self.protocol(format!(
                         "asked for transactions of declaration {}, which is not pending",
                         m.request_id
@@ -376,7 +412,7 @@ impl JdsClient {
     }
 
     fn on_token(&mut self, ok: AllocateMiningJobTokenSuccessOwned) -> Result<(), UpstreamError> {
-        if !self.pending.remove(&ok.request_id) {
+        if self.pending.remove(&ok.request_id).is_none() {
             return Err(self.protocol(format!(
                 "answered AllocateMiningJobToken request {} that we did not send (or twice)",
                 ok.request_id

@@ -2,7 +2,8 @@
 //! pool's authority key, `SetupConnection` requiring work selection and version rolling, and
 //! the one extended channel that carries the work of all our devices.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use jdc_shared::bitcoin::{secp256k1::XOnlyPublicKey, Target};
 use jdc_shared::sv2::{Message, Sv2Reader, Sv2Writer};
@@ -117,6 +118,10 @@ pub struct PoolClient {
     channel: PoolChannel,
     /// Sequence number of the last share sent.
     share_seq: u32,
+    /// How long the pool has to answer.
+    timeout: Duration,
+    /// `SetCustomMiningJob` requests not answered yet, by request id: when each was sent.
+    custom_jobs: HashMap<u32, Instant>,
 }
 
 impl PoolClient {
@@ -164,7 +169,7 @@ impl PoolClient {
                 waiting_for: "OpenExtendedMiningChannel",
                 timeout: settings.timeout,
             })?
-            .map_err(|e| protocol(format!("connection failed while opening the channel: {e}")))?;
+            .map_err(|e| UpstreamError::from_read(&name, &e, settings.timeout))?;
         let channel = match answer {
             Message::Mining(MiningOwned::OpenExtendedMiningChannelSuccess(ok)) => PoolChannel {
                 channel_id: ok.channel_id,
@@ -173,10 +178,10 @@ impl PoolClient {
                 extranonce_size: ok.extranonce_size,
             },
             Message::Mining(MiningOwned::OpenMiningChannelError(e)) => {
-                return Err(protocol(format!(
-                    "refused our channel: `{}`",
-                    String::from_utf8_lossy(e.error_code.as_bytes())
-                )))
+                return Err(UpstreamError::ChannelRefused {
+                    upstream: name.clone(),
+                    code: String::from_utf8_lossy(e.error_code.as_bytes()).into_owned(),
+                })
             }
             other => {
                 return Err(protocol(format!(
@@ -186,12 +191,13 @@ impl PoolClient {
             }
         };
         if channel.extranonce_size < settings.min_extranonce_size {
-            return Err(protocol(format!(
-                "gave us {} extranonce bytes; we need at least {}",
-                channel.extranonce_size, settings.min_extranonce_size
-            )));
+            return Err(UpstreamError::ExtranonceTooSmall {
+                upstream: name.clone(),
+                got: channel.extranonce_size,
+                need: settings.min_extranonce_size,
+            });
         }
-        tracing::info!(
+        tracing::debug!(
             upstream = %name,
             channel_id = channel.channel_id,
             extranonce_prefix = %hex::encode(&channel.extranonce_prefix),
@@ -204,6 +210,8 @@ impl PoolClient {
             writer,
             channel,
             share_seq: 0,
+            timeout: settings.timeout,
+            custom_jobs: HashMap::new(),
         })
     }
 
@@ -241,6 +249,7 @@ impl PoolClient {
         job.channel_id = self.channel.channel_id;
         job.token = B0255Owned::new(token.to_vec())
             .map_err(|e| self.protocol(format!("token does not fit B0_255: {e:?}")))?;
+        self.custom_jobs.insert(job.request_id, Instant::now());
         self.writer
             .send(Message::Mining(MiningOwned::SetCustomMiningJob(job)))
             .await
@@ -274,13 +283,31 @@ impl PoolClient {
         Ok(self.share_seq)
     }
 
+    /// When the oldest unanswered `SetCustomMiningJob` is overdue (sent more than the
+    /// timeout ago), if one is pending: a pool that stops answering is a fallback trigger.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.custom_jobs
+            .values()
+            .min()
+            .map(|sent| *sent + self.timeout)
+    }
+
+    /// The error for a missed [`PoolClient::deadline`].
+    pub fn overdue(&self) -> UpstreamError {
+        UpstreamError::Timeout {
+            upstream: self.name.clone(),
+            waiting_for: "SetCustomMiningJob",
+            timeout: self.timeout,
+        }
+    }
+
     /// Reads the next message from the pool and applies what concerns the channel.
     pub async fn recv(&mut self) -> Result<PoolEvent, UpstreamError> {
         let msg = self
             .reader
             .recv()
             .await
-            .map_err(|e| self.protocol(format!("connection failed: {e}")))?;
+            .map_err(|e| UpstreamError::from_read(&self.name, &e, self.timeout))?;
         let ours = |id: u32| id == self.channel.channel_id;
         let event = match msg {
             Message::Mining(MiningOwned::SetTarget(t)) if ours(t.channel_id) => {
@@ -309,12 +336,14 @@ impl PoolClient {
                 }
             }
             Message::Mining(MiningOwned::SetCustomMiningJobSuccess(s)) if ours(s.channel_id) => {
+                self.custom_jobs.remove(&s.request_id);
                 PoolEvent::CustomJobAccepted {
                     request_id: s.request_id,
                     job_id: s.job_id,
                 }
             }
             Message::Mining(MiningOwned::SetCustomMiningJobError(e)) if ours(e.channel_id) => {
+                self.custom_jobs.remove(&e.request_id);
                 PoolEvent::CustomJobRejected {
                     request_id: e.request_id,
                     code: String::from_utf8_lossy(e.error_code.as_bytes()).into_owned(),

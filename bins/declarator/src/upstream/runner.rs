@@ -28,10 +28,6 @@ use crate::work::{BlockBody, Catalog, WorkState};
 /// Shares held per job until the pool acknowledges it.
 const HELD_PER_JOB: usize = 100;
 
-/// Rejected-share window and the rejected fraction that makes us leave the pool.
-const REJECT_WINDOW: usize = 50;
-const REJECT_MAX: f64 = 0.5;
-
 /// What the hub must do when the upstream changes.
 #[derive(Debug)]
 pub enum HubSwitch {
@@ -102,33 +98,49 @@ enum Outcome {
     Shutdown,
     /// The upstream failed.
     Failed(Trigger),
-    /// A higher-ranked upstream is healthy again (probed after the hold-down): connected.
-    Better(Box<(Upstream, Vec<TxOut>)>),
+    /// An upstream to mine for is connected (a higher-ranked one healthy again, or the next
+    /// one found while mining solo), and why we take it.
+    Better(Box<(Upstream, Vec<TxOut>)>, String),
 }
 
-/// Mines for `first` (or solo when no upstream was usable at start) and, when it fails, for the
-/// next configured upstream that works (devices move to its extranonce prefix without
-/// reconnecting), or solo when none does. Failed upstreams ranked higher are probed with
-/// backoff and taken back after the hold-down. `layout` is the extranonce space under a pool's
-/// prefix that our devices' layout takes (an upstream giving another size cannot be used);
-/// `failures` are the upstreams that failed at start.
+/// The background search for the next upstream after a failure: the first of the list that
+/// works, and the failures met on the way.
+type Seek = tokio::task::JoinHandle<(Option<(Upstream, Vec<TxOut>)>, Vec<super::Failure>)>;
+
+/// Mines for `first` (or solo when no upstream was usable at start). When it fails, devices
+/// get solo work (our own payout) at once, without reconnecting, while the next configured
+/// upstream that works is looked for in the background; devices move to it (its extranonce
+/// prefix, without reconnecting) as soon as it is ready. Failed upstreams ranked higher are
+/// probed with backoff and taken back after the hold-down. `layout` is the extranonce space
+/// under a pool's prefix that our devices' layout takes (an upstream giving another size
+/// cannot be used); `failures` are the upstreams that failed at start.
 pub async fn run(
     first: Option<Upstream>,
     layout: u16,
-    failures: Vec<(usize, String)>,
+    failures: Vec<super::Failure>,
     mut links: RunnerLinks,
     shutdown: CancellationToken,
 ) {
     let now = Instant::now();
     let mut fallback = Fallback::new(links.specs.len(), links.policy, now);
     let mut board = StateBoard::new(links.bus.clone(), &links.specs);
-    for (i, error) in failures {
-        fallback.on_failure(i, &Trigger::Disconnected, now);
-        board.failed(i, error);
+    for f in failures {
+        fallback.on_failure(f.index, &f.trigger, now);
+        board.failed(f.index, f.trigger.to_string());
     }
     match &first {
         Some(up) => {
             fallback.switched(Source::Upstream(up.index), now);
+            let spec = links.specs.get(up.index);
+            tracing::info!(
+                upstream = %up.name,
+                pool = %up.pool.name(),
+                jds = %up.jds.name(),
+                mode = ?up.mode,
+                extranonce_prefix = %hex::encode(&up.pool.channel().extranonce_prefix),
+                tokens_ahead = spec.map(|s| s.jds.tokens_ahead).unwrap_or_default(),
+                "mining for the pool with our own templates"
+            );
             publish(
                 &links.bus,
                 "info",
@@ -148,105 +160,132 @@ pub async fn run(
     }
     board.publish(&fallback, "");
     let mut current = first;
+    let mut seek: Option<Seek> = None;
     loop {
         let outcome = match current.as_mut() {
             Some(up) => {
                 mine_for(up, &mut links, &shutdown, &mut fallback, &mut board, layout).await
             }
-            None => solo(&mut links, &shutdown, &mut fallback, &mut board, layout).await,
+            None => {
+                solo(
+                    &mut links,
+                    &shutdown,
+                    &mut fallback,
+                    &mut board,
+                    layout,
+                    &mut seek,
+                )
+                .await
+            }
         };
         match outcome {
-            Outcome::Shutdown => return,
-            Outcome::Better(better) => {
-                let (up, outputs) = *better;
-                let why = format!("{} is healthy again", up.name);
-                if let Some(old) = current.take() {
-                    tracing::info!(from = %old.name, to = %up.name, "returning to a higher-ranked upstream");
+            Outcome::Shutdown => {
+                if let Some(s) = seek.take() {
+                    s.abort();
                 }
-                current = switch_to(&mut links, &mut fallback, up, outputs, &why);
-                board.publish(&fallback, &why);
+                return;
+            }
+            Outcome::Better(better, why) => {
+                if let Some(s) = seek.take() {
+                    s.abort();
+                }
+                let (up, outputs) = *better;
+                drop(current.take());
+                current = switch_to(&mut links, &mut fallback, &mut board, up, outputs, &why);
             }
             Outcome::Failed(failure) => {
                 let Some(failed) = current.take() else {
                     continue;
                 };
                 let why = format!("{}: {failure}", failed.name);
-                tracing::error!(reason = %why, "leaving the pool");
-                let now = Instant::now();
-                fallback.on_failure(failed.index, &failure, now);
+                fallback.on_failure(failed.index, &failure, Instant::now());
                 board.failed(failed.index, failure.to_string());
                 let failed_index = failed.index;
                 drop(failed);
-                let (next, failures) = super::connect_first(
-                    &links.specs,
-                    &links.coinbase_tag,
-                    Some(layout),
-                    Some(failed_index),
-                )
-                .await;
-                let now = Instant::now();
-                for (i, error) in failures {
-                    fallback.on_failure(i, &Trigger::Disconnected, now);
-                    board.failed(i, error);
-                }
-                current = match next {
-                    Some((up, outputs)) => switch_to(&mut links, &mut fallback, up, outputs, &why),
-                    None => {
-                        go_solo(&mut links, &mut fallback, &why);
-                        None
-                    }
-                };
-                board.publish(&fallback, &why);
+                // Devices get solo work now; the next upstream is looked for meanwhile.
+                go_solo(&mut links, &mut fallback, &mut board, &why);
+                let specs = links.specs.clone();
+                let tag = links.coinbase_tag.clone();
+                seek = Some(tokio::spawn(async move {
+                    super::try_in_order(&specs, &tag, Some(layout), Some(failed_index)).await
+                }));
             }
         }
     }
+}
+
+/// Records and announces a change of the source of work: one log line (from → to, reason), a
+/// `fallback` event on the bus and the upstream state.
+fn announce(
+    links: &RunnerLinks,
+    fallback: &mut Fallback,
+    board: &mut StateBoard,
+    to: Source,
+    why: &str,
+) {
+    let from = fallback.active();
+    fallback.switched(to, Instant::now());
+    match to {
+        Source::Solo => {
+            tracing::warn!(from = %from, to = %to, reason = %why, "upstream switch");
+            publish(
+                &links.bus,
+                "error",
+                "fallback",
+                format!("{from} → solo: {why}"),
+            );
+        }
+        Source::Upstream(_) => {
+            tracing::info!(from = %from, to = %to, reason = %why, "upstream switch");
+            publish(
+                &links.bus,
+                "warn",
+                "fallback",
+                format!("{from} → {to}: {why}"),
+            );
+        }
+    }
+    board.publish(fallback, why);
 }
 
 /// Moves devices and the work book to `up`; `None` (and solo) if the devices cannot follow.
 fn switch_to(
     links: &mut RunnerLinks,
     fallback: &mut Fallback,
+    board: &mut StateBoard,
     up: Upstream,
     outputs: Vec<TxOut>,
     why: &str,
 ) -> Option<Upstream> {
     let prefix = up.pool.channel().extranonce_prefix.clone();
     if let Err(e) = links.server.set_upstream_prefix(&prefix) {
-        tracing::error!(upstream = %up.name, error = %e, "cannot move our devices to the pool's extranonce prefix");
-        go_solo(links, fallback, why);
+        let why = format!("{why}, but our devices cannot move to its extranonce prefix: {e}");
+        if fallback.active() != Source::Solo {
+            go_solo(links, fallback, board, &why);
+        } else {
+            tracing::error!(upstream = %up.name, reason = %why, "staying solo");
+        }
         return None;
     }
-    fallback.switched(Source::Upstream(up.index), Instant::now());
-    publish(
-        &links.bus,
-        "warn",
-        "fallback",
-        format!("{why}; mining for {}", up.name),
-    );
     let _ = links.switch.send(HubSwitch::Pool {
         name: up.name.clone(),
         outputs,
     });
+    announce(links, fallback, board, Source::Upstream(up.index), why);
     Some(up)
 }
 
-fn go_solo(links: &mut RunnerLinks, fallback: &mut Fallback, why: &str) {
-    tracing::error!(reason = %why, "leaving the pool: mining solo from now on");
-    fallback.switched(Source::Solo, Instant::now());
-    publish(
-        &links.bus,
-        "error",
-        "fallback",
-        format!("{why}; mining solo"),
-    );
+/// Devices get solo work (our own payout) from the current job on.
+fn go_solo(links: &mut RunnerLinks, fallback: &mut Fallback, board: &mut StateBoard, why: &str) {
     let _ = links.switch.send(HubSwitch::Solo(why.to_string()));
+    announce(links, fallback, board, Source::Solo, why);
 }
 
 /// A connection attempt to upstream `index` in the background.
 type Probe = tokio::task::JoinHandle<Result<(Upstream, Vec<TxOut>), super::UpstreamError>>;
 
 /// What a probe found: the connected upstream, or why not.
-type ProbeResult = (usize, Result<(Upstream, Vec<TxOut>), String>);
+type ProbeResult = (usize, Result<(Upstream, Vec<TxOut>), Trigger>);
 
 /// Probes failed upstreams one at a time, when [`Fallback::next_probe`] says, while the
 /// runner mines (for a pool or solo).
@@ -276,7 +315,7 @@ impl Prober {
                     return std::future::pending().await;
                 };
                 let tag = coinbase_tag.to_string();
-                tracing::info!(upstream = index + 1, "probing a failed upstream");
+                tracing::debug!(upstream = index + 1, "probing a failed upstream");
                 self.probe = Some((
                     index,
                     tokio::spawn(async move { super::connect_one(index, &spec, &tag).await }),
@@ -286,8 +325,11 @@ impl Prober {
             let index = *index;
             let found = match handle.await {
                 Ok(Ok(connected)) => (index, Ok(connected)),
-                Ok(Err(e)) => (index, Err(e.to_string())),
-                Err(e) => (index, Err(format!("probe task failed: {e}"))),
+                Ok(Err(e)) => (index, Err(e.trigger())),
+                Err(e) => (
+                    index,
+                    Err(Trigger::Disconnected(format!("probe task failed: {e}"))),
+                ),
             };
             self.probe = None;
             if let Some(better) = probe_verdict(fallback, board, found, layout) {
@@ -309,7 +351,7 @@ fn probe_verdict(
     let usable = result.and_then(
         |(up, outputs)| match super::layout_mismatch(&up, Some(layout)) {
             None => Ok((up, outputs)),
-            Some(why) => Err(why),
+            Some(why) => Err(Trigger::LayoutMismatch(format!("{}: {why}", up.name))),
         },
     );
     fallback.on_probe(index, usable.is_ok(), Instant::now());
@@ -321,24 +363,32 @@ fn probe_verdict(
             None
         }
         Err(why) => {
-            tracing::info!(upstream = index + 1, error = %why, "still unusable");
-            board.failed(index, why);
+            tracing::info!(upstream = index + 1, reason = %why, "still unusable");
+            board.failed(index, why.to_string());
             board.publish(fallback, "");
             None
         }
     }
 }
 
-/// Solo mining: shares are not forwarded; failed upstreams are probed until one is back.
+/// Solo mining: shares are not forwarded; the next upstream is looked for (`seek`, after a
+/// failure) and failed upstreams are probed, until one is ready.
 async fn solo(
     links: &mut RunnerLinks,
     shutdown: &CancellationToken,
     fallback: &mut Fallback,
     board: &mut StateBoard,
     layout: u16,
+    seek: &mut Option<Seek>,
 ) -> Outcome {
     let mut prober = Prober::default();
     loop {
+        let seeking = async {
+            match seek.as_mut() {
+                Some(handle) => handle.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Shutdown,
             share = links.shares.recv() => {
@@ -346,8 +396,34 @@ async fn solo(
                     return Outcome::Shutdown;
                 }
             }
+            found = seeking => {
+                *seek = None;
+                let (next, failures) = match found {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the search for the next upstream failed");
+                        (None, Vec::new())
+                    }
+                };
+                let now = Instant::now();
+                for f in failures {
+                    fallback.on_failure(f.index, &f.trigger, now);
+                    board.failed(f.index, f.trigger.to_string());
+                }
+                match next {
+                    Some((up, outputs)) => {
+                        let why = format!("{} is ready", up.name);
+                        return Outcome::Better(Box::new((up, outputs)), why);
+                    }
+                    None => {
+                        tracing::info!("no other upstream is usable yet: still mining solo; failed upstreams are probed");
+                        board.publish(fallback, "");
+                    }
+                }
+            }
             better = prober.better(&links.specs, &links.coinbase_tag, fallback, board, layout) => {
-                return Outcome::Better(Box::new(better));
+                let why = format!("{} is healthy again", better.0.name);
+                return Outcome::Better(Box::new(better), why);
             }
         }
     }
@@ -376,6 +452,8 @@ struct Jobs {
     waiting: Option<WorkState>,
     /// Jobs declared on the current tip, by template id: transactions and tip detection time.
     info: HashMap<u64, (u32, u64)>,
+    /// The last job declared again after `stale-chain-tip` (once per job).
+    redeclared: Option<u64>,
 }
 
 impl Jobs {
@@ -513,7 +591,12 @@ async fn mine_for(
     // Our template id → the pool's job id.
     let mut job_ids: HashMap<u64, u32> = HashMap::new();
     let mut held = HeldShares::new(HELD_PER_JOB);
-    let mut reject_rate = RejectRate::new(REJECT_WINDOW, REJECT_MAX);
+    let limits = links
+        .specs
+        .get(up.index)
+        .map(|s| s.reject)
+        .unwrap_or_default();
+    let mut reject_rate = RejectRate::new(limits);
     let mut last_template: Option<u64> = None;
     let mut tip_seq: Option<u64> = None;
     let mut prev_hash = [0u8; 32];
@@ -525,10 +608,33 @@ async fn mine_for(
     let mut announced: f32 = 0.0;
     let mut hashrate_open = true;
     let failure: Trigger = 'run: loop {
+        // The pool and the JDS answer every request within the timeout, or we leave them.
+        let deadline = [up.jds.deadline().map(|(at, _)| at), up.pool.deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        let overdue = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Shutdown,
             better = prober.better(&links.specs, &links.coinbase_tag, fallback, board, layout) => {
-                return Outcome::Better(Box::new(better));
+                let why = format!("{} is healthy again", better.0.name);
+                return Outcome::Better(Box::new(better), why);
+            }
+            _ = overdue => {
+                let now = Instant::now();
+                if let Some((at, what)) = up.jds.deadline() {
+                    if at <= now {
+                        break 'run up.jds.overdue(what).trigger();
+                    }
+                }
+                if up.pool.deadline().is_some_and(|at| at <= now) {
+                    break 'run up.pool.overdue().trigger();
+                }
             }
             changed = links.work.changed() => {
                 if changed.is_err() {
@@ -553,17 +659,17 @@ async fn mine_for(
                         jobs.waiting = Some(state);
                     }
                     Ok(Declared::Sent | Declared::Skipped) => {}
-                    Err(e) => break 'run upstream_lost(&up.name, e),
+                    Err(e) => break 'run e.trigger(),
                 }
             }
             event = up.jds.next_event() => match event {
-                Err(e) => break 'run upstream_lost(&up.name, e),
+                Err(e) => break 'run e.trigger(),
                 Ok(JdsEvent::TokenReady) => {
                     if let Some(state) = jobs.waiting.take() {
                         match declare_job(up, links, &state, &mut jobs, full_extranonce).await {
                             Ok(Declared::NoToken) => jobs.waiting = Some(state),
                             Ok(Declared::Sent | Declared::Skipped) => {}
-                            Err(e) => break 'run upstream_lost(&up.name, e),
+                            Err(e) => break 'run e.trigger(),
                         }
                     }
                 }
@@ -576,13 +682,13 @@ async fn mine_for(
                         .collect();
                     tracing::debug!(upstream = %up.name, request_id, count = positions.len(), "providing missing transactions");
                     if let Err(e) = up.jds.provide_transactions(request_id, wanted).await {
-                        break 'run upstream_lost(&up.name, e);
+                        break 'run e.trigger();
                     }
                 }
                 Ok(JdsEvent::Declared { request_id, new_token }) => {
                     let Some(job) = jobs.declaring.remove(&request_id) else { continue };
                     if let Err(e) = up.pool.set_custom_job(job.declaration.custom, &new_token).await {
-                        break 'run upstream_lost(&up.name, e);
+                        break 'run e.trigger();
                     }
                     jobs.setting.insert(request_id, job.template_id);
                 }
@@ -593,9 +699,13 @@ async fn mine_for(
                     }
                     let trigger = Trigger::DeclareRejected(code);
                     if trigger.is_race() {
-                        tracing::info!(upstream = %up.name, request_id, "declaration raced a new tip (stale-chain-tip); the next job is declared on the current tip");
-                        if let Some(job) = job {
-                            held.refuse(job.template_id);
+                        let template_id = job.map(|j| j.template_id);
+                        if let Some(t) = template_id {
+                            held.refuse(t);
+                        }
+                        tracing::info!(upstream = %up.name, request_id, ?template_id, "DeclareMiningJob raced a new tip (stale-chain-tip): no fallback, the job is declared again on the current tip");
+                        if let Err(e) = redeclare(up, links, &mut jobs, template_id, last_template, full_extranonce).await {
+                            break 'run e.trigger();
                         }
                         continue;
                     }
@@ -603,7 +713,7 @@ async fn mine_for(
                 }
             },
             event = up.pool.recv() => match event {
-                Err(e) => break 'run upstream_lost(&up.name, e),
+                Err(e) => break 'run e.trigger(),
                 Ok(PoolEvent::CustomJobAccepted { request_id, job_id }) => {
                     let Some(template_id) = jobs.setting.remove(&request_id) else { continue };
                     jobs.report(&links.bus, up, template_id, "accepted", "");
@@ -611,24 +721,28 @@ async fn mine_for(
                     tracing::debug!(upstream = %up.name, template_id, job_id, "custom job accepted");
                     for share in held.release(template_id, job_id) {
                         if let Err(e) = up.pool.submit_share(share).await {
-                            break 'run upstream_lost(&up.name, e);
+                            break 'run e.trigger();
                         }
                     }
                 }
                 Ok(PoolEvent::CustomJobRejected { request_id, code }) => {
-                    if let Some(template_id) = jobs.setting.remove(&request_id) {
+                    let template_id = jobs.setting.remove(&request_id);
+                    if let Some(template_id) = template_id {
                         held.refuse(template_id);
                         jobs.report(&links.bus, up, template_id, "rejected", &code);
                     }
                     let trigger = Trigger::CustomJobRejected(code);
                     if trigger.is_race() {
-                        tracing::info!(upstream = %up.name, request_id, "custom job raced a new tip (stale-chain-tip)");
+                        tracing::info!(upstream = %up.name, request_id, ?template_id, "SetCustomMiningJob raced a new tip (stale-chain-tip): no fallback, the job is declared again on the current tip");
+                        if let Err(e) = redeclare(up, links, &mut jobs, template_id, last_template, full_extranonce).await {
+                            break 'run e.trigger();
+                        }
                         continue;
                     }
                     break 'run trigger;
                 }
-                Ok(PoolEvent::SharesAccepted { .. }) => {
-                    if let Some(t) = reject_rate.record(true) {
+                Ok(PoolEvent::SharesAccepted { count }) => {
+                    if let Some(t) = reject_rate.accepted(count) {
                         break 'run t;
                     }
                 }
@@ -637,7 +751,7 @@ async fn mine_for(
                     // Shares in flight when the tip changes are stale: a race, not a sign of a
                     // broken upstream.
                     if code != "stale-share" {
-                        if let Some(t) = reject_rate.record(false) {
+                        if let Some(t) = reject_rate.rejected() {
                             break 'run t;
                         }
                     }
@@ -677,7 +791,7 @@ async fn mine_for(
                     announced = total;
                     tracing::info!(upstream = %up.name, hashrate = total, "announcing our devices' hashrate to the pool");
                     if let Err(e) = up.pool.update_hashrate(total).await {
-                        break 'run upstream_lost(&up.name, e);
+                        break 'run e.trigger();
                     }
                 }
             }
@@ -715,7 +829,7 @@ async fn mine_for(
                             extranonce,
                         };
                         if let Err(e) = up.pool.submit_share(upstream_share).await {
-                            break 'run upstream_lost(&up.name, e);
+                            break 'run e.trigger();
                         }
                     }
                     None => {
@@ -731,11 +845,36 @@ async fn mine_for(
             }
         }
     };
-    tracing::warn!(upstream = %up.name, held = ?held.counts(), "upstream failed: {failure}");
+    tracing::debug!(upstream = %up.name, held = ?held.counts(), reason = %failure, "leaving the upstream");
     Outcome::Failed(failure)
 }
 
-fn upstream_lost(name: &str, e: super::UpstreamError) -> Trigger {
-    tracing::warn!(upstream = %name, error = %e, "upstream connection failed");
-    Trigger::Disconnected
+/// After a `stale-chain-tip` answer for the job of `template_id`: declares the current job
+/// again (a new token, on the tip our devices mine now), once per job, if the refused job is
+/// the current one (a newer job is declared anyway when it comes).
+async fn redeclare(
+    up: &mut Upstream,
+    links: &RunnerLinks,
+    jobs: &mut Jobs,
+    template_id: Option<u64>,
+    current: Option<u64>,
+    full_extranonce: usize,
+) -> Result<(), super::UpstreamError> {
+    let Some(template_id) = template_id.filter(|t| Some(*t) == current) else {
+        return Ok(());
+    };
+    if jobs.redeclared == Some(template_id) {
+        tracing::info!(upstream = %up.name, template_id, "the job was refused as stale-chain-tip twice; the next job is declared when it comes");
+        return Ok(());
+    }
+    let state = links.work.borrow().clone();
+    let Some(state) = state.filter(|s| s.job.template_id == template_id) else {
+        return Ok(());
+    };
+    jobs.redeclared = Some(template_id);
+    match declare_job(up, links, &state, jobs, full_extranonce).await? {
+        Declared::NoToken => jobs.waiting = Some(state),
+        Declared::Sent | Declared::Skipped => {}
+    }
+    Ok(())
 }

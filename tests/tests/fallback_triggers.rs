@@ -1,0 +1,651 @@
+//! Every fallback trigger of issue 4, end to end: a real bitcoind (regtest), the jdc processes,
+//! devices (the sim-miner, or a scripted SV2 device), and the strict test pool and JDS told to
+//! misbehave. Each trigger moves the declarator to solo mining or to the next upstream without
+//! reconnecting devices; the reason is logged once (one line per transition) and published on
+//! the bus (the `upstream` state: `last_error` of the failed upstream).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bitcoincore_rpc::RpcApi;
+use jdc_shared::bus::Topic;
+use jdc_shared::messages::UpstreamState;
+use jdc_tests::bitcoind::Bitcoind;
+use jdc_tests::jds::{pool_payout_script, Misbehave, TestJds};
+use jdc_tests::pool::{PoolMisbehave, TestPool, UNKNOWN_ERROR_CODE};
+use jdc_tests::stack::{target_dir, Proc, Stack};
+use jdc_tests::wait_until;
+use stratum_core::parsers_sv2::MiningOwned;
+
+/// The one log line the declarator writes per change of the source of work.
+const TRANSITION: &str = "upstream switch";
+
+/// The `[[declarator.upstream]]` entry of a test pool and its JDS.
+fn upstream_entry(pool: &TestPool, jds: &TestJds) -> String {
+    jdc_tests::pool::upstream_entry(&pool.addr.to_string(), jds, "full-template")
+}
+
+/// A pool and its JDS, misbehaving as told; its extranonce prefixes start with `tag`.
+struct Upstream {
+    jds: TestJds,
+    pool: TestPool,
+}
+
+impl Upstream {
+    async fn start(jds: Misbehave, pool: PoolMisbehave, tag: [u8; 2]) -> anyhow::Result<Self> {
+        let jds = TestJds::start(jds).await?;
+        let pool = TestPool::start_with_jds_prefix(pool, &jds, tag).await?;
+        Ok(Self { jds, pool })
+    }
+
+    fn entry(&self) -> String {
+        upstream_entry(&self.pool, &self.jds)
+    }
+
+    fn accepted_shares(&self) -> usize {
+        self.pool.shares().iter().filter(|s| s.is_ok()).count()
+    }
+
+    fn assert_no_violations(&self, name: &str) {
+        let (p, j) = (self.pool.violations(), self.jds.violations());
+        assert!(p.is_empty(), "{name} pool: {p:?}");
+        assert!(j.is_empty(), "{name} jds: {j:?}");
+    }
+}
+
+/// Collects the declarator's upstream states from the bus, in order, without re-sends.
+fn record_upstream_states(stack: &Stack) -> Arc<Mutex<Vec<UpstreamState>>> {
+    let states: Arc<Mutex<Vec<UpstreamState>>> = Arc::default();
+    let (mut inbox, stop) = stack.subscribe(vec![Topic::Upstream]);
+    let sink = states.clone();
+    tokio::spawn(async move {
+        let _stop = stop.drop_guard();
+        while let Some(msg) = inbox.recv().await {
+            if let Ok(state) = msg.decode::<UpstreamState>() {
+                let mut all = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if all.last().map(|s| s.id) != Some(state.id) {
+                    all.push(state);
+                }
+            }
+        }
+    });
+    states
+}
+
+/// Waits for an upstream state on the bus for which `pred` holds.
+fn wait_for_state(
+    states: &Mutex<Vec<UpstreamState>>,
+    what: &str,
+    pred: impl Fn(&UpstreamState) -> bool,
+) -> anyhow::Result<UpstreamState> {
+    wait_until(what, Duration::from_secs(30), || {
+        let all = states.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(all.iter().rev().find(|s| pred(s)).cloned())
+    })
+    .with_context(|| {
+        format!(
+            "upstream states seen: {:#?}",
+            states.lock().map(|s| s.clone())
+        )
+    })
+}
+
+/// The declarator's transition lines from log line `from` on.
+fn transitions(declarator: &Proc, from: usize) -> Vec<String> {
+    declarator
+        .log_lines()
+        .into_iter()
+        .skip(from)
+        .filter(|l| l.contains(TRANSITION))
+        .collect()
+}
+
+/// Whether a job's coinbase pays the test pool (its payout script in the outputs).
+fn pays_the_pool(m: &MiningOwned) -> Option<bool> {
+    let MiningOwned::NewExtendedMiningJob(j) = m else {
+        return None;
+    };
+    let script = pool_payout_script();
+    let script = script.as_bytes();
+    let suffix = j.coinbase_tx_suffix.as_ref();
+    Some(suffix.windows(script.len()).any(|w| w == script))
+}
+
+/// The declarator with an easy pool target (1 H/s announced), plus `args`.
+fn start_declarator(stack: &mut Stack, args: &[&str]) -> anyhow::Result<()> {
+    let mut all = vec!["--set", "declarator.upstream_nominal_hash_rate=1.0"];
+    all.extend_from_slice(args);
+    stack.start("declarator", &all, "SV2 mining server listening")?;
+    stack
+        .get("declarator")?
+        .wait_for_log("mining for the pool", Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// A sim-miner whose shares reach the pool (tiny announced hashrate).
+fn start_miner(stack: &mut Stack) -> anyhow::Result<()> {
+    stack.start_miner(
+        "miner",
+        &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],
+    )?;
+    Ok(())
+}
+
+fn assert_miner_stayed_connected(stack: &Stack) -> anyhow::Result<()> {
+    let events = stack.get("miner")?.events();
+    if events.iter().any(|e| e["event"] == "disconnected") {
+        bail!("the device was disconnected by the switch");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 1-second switch (issue 4: "within one second of the trigger").
+
+/// The pool in use crashes while the next upstream stalls (its JDS never answers a token
+/// request): devices get solo work (our payout) within one second of the crash, on the same
+/// connection, without waiting for the next upstream's timeout; the stalled upstream is then
+/// found unusable (its timeout logged and published) and mining stays solo. One transition
+/// line is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_get_solo_work_within_a_second_while_the_next_upstream_stalls() -> anyhow::Result<()>
+{
+    let first = Upstream::start(Misbehave::No, PoolMisbehave::No, [0x11, 0x11]).await?;
+    let stalled = Upstream::start(Misbehave::Stall, PoolMisbehave::No, [0x22, 0x22]).await?;
+    let upstreams = first.entry() + &stalled.entry();
+    let (node, funding) = tokio::task::block_in_place(Bitcoind::start_funded)?;
+    let mut stack = Stack::new(&node, &funding.to_string(), &upstreams)?;
+    let states = record_upstream_states(&stack);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        start_declarator(&mut stack, &["--set", "declarator.upstream_timeout_secs=3"])?;
+        stack.start_template_source()
+    })?;
+    let mut device = stack.connect_device().await?;
+    device
+        .wait_for(
+            "a job for the first pool",
+            Duration::from_secs(30),
+            |d, m| d.new_work_under(m, &[0x11, 0x11]) && d.mines_under(&[0x11, 0x11]),
+        )
+        .await?;
+    let mark = stack.get("declarator")?.log_len();
+
+    let trigger = Instant::now();
+    first.pool.drop_connections();
+    let job = device
+        .wait_for(
+            "a solo job after the pool crashed",
+            Duration::from_secs(10),
+            |_, m| pays_the_pool(m) == Some(false),
+        )
+        .await?;
+    let elapsed = trigger.elapsed();
+    eprintln!("first solo job at the device {elapsed:?} after the trigger");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "the first solo job came {elapsed:?} after the trigger (issue 4: within one second)"
+    );
+    let MiningOwned::NewExtendedMiningJob(job) = job else {
+        bail!("not a job");
+    };
+    let ours = funding.script_pubkey();
+    let suffix = job.coinbase_tx_suffix.as_ref();
+    if !suffix.windows(ours.len()).any(|w| w == ours.as_bytes()) {
+        bail!("the solo job does not pay our payout");
+    }
+
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let state = wait_for_state(&states, "the stalled upstream found unusable", |s| {
+            s.mode == "solo"
+                && s.upstreams
+                    .get(1)
+                    .is_some_and(|u| u.last_error.contains("no answer to AllocateMiningJobToken"))
+        })?;
+        let first_error = &state.upstreams[0].last_error;
+        if !(first_error.contains("connection lost") && first_error.contains("pool 127.0.0.1")) {
+            bail!("upstream 1's error on the bus: {first_error:?}");
+        }
+        if state.switches != 1 {
+            bail!("one switch (to solo) expected: {state:?}");
+        }
+        let declarator = stack.get("declarator")?;
+        let lines = transitions(declarator, mark);
+        if lines.len() != 1
+            || !lines[0].contains("to=solo")
+            || !lines[0].contains("connection lost")
+        {
+            bail!("one transition line (upstream 1 → solo, with its reason) expected: {lines:#?}");
+        }
+        Ok(())
+    })?;
+    first.assert_no_violations("first");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Triggers of the upstream in use, falling back to solo (only one upstream configured).
+
+/// Upstream 1 misbehaves as told once jobs flow: the declarator leaves it and mines solo to
+/// our payout; the sim-miner stays connected and its blocks pay us. `reason` is in the one
+/// transition line and in upstream 1's `last_error` on the bus.
+async fn falls_back_to_solo(
+    jds: Misbehave,
+    pool: PoolMisbehave,
+    reason: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let up = Upstream::start(jds, pool, [0x11, 0x11]).await?;
+    let (node, funding) = tokio::task::block_in_place(Bitcoind::start_funded)?;
+    let mut stack = Stack::new(&node, &funding.to_string(), &up.entry())?;
+    let states = record_upstream_states(&stack);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let start = node.rpc()?.get_block_count()?;
+        start_declarator(&mut stack, args)?;
+        stack.start_template_source()?;
+        start_miner(&mut stack)?;
+        let line = stack
+            .get("declarator")?
+            .wait_for_log(TRANSITION, Duration::from_secs(30))?;
+        if !line.contains("to=solo") || !line.contains(reason) {
+            bail!("the transition line does not say `to=solo` and `{reason}`: {line}");
+        }
+        let state = wait_for_state(&states, "solo on the bus", |s| s.mode == "solo")?;
+        let error = &state.upstreams[0].last_error;
+        if !error.contains(reason) || state.upstreams[0].state != "down" {
+            bail!("upstream 1 on the bus: {:?}", state.upstreams[0]);
+        }
+        // Devices keep mining: blocks paying our payout.
+        let rpc = node.rpc()?;
+        let ours = funding.script_pubkey();
+        wait_until(
+            "2 blocks paying our payout",
+            Duration::from_secs(60),
+            || {
+                let tip = rpc.get_block_count()?;
+                let mut paying = 0;
+                for h in start + 1..=tip {
+                    let block = rpc.get_block(&rpc.get_block_hash(h)?)?;
+                    if block.txdata[0]
+                        .output
+                        .iter()
+                        .any(|o| o.script_pubkey == ours && o.value.to_sat() > 0)
+                    {
+                        paying += 1;
+                    }
+                }
+                Ok((paying >= 2).then_some(()))
+            },
+        )?;
+        assert_miner_stayed_connected(&stack)?;
+        let declarator = stack.get("declarator")?;
+        let lines = transitions(declarator, 0);
+        if lines.len() != 1 {
+            bail!("one transition line expected: {lines:#?}");
+        }
+        // The reason is told once, not by every layer on the way.
+        let told = declarator
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains(reason))
+            .count();
+        if told != 1 {
+            bail!("`{reason}` logged {told} times, once expected");
+        }
+        Ok(())
+    })
+}
+
+/// A pool that opens the channel, then never answers again (connection kept open): the
+/// `SetCustomMiningJob` deadline (`upstream_timeout_secs`) makes the declarator leave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_pool_is_left_for_solo() -> anyhow::Result<()> {
+    falls_back_to_solo(
+        Misbehave::No,
+        PoolMisbehave::Stall,
+        "no answer to SetCustomMiningJob within 2s",
+        &["--set", "declarator.upstream_timeout_secs=2"],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_sending_garbage_is_left_for_solo() -> anyhow::Result<()> {
+    falls_back_to_solo(Misbehave::No, PoolMisbehave::Garbage, "bad frame", &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_error_code_we_do_not_know_is_a_refusal() -> anyhow::Result<()> {
+    falls_back_to_solo(
+        Misbehave::No,
+        PoolMisbehave::UnknownErrorCode,
+        &format!("SetCustomMiningJob refused ({UNKNOWN_ERROR_CODE}: an error code we do not know"),
+        &[],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jds_sending_garbage_is_left_for_solo() -> anyhow::Result<()> {
+    falls_back_to_solo(
+        Misbehave::GarbageOnDeclaration,
+        PoolMisbehave::No,
+        "bad frame",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jds_error_code_we_do_not_know_is_a_refusal() -> anyhow::Result<()> {
+    falls_back_to_solo(
+        Misbehave::UnknownErrorCode,
+        PoolMisbehave::No,
+        &format!("DeclareMiningJob refused ({UNKNOWN_ERROR_CODE}: an error code we do not know"),
+        &[],
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Triggers meeting the next upstream.
+
+/// Upstream 1 works until `fail` makes it fail; upstream 2 misbehaves as `second` says (or
+/// works); upstream 3 works. Devices get solo work at once, then move to the first of 2 and 3
+/// that works, without reconnecting. Returns the three upstreams and the final state.
+struct Rig {
+    ups: Vec<Upstream>,
+    state: UpstreamState,
+}
+
+async fn falls_over(
+    second: (Misbehave, PoolMisbehave),
+    fail: impl FnOnce(&Upstream),
+    args: &[&str],
+    first_reason: &str,
+    second_reason: Option<&str>,
+) -> anyhow::Result<Rig> {
+    let ups = vec![
+        Upstream::start(Misbehave::No, PoolMisbehave::No, [0x11, 0x11]).await?,
+        Upstream::start(second.0, second.1, [0x22, 0x22]).await?,
+        Upstream::start(Misbehave::No, PoolMisbehave::No, [0x33, 0x33]).await?,
+    ];
+    let entries: String = ups.iter().map(Upstream::entry).collect();
+    // The one that takes over: upstream 3 when upstream 2 misbehaves.
+    let (taker, tag) = match second_reason {
+        Some(_) => (2, "3333"),
+        None => (1, "2222"),
+    };
+    let (node, funding) = tokio::task::block_in_place(Bitcoind::start_funded)?;
+    let mut stack = Stack::new(&node, &funding.to_string(), &entries)?;
+    let states = record_upstream_states(&stack);
+    let mark = tokio::task::block_in_place(|| -> anyhow::Result<usize> {
+        start_declarator(&mut stack, args)?;
+        stack.start_template_source()?;
+        start_miner(&mut stack)?;
+        wait_until(
+            "shares accepted by the first pool",
+            Duration::from_secs(30),
+            || Ok((ups[0].accepted_shares() > 0).then_some(())),
+        )?;
+        Ok(stack.get("declarator")?.log_len())
+    })?;
+    fail(&ups[0]);
+    let state = tokio::task::block_in_place(|| -> anyhow::Result<UpstreamState> {
+        let miner = stack.get("miner")?;
+        miner.wait_for_event(0, Duration::from_secs(30), |e| {
+            e["event"] == "set-extranonce-prefix"
+                && e["extranonce_prefix"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(tag))
+        })?;
+        let state = wait_for_state(&states, "the next upstream active", |s| {
+            s.mode == "pool" && s.active == taker as u32 + 1
+        })?;
+        let before = ups[taker].accepted_shares();
+        wait_until(
+            "shares accepted by the upstream that took over",
+            Duration::from_secs(30),
+            || Ok((ups[taker].accepted_shares() > before).then_some(())),
+        )?;
+        assert_miner_stayed_connected(&stack)?;
+        let first = &state.upstreams[0];
+        if first.state != "down" || !first.last_error.contains(first_reason) {
+            bail!("upstream 1 on the bus: {first:?}");
+        }
+        if let Some(reason) = second_reason {
+            let second = &state.upstreams[1];
+            if second.state != "down" || !second.last_error.contains(reason) {
+                bail!("upstream 2 on the bus: {second:?}");
+            }
+        }
+        let declarator = stack.get("declarator")?;
+        let lines = transitions(declarator, mark);
+        let to = format!("to=upstream {}", taker + 1);
+        let expected = lines.len() == 2
+            && lines[0].contains("from=upstream 1")
+            && lines[0].contains("to=solo")
+            && lines[0].contains(first_reason)
+            && lines[1].contains("from=solo")
+            && lines[1].contains(&to);
+        if !expected {
+            bail!("two transition lines (upstream 1 → solo → {to}) expected: {lines:#?}");
+        }
+        if let Some(reason) = second_reason {
+            let log = declarator.log_lines().join("\n");
+            let named = log
+                .lines()
+                .any(|l| l.contains("upstream unusable") && l.contains(reason));
+            if !named {
+                bail!("upstream 2's failure `{reason}` is not logged:\n{log}");
+            }
+        }
+        Ok(state)
+    })?;
+    for (i, up) in ups.iter().enumerate() {
+        if i != 1 {
+            up.assert_no_violations(&format!("upstream {}", i + 1));
+        }
+    }
+    Ok(Rig { ups, state })
+}
+
+/// The next upstream's JDS refuses our mode (Full-Template) at `SetupConnection`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jds_refusing_our_mode_is_skipped_for_the_next_upstream() -> anyhow::Result<()> {
+    falls_over(
+        (Misbehave::RefuseFullTemplate, PoolMisbehave::No),
+        |up| up.pool.drop_connections(),
+        &[],
+        "connection lost",
+        Some("SetupConnection refused"),
+    )
+    .await
+    .map(drop)
+}
+
+/// The next upstream's pool refuses our channel (`OpenMiningChannel.Error`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_refusing_our_channel_is_skipped_for_the_next_upstream() -> anyhow::Result<()> {
+    falls_over(
+        (Misbehave::No, PoolMisbehave::RefuseChannel),
+        |up| up.pool.drop_connections(),
+        &[],
+        "connection lost",
+        Some("channel refused"),
+    )
+    .await
+    .map(drop)
+}
+
+/// The next upstream's pool gives fewer extranonce bytes than our devices need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_a_too_small_extranonce_is_skipped_for_the_next_upstream() -> anyhow::Result<()>
+{
+    falls_over(
+        (Misbehave::No, PoolMisbehave::SmallExtranonce),
+        |up| up.pool.drop_connections(),
+        &[],
+        "connection lost",
+        Some("extranonce too small"),
+    )
+    .await
+    .map(drop)
+}
+
+/// The JDS in use crashes (its connections dropped, the pool's stay up): the declarator
+/// leaves the upstream and mines for the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_jds_connection_moves_to_the_next_upstream() -> anyhow::Result<()> {
+    let rig = falls_over(
+        (Misbehave::No, PoolMisbehave::No),
+        |up| up.jds.drop_connections(),
+        &[],
+        "connection lost",
+        None,
+    )
+    .await?;
+    let first = &rig.state.upstreams[0].last_error;
+    if !first.contains("jds 127.0.0.1") {
+        bail!("the lost JDS is not named: {first}");
+    }
+    drop(rig.ups);
+    Ok(())
+}
+
+/// The JDS in use stops answering mid-session (tokens and declarations; the connection stays
+/// open): its answer deadline makes the declarator leave it for the next upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_jds_is_left_for_the_next_upstream() -> anyhow::Result<()> {
+    let jds1 = TestJds::start(Misbehave::StallAfterTokens(2)).await?;
+    let pool1 = TestPool::start_with_jds_prefix(PoolMisbehave::No, &jds1, [0x11, 0x11]).await?;
+    let second = Upstream::start(Misbehave::No, PoolMisbehave::No, [0x22, 0x22]).await?;
+    let upstreams = upstream_entry(&pool1, &jds1) + &second.entry();
+    let (node, funding) = tokio::task::block_in_place(Bitcoind::start_funded)?;
+    let mut stack = Stack::new(&node, &funding.to_string(), &upstreams)?;
+    let states = record_upstream_states(&stack);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        start_declarator(&mut stack, &["--set", "declarator.upstream_timeout_secs=2"])?;
+        stack.start_template_source()?;
+        start_miner(&mut stack)?;
+        let state = wait_for_state(&states, "upstream 2 active", |s| {
+            s.mode == "pool" && s.active == 2
+        })?;
+        let error = &state.upstreams[0].last_error;
+        if !(error.contains("timed out") && error.contains("no answer to")) {
+            bail!("upstream 1's error on the bus: {error:?}");
+        }
+        wait_until(
+            "shares accepted by the second pool",
+            Duration::from_secs(30),
+            || Ok((second.accepted_shares() > 0).then_some(())),
+        )?;
+        assert_miner_stayed_connected(&stack)?;
+        let lines = transitions(stack.get("declarator")?, 0);
+        if lines.len() != 2 || !lines[0].contains("timed out") {
+            bail!("two transitions (upstream 1 → solo → upstream 2) expected: {lines:#?}");
+        }
+        Ok(())
+    })?;
+    second.assert_no_violations("second");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Not a trigger: the stale-chain-tip race.
+
+/// The JDS refuses one declaration with `stale-chain-tip` (its node had not seen our tip): the
+/// declarator logs it, declares the job again on the current tip and stays with the pool: no
+/// transition, and a later declaration is accepted and mined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_chain_tip_is_a_race_not_a_fallback() -> anyhow::Result<()> {
+    let up = Upstream::start(
+        Misbehave::StaleChainTipOnce,
+        PoolMisbehave::No,
+        [0x11, 0x11],
+    )
+    .await?;
+    let (node, funding) = tokio::task::block_in_place(Bitcoind::start_funded)?;
+    let mut stack = Stack::new(&node, &funding.to_string(), &up.entry())?;
+    let states = record_upstream_states(&stack);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        start_declarator(&mut stack, &[])?;
+        stack.start_template_source()?;
+        let line = stack
+            .get("declarator")?
+            .wait_for_log("stale-chain-tip", Duration::from_secs(30))?;
+        if !line.contains("no fallback") {
+            bail!("the race is not logged as such: {line}");
+        }
+        wait_until(
+            "a declaration accepted after the refusal",
+            Duration::from_secs(30),
+            || Ok((!up.jds.declared().is_empty() && !up.pool.jobs().is_empty()).then_some(())),
+        )?;
+        start_miner(&mut stack)?;
+        wait_until(
+            "shares accepted by the pool",
+            Duration::from_secs(30),
+            || Ok((up.accepted_shares() > 0).then_some(())),
+        )?;
+        let state = wait_for_state(&states, "the pool state", |s| s.mode == "pool")?;
+        if state.switches != 0 || !state.upstreams[0].last_error.is_empty() {
+            bail!("stale-chain-tip counted as a failure: {state:?}");
+        }
+        let lines = transitions(stack.get("declarator")?, 0);
+        if !lines.is_empty() {
+            bail!("stale-chain-tip caused a transition: {lines:#?}");
+        }
+        Ok(())
+    })?;
+    assert_eq!(
+        up.jds
+            .stale_refusals
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    up.assert_no_violations("upstream");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rejected-share trigger's configuration.
+
+fn run_to_exit(args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let dir = std::env::temp_dir().join(format!("jdc-reject-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut p = Proc::spawn(
+        "declarator",
+        &target_dir()?.join("jdc-declarator"),
+        &args,
+        &[],
+        &dir,
+    )?;
+    let status = p.wait_exit(Duration::from_secs(20))?;
+    Ok((status.code().unwrap_or(-1), p.log_lines().join("\n")))
+}
+
+#[test]
+fn bad_reject_limits_exit_2_naming_the_key() -> anyhow::Result<()> {
+    let payout = "declarator.payout=[{destination=\"51\"}]";
+    for (set, key) in [
+        (
+            "declarator.upstream_reject_window=0",
+            "declarator.upstream_reject_window",
+        ),
+        (
+            "declarator.upstream_reject_max_fraction=1.5",
+            "declarator.upstream_reject_max_fraction",
+        ),
+        (
+            "declarator.upstream_reject_max_fraction=0",
+            "declarator.upstream_reject_max_fraction",
+        ),
+    ] {
+        let (code, err) = run_to_exit(&["--set", payout, "--set", set])?;
+        assert_eq!(code, 2, "{set}: {err}");
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+    Ok(())
+}
