@@ -207,6 +207,12 @@ pub struct JobSent {
     pub new_tip: bool,
     /// Microseconds from tip detection to the job being written to the devices (0 if unknown).
     pub tip_to_job_us: u64,
+    /// Whether this is the declarator's first job of this kind on this tip (over all device
+    /// connections): what the tip-to-job latency is measured on. Template refreshes, and the
+    /// same job written to further connections, are `false`. Absent (so `false`) from
+    /// declarators older than the field.
+    #[serde(default)]
+    pub first_on_tip: bool,
 }
 
 /// The verdict on one share from a device.

@@ -128,7 +128,7 @@ pub const JOBS_SENT: MetricDef = MetricDef {
     name: "jdc_jobs_sent",
     kind: MetricKind::Counter,
     labels: &["kind"],
-    help: "Mining jobs sent to devices by the declarator, by kind (empty or full)",
+    help: "Mining jobs written to device connections by the declarator, by kind (empty or full; a job sent to two connections counts twice)",
 };
 
 /// `jdc_tip_to_job_seconds`
@@ -136,8 +136,7 @@ pub const TIP_TO_JOB_SECONDS: MetricDef = MetricDef {
     name: "jdc_tip_to_job_seconds",
     kind: MetricKind::Histogram,
     labels: &["kind"],
-    help:
-        "Time from tip detection by the watcher to a job being written to the devices, by job kind",
+    help: "Time from tip detection by the watcher to the first job of that kind on the tip being written to a device, by job kind (refreshes are not observed)",
 };
 
 /// `jdc_shares`
@@ -169,7 +168,7 @@ pub const TIP_HEIGHT: MetricDef = MetricDef {
     name: "jdc_tip_height",
     kind: MetricKind::Gauge,
     labels: &[],
-    help: "Height of the chain tip the watcher announced last",
+    help: "Height of the chain tip the watcher announced last (bitcoind's block count)",
 };
 
 /// `jdc_getblocktemplate_seconds`
@@ -185,7 +184,15 @@ pub const TEMPLATE_AGE_SECONDS: MetricDef = MetricDef {
     name: "jdc_template_age_seconds",
     kind: MetricKind::Gauge,
     labels: &[],
-    help: "Seconds since the latest template arrived",
+    help: "Seconds since the latest template arrived (absent until the first one)",
+};
+
+/// `jdc_template_missing_seconds`
+pub const TEMPLATE_MISSING_SECONDS: MetricDef = MetricDef {
+    name: "jdc_template_missing_seconds",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Seconds the stack has been without a template for the latest chain tip (before any template: since the watcher was first heard from); 0 while it has one",
 };
 
 /// `jdc_bitcoind_zmq_messages`
@@ -357,6 +364,22 @@ pub const BUS_SEQUENCE_GAPS: MetricDef = MetricDef {
     help: "Bus messages jdc-metrics missed, counted from sequence gaps",
 };
 
+/// `jdc_process_bus_malformed_messages`
+pub const PROCESS_BUS_MALFORMED_MESSAGES: MetricDef = MetricDef {
+    name: "jdc_process_bus_malformed_messages",
+    kind: MetricKind::Counter,
+    labels: &["process"],
+    help: "Bus messages each process refused as malformed on the streams it reads, from its heartbeats",
+};
+
+/// `jdc_process_bus_sequence_gaps`
+pub const PROCESS_BUS_SEQUENCE_GAPS: MetricDef = MetricDef {
+    name: "jdc_process_bus_sequence_gaps",
+    kind: MetricKind::Counter,
+    labels: &["process"],
+    help: "Bus messages each process missed on the streams it reads (sequence gaps), from its heartbeats",
+};
+
 /// Every metric, in exposition order.
 pub const ALL: &[&MetricDef] = &[
     &BUILD,
@@ -377,6 +400,7 @@ pub const ALL: &[&MetricDef] = &[
     &TIP_HEIGHT,
     &GETBLOCKTEMPLATE_SECONDS,
     &TEMPLATE_AGE_SECONDS,
+    &TEMPLATE_MISSING_SECONDS,
     &BITCOIND_ZMQ_MESSAGES,
     &BITCOIND_ZMQ_GAPS,
     &BITCOIND_ZMQ_MALFORMED,
@@ -398,4 +422,6 @@ pub const ALL: &[&MetricDef] = &[
     &BUS_MESSAGES,
     &BUS_MALFORMED_MESSAGES,
     &BUS_SEQUENCE_GAPS,
+    &PROCESS_BUS_MALFORMED_MESSAGES,
+    &PROCESS_BUS_SEQUENCE_GAPS,
 ];

@@ -117,6 +117,14 @@ impl ShareWindow {
         }
     }
 
+    /// Records an accepted share like [`ShareWindow::record`], then forgets the shares older
+    /// than `span_us` before `at_us` and the oldest beyond `max`: the window stays bounded
+    /// however long nobody reads it.
+    pub fn record_bounded(&mut self, at_us: u64, difficulty: f64, span_us: u64, max: usize) {
+        self.record(at_us, difficulty);
+        self.forget(at_us.saturating_sub(span_us), max);
+    }
+
     /// Forgets the shares arrived at or before `from_us`, and the oldest beyond `max`.
     pub fn forget(&mut self, from_us: u64, max: usize) {
         while self
@@ -151,5 +159,39 @@ impl ShareWindow {
             .map(|(_, d)| d)
             .sum::<f64>()
             * HASHES_PER_DIFFICULTY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_window_forgets_old_shares_as_it_records() {
+        let mut w = ShareWindow::default();
+        // Ten shares a second for ten hours, never read, a 60 s window.
+        for i in 0..360_000u64 {
+            w.record_bounded(i * 100_000, 1.0, 60_000_000, 1_000_000);
+            assert!(w.len() <= 601, "{} shares kept at {i}", w.len());
+        }
+        let last = 359_999 * 100_000;
+        assert_eq!(w.first_us(), Some(last - 59_900_000));
+        assert_eq!(w.len(), 600);
+        assert_eq!(w.hashes(0, last), 600.0 * HASHES_PER_DIFFICULTY);
+    }
+
+    #[test]
+    fn a_bounded_window_keeps_at_most_max_shares() {
+        let mut w = ShareWindow::default();
+        // A flood within the span: the cap holds, the newest are kept.
+        for i in 0..10_000u64 {
+            w.record_bounded(1_000 + i, 2.0, u64::MAX, 100);
+        }
+        assert_eq!(w.len(), 100);
+        assert_eq!(w.first_us(), Some(1_000 + 9_900));
+        // Worthless shares are not kept at all.
+        w.record_bounded(20_000, f64::NAN, u64::MAX, 100);
+        w.record_bounded(20_000, 0.0, u64::MAX, 100);
+        assert_eq!(w.len(), 100);
     }
 }

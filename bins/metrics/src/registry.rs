@@ -12,16 +12,18 @@
 //! number of series.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use jdc_shared::bus::{BusError, BusStats, Dedup, Received, Topic};
 use jdc_shared::messages::{BlockStage, UpstreamState};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
 
 use crate::health::Health;
 use jdc_shared::metric_names as names;
@@ -41,6 +43,10 @@ pub const DECLARED_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 /// Window of accepted shares the hashrate estimate is computed over.
 pub const HASHRATE_WINDOW_US: u64 = 300_000_000;
+
+/// Accepted shares kept in the hashrate window at most (beyond, the oldest are forgotten and
+/// the estimate spans the shares kept): bounds the memory a share flood can take.
+pub const MAX_WINDOW_SHARES: usize = 100_000;
 
 /// Distinct values kept per free-form label before further ones are reported as `other`.
 pub const MAX_LABEL_VALUES: usize = 32;
@@ -148,6 +154,35 @@ impl LabelValues {
 
 type SecondsGauge = Gauge<f64, AtomicU64>;
 
+/// A gauge absent from the exposition until first set: a value that does not exist yet (the
+/// age of a template before the first) is not reported as 0.
+#[derive(Debug, Clone, Default)]
+struct LateGauge {
+    gauge: SecondsGauge,
+    set: Arc<AtomicBool>,
+}
+
+impl LateGauge {
+    fn set(&self, v: f64) {
+        self.gauge.set(v);
+        self.set.store(true, Ordering::Relaxed);
+    }
+}
+
+impl EncodeMetric for LateGauge {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.gauge.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.set.load(Ordering::Relaxed)
+    }
+}
+
 /// Every metric of the stack, the dedup state, and the per-process health.
 pub struct Metrics {
     registry: prometheus_client::registry::Registry,
@@ -170,7 +205,14 @@ pub struct Metrics {
     tip_height: Gauge,
     gbt: Histogram,
     template_received_us: Option<u64>,
-    template_age: SecondsGauge,
+    template_age: LateGauge,
+    /// `prev_hash` of the latest template.
+    template_prev: Option<String>,
+    /// Since when the stack has had no template for the latest tip (before any template:
+    /// since the watcher was first heard from); `None` while it has one.
+    template_missing_since_us: Option<u64>,
+    watcher_heard: bool,
+    template_missing: SecondsGauge,
     zmq_messages: Counter,
     zmq_gaps: Counter,
     zmq_malformed: Counter,
@@ -197,6 +239,10 @@ pub struct Metrics {
     bus_messages: Family<StreamLabel, Counter>,
     bus_malformed: Counter,
     bus_gaps: Counter,
+    process_bus_malformed: Family<ProcessLabel, Counter>,
+    process_bus_gaps: Family<ProcessLabel, Counter>,
+    /// Last bus totals from each process's heartbeats (restart-aware mirroring).
+    process_bus_last: HashMap<(String, &'static str), u64>,
     dedup: Dedup,
     last_tip: Option<String>,
     labels: HashMap<&'static str, LabelValues>,
@@ -237,7 +283,11 @@ impl Metrics {
             tip_height: Gauge::default(),
             gbt: Histogram::new(GBT_BUCKETS),
             template_received_us: None,
-            template_age: SecondsGauge::default(),
+            template_age: LateGauge::default(),
+            template_prev: None,
+            template_missing_since_us: None,
+            watcher_heard: false,
+            template_missing: SecondsGauge::default(),
             zmq_messages: Counter::default(),
             zmq_gaps: Counter::default(),
             zmq_malformed: Counter::default(),
@@ -262,6 +312,9 @@ impl Metrics {
             bus_messages: Family::default(),
             bus_malformed: Counter::default(),
             bus_gaps: Counter::default(),
+            process_bus_malformed: Family::default(),
+            process_bus_gaps: Family::default(),
+            process_bus_last: HashMap::new(),
             dedup: Dedup::default(),
             last_tip: None,
             labels: HashMap::new(),
@@ -325,6 +378,11 @@ impl Metrics {
             &mut registry,
             &names::TEMPLATE_AGE_SECONDS,
             m.template_age.clone(),
+        );
+        register(
+            &mut registry,
+            &names::TEMPLATE_MISSING_SECONDS,
+            m.template_missing.clone(),
         );
         register(
             &mut registry,
@@ -399,7 +457,22 @@ impl Metrics {
             m.bus_malformed.clone(),
         );
         register(&mut registry, &names::BUS_SEQUENCE_GAPS, m.bus_gaps.clone());
+        register(
+            &mut registry,
+            &names::PROCESS_BUS_MALFORMED_MESSAGES,
+            m.process_bus_malformed.clone(),
+        );
+        register(
+            &mut registry,
+            &names::PROCESS_BUS_SEQUENCE_GAPS,
+            m.process_bus_gaps.clone(),
+        );
         for p in processes {
+            let label = ProcessLabel {
+                process: p.to_string(),
+            };
+            m.process_bus_malformed.get_or_create(&label).inc_by(0);
+            m.process_bus_gaps.get_or_create(&label).inc_by(0);
             m.process_up
                 .get_or_create(&ProcessLabel {
                     process: p.to_string(),
@@ -481,20 +554,39 @@ impl Metrics {
 
     /// Applies one decoded message from `stream`.
     pub fn apply(&mut self, stream: &str, message: &Message, now_us: u64) {
+        if stream == "watcher" && !self.watcher_heard {
+            // The watcher is running: from now on, no template is a missing template.
+            self.watcher_heard = true;
+            if self.template_prev.is_none() {
+                self.template_missing_since_us.get_or_insert(now_us);
+            }
+        }
         match message {
             Message::Ignored => {}
             Message::Tip(tip) => {
                 if self.last_tip.as_deref() != Some(tip.prev_hash.as_str()) {
                     self.last_tip = Some(tip.prev_hash.clone());
                     self.tips.inc();
+                    // A new tip makes the template on the old one useless (an earlier wait
+                    // goes on).
+                    if self.template_prev.as_deref() != Some(tip.prev_hash.as_str()) {
+                        self.template_missing_since_us.get_or_insert(now_us);
+                    }
                 }
-                self.tip_height.set(i64::from(tip.height));
+                // `Tip.height` is the height of the block to be mined next: the tip is one below.
+                self.tip_height.set(i64::from(tip.height.saturating_sub(1)));
             }
             Message::Summary(t) => {
                 if self.dedup.is_new(Topic::Summary, t.id) {
                     self.templates.inc();
                     self.gbt.observe(t.gbt_us as f64 / 1e6);
                     self.template_received_us = Some(now_us);
+                    // A template on the latest tip (or, before any tip is known, any
+                    // template) is what the stack needs.
+                    if self.last_tip.as_ref().is_none_or(|tip| *tip == t.prev_hash) {
+                        self.template_missing_since_us = None;
+                    }
+                    self.template_prev = Some(t.prev_hash.clone());
                     self.template_transactions.set(gauge_value(t.tx_count));
                     self.template_fees.set(gauge_value(t.fees));
                 }
@@ -527,7 +619,10 @@ impl Metrics {
                     kind: job.kind.as_str().to_string(),
                 };
                 self.jobs.get_or_create(&kind).inc();
-                if job.tip_to_job_us > 0 {
+                // Only the first job of each kind on a tip measures the tip-to-job latency:
+                // template refreshes come seconds or minutes after the tip, and further
+                // connections get the same job.
+                if job.first_on_tip && job.tip_to_job_us > 0 {
                     self.tip_to_job
                         .get_or_create(&kind)
                         .observe(job.tip_to_job_us as f64 / 1e6);
@@ -546,9 +641,13 @@ impl Metrics {
                 };
                 self.shares.get_or_create(&labels).inc();
                 if share.accepted {
-                    self.share_window
-                        .borrow_mut()
-                        .record(now_us, share.difficulty);
+                    // Pruned as shares arrive, not only when scraped: nobody may scrape.
+                    self.share_window.borrow_mut().record_bounded(
+                        now_us,
+                        share.difficulty,
+                        HASHRATE_WINDOW_US,
+                        MAX_WINDOW_SHARES,
+                    );
                 }
             }
             Message::Block(block) => {
@@ -565,6 +664,23 @@ impl Metrics {
             }
             Message::Heartbeat(hb) => {
                 self.health.heartbeat(stream, hb, now_us);
+                // What the process itself lost or refused on the bus it reads.
+                let process = ProcessLabel {
+                    process: stream.to_string(),
+                };
+                for (name, total, family) in [
+                    (
+                        "bus_malformed",
+                        hb.bus_malformed,
+                        &self.process_bus_malformed,
+                    ),
+                    ("bus_gaps", hb.bus_gaps, &self.process_bus_gaps),
+                ] {
+                    let last = self
+                        .process_bus_last
+                        .insert((process.process.clone(), name), total);
+                    mirror(&family.get_or_create(&process), last, total);
+                }
                 for (name, counter) in [
                     ("zmq_received", &self.zmq_messages),
                     ("zmq_gaps", &self.zmq_gaps),
@@ -721,6 +837,10 @@ impl Metrics {
             self.template_age
                 .set(now_us.saturating_sub(at) as f64 / 1e6);
         }
+        self.template_missing.set(
+            self.template_missing_since_us
+                .map_or(0.0, |at| now_us.saturating_sub(at) as f64 / 1e6),
+        );
         self.hashrate.set(self.estimate_hashrate(now_us));
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
@@ -735,7 +855,7 @@ impl Metrics {
     fn estimate_hashrate(&self, now_us: u64) -> f64 {
         let mut window = self.share_window.borrow_mut();
         let from = now_us.saturating_sub(HASHRATE_WINDOW_US);
-        window.forget(from, usize::MAX);
+        window.forget(from, MAX_WINDOW_SHARES);
         let Some(first) = window.first_us() else {
             return 0.0;
         };

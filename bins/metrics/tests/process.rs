@@ -230,29 +230,56 @@ fn health_of<'a>(report: &'a serde_json::Value, process: &str) -> &'a serde_json
         .unwrap_or_else(|| panic!("no {process} in {report}"))
 }
 
-#[tokio::test]
-async fn serves_metrics_and_health_from_the_bus() {
-    let (watcher_port, selector_port, declarator_port, http_port) =
-        (free_port(), free_port(), free_port(), free_port());
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics-process.log");
+/// The bus ports of the three processes and the HTTP port of a `jdc-metrics` under test.
+struct Ports {
+    watcher: u16,
+    selector: u16,
+    declarator: u16,
+    http: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            watcher: free_port(),
+            selector: free_port(),
+            declarator: free_port(),
+            http: free_port(),
+        }
+    }
+}
+
+/// Starts the real `jdc-metrics` on `ports` (processes down 2 s after their last heartbeat),
+/// its log in `log_name` under the test's directory; killed on drop.
+fn spawn_metrics(ports: &Ports, log_name: &str) -> (tokio::process::Child, std::path::PathBuf) {
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(log_name);
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jdc-metrics"));
     for set in [
-        format!("bus.watcher=\"tcp://127.0.0.1:{watcher_port}\""),
-        format!("bus.selector=\"tcp://127.0.0.1:{selector_port}\""),
-        format!("bus.declarator=\"tcp://127.0.0.1:{declarator_port}\""),
+        format!("bus.watcher=\"tcp://127.0.0.1:{}\"", ports.watcher),
+        format!("bus.selector=\"tcp://127.0.0.1:{}\"", ports.selector),
+        format!("bus.declarator=\"tcp://127.0.0.1:{}\"", ports.declarator),
         "bus.silence_timeout_ms=1000".into(),
-        format!("metrics.listen=\"127.0.0.1:{http_port}\""),
+        format!("metrics.listen=\"127.0.0.1:{}\"", ports.http),
         "metrics.down_after_ms=2000".into(),
     ] {
         cmd.arg("--set").arg(set);
     }
-    let _child = cmd
+    let child = cmd
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    (child, log)
+}
+
+#[tokio::test]
+async fn serves_metrics_and_health_from_the_bus() {
+    let ports = Ports::free();
+    let (watcher_port, selector_port, declarator_port, http_port) =
+        (ports.watcher, ports.selector, ports.declarator, ports.http);
+    let (_child, log) = spawn_metrics(&ports, "metrics-process.log");
 
     // Nothing has spoken yet: every process is down, 503.
     let r = poll_until(http_port, "/healthz", "health endpoint up", &log, |_| true).await;
@@ -385,6 +412,12 @@ async fn serves_metrics_and_health_from_the_bus() {
         assert!(h["last_message_age_ms"].as_u64().unwrap() <= 2_000, "{h}");
     }
 
+    // The publishers' own bus losses ride on their heartbeats (one BusStats for all three).
+    stats
+        .gaps
+        .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+    stats.count_malformed();
+
     // One message of every kind. State topics are re-sent by the publishers every 100 ms.
     watcher.publish(Topic::Tip, &tip()).unwrap();
     let template = Template {
@@ -456,6 +489,7 @@ async fn serves_metrics_and_health_from_the_bus() {
                     channels: 1,
                     new_tip,
                     tip_to_job_us: us,
+                    first_on_tip: true,
                 },
             )
             .unwrap();
@@ -500,6 +534,14 @@ async fn serves_metrics_and_health_from_the_bus() {
         ("jdc_process_up{process=\"watcher\"}", 1.0),
         ("jdc_process_up{process=\"selector\"}", 1.0),
         ("jdc_process_up{process=\"declarator\"}", 1.0),
+        (
+            "jdc_process_bus_sequence_gaps_total{process=\"selector\"}",
+            3.0,
+        ),
+        (
+            "jdc_process_bus_malformed_messages_total{process=\"declarator\"}",
+            1.0,
+        ),
     ];
     // Wait until every count is reached and the state topics have been re-sent a few times
     // (at least 10 watcher messages), so dedup is exercised.
@@ -551,4 +593,164 @@ async fn a_bad_listen_address_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("metrics.listen"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_process_that_stops_publishing_is_down_and_its_silence_grows() {
+    let ports = Ports::free();
+    let (_child, log) = spawn_metrics(&ports, "metrics-process-silent.log");
+    let http = ports.http;
+    let stats = Arc::new(BusStats::default());
+    // Each publisher with its own shutdown, so one can stop while the others go on.
+    let others = CancellationToken::new();
+    let declarator_stop = CancellationToken::new();
+    let _watcher = bind_publisher("watcher", ports.watcher, stats.clone(), others.clone()).await;
+    let _selector = bind_publisher("selector", ports.selector, stats.clone(), others.clone()).await;
+    let declarator = bind_publisher(
+        "declarator",
+        ports.declarator,
+        stats.clone(),
+        declarator_stop.clone(),
+    )
+    .await;
+    poll_until(http, "/healthz", "all processes up", &log, |r| {
+        r.status == 200
+    })
+    .await;
+    let r = poll_until(http, "/metrics", "the declarator up", &log, |r| {
+        value(&r.body, "jdc_process_up{process=\"declarator\"}") == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        value(&r.body, "jdc_process_up{process=\"watcher\"}"),
+        Some(1.0)
+    );
+
+    // The declarator stops publishing (its heartbeat task ends; nothing else is sent).
+    declarator_stop.cancel();
+    drop(declarator);
+
+    // /healthz: 503, the declarator down, the others still up.
+    let r = poll_until(
+        http,
+        "/healthz",
+        "the declarator down in /healthz",
+        &log,
+        |r| {
+            serde_json::from_str::<serde_json::Value>(&r.body)
+                .is_ok_and(|report| health_of(&report, "declarator")["up"] == false)
+        },
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(report["status"], "down");
+    assert_eq!(health_of(&report, "watcher")["up"], true, "{report}");
+    assert_eq!(health_of(&report, "selector")["up"], true, "{report}");
+    let silent_ms = health_of(&report, "declarator")["last_heartbeat_age_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        silent_ms > 2_000,
+        "down only after metrics.down_after_ms: {report}"
+    );
+
+    // /metrics: up 0 for the declarator alone, and its last-seen age keeps growing.
+    let r = poll_until(
+        http,
+        "/metrics",
+        "the declarator down in /metrics",
+        &log,
+        |r| value(&r.body, "jdc_process_up{process=\"declarator\"}") == Some(0.0),
+    )
+    .await;
+    assert_eq!(
+        value(&r.body, "jdc_process_up{process=\"watcher\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&r.body, "jdc_process_up{process=\"selector\"}"),
+        Some(1.0)
+    );
+    let last_seen = |body: &str| {
+        value(
+            body,
+            "jdc_process_last_seen_seconds{process=\"declarator\"}",
+        )
+        .unwrap()
+    };
+    let first = last_seen(&r.body);
+    assert!(first > 2.0, "{first}");
+    poll_until(
+        http,
+        "/metrics",
+        "the declarator's silence growing",
+        &log,
+        |r| {
+            last_seen(&r.body) > first
+                && value(&r.body, "jdc_process_up{process=\"declarator\"}") == Some(0.0)
+        },
+    )
+    .await;
+    // The processes still publishing are seen all along.
+    let r = get(http, "/metrics").await.unwrap();
+    let watcher_seen = value(
+        &r.body,
+        "jdc_process_last_seen_seconds{process=\"watcher\"}",
+    )
+    .unwrap();
+    assert!(watcher_seen <= 2.0, "{watcher_seen}");
+    others.cancel();
+}
+
+#[test]
+fn the_default_listen_address_is_loopback_only() {
+    let config = jdc_shared::config::Config::default();
+    let addr: std::net::SocketAddr = config.metrics.listen.parse().unwrap();
+    assert_eq!(
+        addr.ip(),
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        "metrics.listen defaults to {addr}: /metrics and /healthz must not be reachable \
+         from the network unless the operator says so"
+    );
+    assert_eq!(addr.port(), 9100);
+}
+
+#[tokio::test]
+async fn without_a_listen_address_the_binary_binds_loopback() {
+    // No metrics.listen anywhere (nor in the environment): the binary says where it listens,
+    // or, should the port be taken, where it could not.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jdc-metrics"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("JDC_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let mut seen = String::new();
+    let line = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("listening") || line.contains("cannot listen on") {
+                return line;
+            }
+        }
+        panic!("jdc-metrics exited without saying where it listens:\n{seen}");
+    })
+    .await
+    .expect("jdc-metrics says where it listens");
+    let _ = child.kill().await;
+    assert!(
+        line.contains("127.0.0.1:9100") && !line.contains("0.0.0.0"),
+        "{line}"
+    );
 }

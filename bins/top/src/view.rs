@@ -375,7 +375,8 @@ fn mode_line(model: &Model, now_us: u64) -> Option<Line<'static>> {
     } else if state.upstreams.is_empty() {
         spans.push(Span::raw("  (no upstream configured)"));
     } else {
-        spans.push(Span::raw("  (no upstream usable)"));
+        // Short, so that how long it has been solo still fits the overview's box.
+        spans.push(Span::raw("  (none usable)"));
     }
     if state.since_us > 0 {
         spans.push(Span::raw(format!(
@@ -455,10 +456,12 @@ fn upstream_summary(model: &Model, now_us: u64, rows: usize) -> Vec<Line<'static
     };
     for u in state.upstreams.iter().take(shown) {
         let detail = if u.state == "down" && !u.last_error.is_empty() {
-            clean(&u.last_error)
+            &u.last_error
         } else {
-            clean(&u.pool)
+            &u.pool
         };
+        // The box is 38 columns wide: rank, state and the space before the detail take 13.
+        let detail = truncate(detail, 38 - 13);
         lines.push(Line::from(vec![
             Span::raw(format!("#{:<2} ", u.rank)),
             Span::styled(

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{recording, Declarator, S, T0};
+use common::{received, recording, upstream_state, Declarator, S, T0};
 use jdc_shared::bus::Topic;
 use jdc_top::state::{Model, Settings};
 use jdc_top::view::{self, Pane};
@@ -220,4 +220,61 @@ fn solo_mining_without_upstreams() {
         screen.contains("waiting for the first upstream state"),
         "{screen}"
     );
+}
+
+#[test]
+fn solo_fallback_when_no_upstream_is_usable() {
+    // Two upstreams configured, both failed: the declarator fell back to solo 30 s ago.
+    let mut model = Model::new(
+        Settings {
+            configured_upstreams: 2,
+            ..Settings::default()
+        },
+        T0,
+    );
+    for (arrival, msg) in recording(Declarator::Up) {
+        if msg.topic != Topic::Upstream {
+            model.handle(&msg, arrival).unwrap();
+        }
+    }
+    let mut solo = upstream_state(7);
+    solo.mode = "solo".into();
+    solo.active = 0;
+    solo.switches = 3;
+    solo.reason = "upstream #1 failed: channel closed by the pool".into();
+    solo.since_us = NOW - 30 * S;
+    for u in &mut solo.upstreams {
+        u.state = "down".into();
+    }
+    solo.upstreams[0].last_error = "channel closed by the pool".into();
+    let sent = NOW - 30 * S;
+    model
+        .handle(
+            &received("declarator", Topic::Upstream, &solo, sent, false),
+            sent + 1_000,
+        )
+        .unwrap();
+
+    let screen = text(&draw(&model, Pane::Overview, 80, 24, NOW));
+    check_snapshot("overview_solo_fallback", &screen);
+    for needle in [
+        "mode      solo  (none usable)  for 30s",
+        "switches  3  last: upstream #1 failed…",
+        "#1  down     channel closed by the po…",
+        "#2  down     connection refused",
+    ] {
+        assert!(screen.contains(needle), "{needle:?} missing from\n{screen}");
+    }
+    assert!(!screen.contains("active"), "{screen}");
+
+    let screen = text(&draw(&model, Pane::Upstream, 80, 24, NOW));
+    check_snapshot("upstream_solo_fallback", &screen);
+    for needle in [
+        "mode      solo  (none usable)  for 30s",
+        "last: upstream #1 failed: channel closed by the pool",
+        "last error: channel closed by the pool",
+        "last error: connection refused",
+    ] {
+        assert!(screen.contains(needle), "{needle:?} missing from\n{screen}");
+    }
 }

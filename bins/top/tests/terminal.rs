@@ -170,8 +170,25 @@ async fn runs_in_a_real_terminal_and_quits_on_q() {
                 && s.contains("declarator up")
         })
         .await;
-    assert_eq!(screen.lines().count(), 24, "{screen}");
-    assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
+    // tmux's pane is 80x24 whatever is drawn, so line and column counts prove nothing: check
+    // that jdc-top laid its overview out for exactly that size. The header is on the first
+    // row, the boxes' right borders are on the 80th column, and the bottom border of the last
+    // box is on the 24th row (a smaller layout, or "terminal too small", would not be).
+    let rows: Vec<&str> = screen.lines().collect();
+    assert!(rows.len() >= 24, "{screen}");
+    assert!(rows[0].starts_with(" jdc-top  Overview"), "{screen}");
+    let bottom = rows[23].trim_end();
+    assert!(
+        bottom.starts_with('└') && bottom.ends_with('┘') && bottom.chars().count() == 80,
+        "the last box does not end on row 24, column 80:\n{screen}"
+    );
+    assert!(
+        rows[1..23].iter().all(|r| {
+            let r = r.trim_end();
+            r.chars().count() == 80 && "┐│┘".contains(r.chars().last().unwrap_or(' '))
+        }),
+        "a row does not reach column 80 with a box border:\n{screen}"
+    );
 
     watcher.publish(Topic::Tip, &tip(870_002)).unwrap();
     watcher

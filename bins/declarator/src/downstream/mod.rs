@@ -10,7 +10,7 @@ pub mod shares;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +85,29 @@ pub struct Server {
     /// The pool's part of every extranonce, and how often it changed (connections move their
     /// channels to it before their next job).
     upstream_prefix: Mutex<(u64, Vec<u8>)>,
+    /// Which `JobSent` is the first of its kind on its tip, over all connections.
+    first_jobs: FirstJobs,
+}
+
+/// The newest tip (by `WorkState` tip sequence) each job kind was written on, over all
+/// connections: the first connection to write an empty or a full job on a newer tip marks its
+/// `JobSent` `first_on_tip` (what `jdc_tip_to_job_seconds` observes); template refreshes and
+/// the same job written to further connections are not first.
+#[derive(Debug, Default)]
+struct FirstJobs {
+    empty: AtomicU64,
+    full: AtomicU64,
+}
+
+impl FirstJobs {
+    /// Whether a `kind` job written on tip `tip_seq` is the first of its kind on that tip.
+    fn is_first(&self, kind: JobKind, tip_seq: u64) -> bool {
+        let newest = match kind {
+            JobKind::Empty => &self.empty,
+            JobKind::Full => &self.full,
+        };
+        newest.fetch_max(tip_seq, Ordering::Relaxed) < tip_seq
+    }
 }
 
 /// A connection counted against `max_connections` until dropped.
@@ -165,6 +188,7 @@ impl Server {
             hashrates: Mutex::new(HashMap::new()),
             total_hashrate,
             upstream_prefix: Mutex::new((0, Vec::new())),
+            first_jobs: FirstJobs::default(),
         })
     }
 
@@ -544,6 +568,10 @@ impl Connection {
             channels: self.channels.len() as u32,
             new_tip,
             tip_to_job_us: sent_at.saturating_sub(state.tip.detected_at_us),
+            first_on_tip: self
+                .server
+                .first_jobs
+                .is_first(state.job.kind, state.tip.seq),
         };
         if new_tip || state.job.kind == JobKind::Full {
             tracing::debug!(
@@ -804,4 +832,27 @@ fn update_error(channel_id: u32, code: &str) -> Option<AnyMessageOwned> {
             error_code: channel::sv2_str(code)?,
         },
     )))
+}
+
+#[cfg(test)]
+mod first_jobs_tests {
+    use super::{FirstJobs, JobKind};
+
+    #[test]
+    fn only_the_first_job_of_each_kind_on_a_tip_is_first() {
+        let first = FirstJobs::default();
+        // Tip 1: the empty job, then the full one; a second connection and a template refresh
+        // are not first.
+        assert!(first.is_first(JobKind::Empty, 1));
+        assert!(!first.is_first(JobKind::Empty, 1));
+        assert!(first.is_first(JobKind::Full, 1));
+        assert!(!first.is_first(JobKind::Full, 1));
+        assert!(!first.is_first(JobKind::Full, 1));
+        // Tip 2 went straight to a full job (the selection came before the connection wrote).
+        assert!(first.is_first(JobKind::Full, 2));
+        assert!(!first.is_first(JobKind::Full, 2));
+        // A connection late on an older tip is never first again.
+        assert!(!first.is_first(JobKind::Empty, 1));
+        assert!(first.is_first(JobKind::Empty, 3));
+    }
 }

@@ -280,7 +280,7 @@ fn selections_count_fees_and_drops_once() {
 #[test]
 fn jobs_and_tip_to_job_latency() {
     let mut m = Metrics::new(&PROCESSES);
-    let job = |kind, new_tip, us| {
+    let job = |kind, new_tip, us, first_on_tip| {
         Message::Job(JobSent {
             kind,
             height: 10,
@@ -289,12 +289,13 @@ fn jobs_and_tip_to_job_latency() {
             channels: 1,
             new_tip,
             tip_to_job_us: us,
+            first_on_tip,
         })
     };
-    m.apply("declarator", &job(JobKind::Empty, true, 1_500), 1);
-    m.apply("declarator", &job(JobKind::Full, false, 12_000), 2);
+    m.apply("declarator", &job(JobKind::Empty, true, 1_500, true), 1);
+    m.apply("declarator", &job(JobKind::Full, false, 12_000, true), 2);
     // A job without a measured latency is counted but not observed.
-    m.apply("declarator", &job(JobKind::Full, false, 0), 3);
+    m.apply("declarator", &job(JobKind::Full, false, 0, true), 3);
     let text = render(&m, 4);
     assert_eq!(
         value(&text, "jdc_jobs_sent_total{kind=\"empty\"}"),
@@ -329,6 +330,91 @@ fn jobs_and_tip_to_job_latency() {
     );
     let sum = value(&text, "jdc_tip_to_job_seconds_sum{kind=\"full\"}").unwrap();
     assert!((sum - 0.012).abs() < 1e-9, "{sum}");
+}
+
+#[test]
+fn only_the_first_job_of_each_kind_on_a_tip_is_observed() {
+    let mut m = Metrics::new(&PROCESSES);
+    let job = |kind, new_tip, us, first_on_tip| {
+        Message::Job(JobSent {
+            kind,
+            height: 10,
+            template_id: 1,
+            tx_count: 0,
+            channels: 1,
+            new_tip,
+            tip_to_job_us: us,
+            first_on_tip,
+        })
+    };
+    // The tip's first empty and full jobs (2 ms, 40 ms), the same jobs written to a second
+    // device connection, then template refreshes 30 s and 10 min after the tip.
+    m.apply("declarator", &job(JobKind::Empty, true, 2_000, true), 1);
+    m.apply("declarator", &job(JobKind::Empty, true, 2_100, false), 1);
+    m.apply("declarator", &job(JobKind::Full, false, 40_000, true), 2);
+    m.apply("declarator", &job(JobKind::Full, false, 40_100, false), 2);
+    m.apply(
+        "declarator",
+        &job(JobKind::Full, false, 30_000_000, false),
+        3,
+    );
+    m.apply(
+        "declarator",
+        &job(JobKind::Full, false, 600_000_000, false),
+        4,
+    );
+    let text = render(&m, 5);
+    // Every job is counted...
+    assert_eq!(
+        value(&text, "jdc_jobs_sent_total{kind=\"empty\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_jobs_sent_total{kind=\"full\"}"),
+        Some(4.0)
+    );
+    // ...but the latency is the first jobs' alone: nothing in the +Inf bucket beyond 1 s.
+    assert_eq!(
+        value(&text, "jdc_tip_to_job_seconds_count{kind=\"empty\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_tip_to_job_seconds_count{kind=\"full\"}"),
+        Some(1.0)
+    );
+    let sum = value(&text, "jdc_tip_to_job_seconds_sum{kind=\"full\"}").unwrap();
+    assert!((sum - 0.04).abs() < 1e-9, "{sum}");
+    assert_eq!(
+        value(
+            &text,
+            "jdc_tip_to_job_seconds_bucket{le=\"0.05\",kind=\"full\"}"
+        ),
+        Some(1.0)
+    );
+    // A declarator older than `first_on_tip` (field absent) is counted, not observed.
+    let old = received(
+        "declarator",
+        Topic::Job,
+        &serde_json::json!({
+            "kind": "full",
+            "height": 11,
+            "template_id": 2,
+            "tx_count": 0,
+            "channels": 1,
+            "new_tip": true,
+            "tip_to_job_us": 5_000,
+        }),
+    );
+    m.handle(&old, 6).unwrap();
+    let text = render(&m, 7);
+    assert_eq!(
+        value(&text, "jdc_jobs_sent_total{kind=\"full\"}"),
+        Some(5.0)
+    );
+    assert_eq!(
+        value(&text, "jdc_tip_to_job_seconds_count{kind=\"full\"}"),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -684,7 +770,8 @@ fn chain_templates_zmq_declarations_and_hashrate() {
     )
     .unwrap();
     let text = render(&m, t0 + 10_000_000);
-    assert_eq!(value(&text, "jdc_tip_height"), Some(10.0));
+    // `Tip.height` (10) is the next block's: the chain tip is block 9.
+    assert_eq!(value(&text, "jdc_tip_height"), Some(9.0));
     assert_eq!(
         value(&text, "jdc_getblocktemplate_seconds_count"),
         Some(1.0)
@@ -770,6 +857,11 @@ fn the_exposition_holds_exactly_the_named_metrics() {
     .into();
     m.handle(&received("declarator", Topic::Heartbeat, &hb.heartbeat), 1)
         .unwrap();
+    m.handle(
+        &received("watcher", Topic::Summary, &summary_of(&template(1, 1, 1))),
+        1,
+    )
+    .unwrap();
     let text = render(&m, 1);
     let exposed: Vec<(String, String)> = text
         .lines()
@@ -872,4 +964,166 @@ fn tdp_counters_and_clients_from_the_watchers_heartbeats() {
         value(&text, "jdc_tdp_clients_dropped_total{reason=\"slow\"}"),
         Some(1.0)
     );
+}
+
+#[test]
+fn the_hashrate_window_stays_bounded_without_scrapes() {
+    let mut m = Metrics::new(&PROCESSES);
+    let t0 = 1_000_000_000u64;
+    // 20 shares a second for 2 hours, nobody scraping: only the last 5 minutes are kept.
+    let per_second = 20u64;
+    let seconds = 2 * 3_600u64;
+    for i in 0..seconds * per_second {
+        m.apply(
+            "declarator",
+            &Message::Share(share(true, "", "extended")),
+            t0 + i * 1_000_000 / per_second,
+        );
+        assert!(
+            m.share_window.borrow().len() as u64 <= HASHRATE_WINDOW_US / 1_000_000 * per_second + 1,
+            "{} shares kept after {i}",
+            m.share_window.borrow().len()
+        );
+    }
+    let now = t0 + seconds * 1_000_000;
+    let oldest = m.share_window.borrow().first_us().unwrap();
+    assert!(oldest > now - HASHRATE_WINDOW_US - 1_000_000, "{oldest}");
+    // The estimate is still right: 20 shares of difficulty 1 a second.
+    let text = render(&m, now);
+    let got = value(&text, "jdc_hashrate_estimate_hashes_per_second").unwrap();
+    let expected = per_second as f64 * 4_294_967_296.0;
+    assert!(
+        (got - expected).abs() < expected * 0.01,
+        "{got} vs {expected}"
+    );
+
+    // A flood within the window: the cap holds.
+    let mut m = Metrics::new(&PROCESSES);
+    for i in 0..(MAX_WINDOW_SHARES as u64 + 5_000) {
+        m.apply(
+            "declarator",
+            &Message::Share(share(true, "", "extended")),
+            t0 + i,
+        );
+    }
+    assert_eq!(m.share_window.borrow().len(), MAX_WINDOW_SHARES);
+}
+
+#[test]
+fn template_age_and_the_missing_template() {
+    const SEC: u64 = 1_000_000;
+    let summary = |id: u64, prev: &str| {
+        let mut t = summary_of(&template(id, 3, 900));
+        t.prev_hash = prev.repeat(32);
+        Message::Summary(t)
+    };
+    let age = |text: &str| value(text, "jdc_template_age_seconds");
+    let missing = |text: &str| value(text, "jdc_template_missing_seconds");
+    let mut m = Metrics::new(&PROCESSES);
+    // Nothing heard yet: no template age at all (a 0 would claim a fresh template).
+    let text = render(&m, 1);
+    assert!(!text.contains("jdc_template_age_seconds"), "{text}");
+    assert_eq!(missing(&text), Some(0.0));
+    jdc_tests::exposition::check(&text).unwrap();
+
+    // The watcher runs, a tip comes, but bitcoind never delivers a template: the wait grows
+    // from when the watcher was first heard.
+    let t0 = 1_000 * SEC;
+    m.apply("watcher", &Message::Heartbeat(heartbeat(1)), t0);
+    m.apply("watcher", &Message::Tip(tip("aa")), t0 + 5 * SEC);
+    let text = render(&m, t0 + 200 * SEC);
+    assert!(!text.contains("jdc_template_age_seconds"), "{text}");
+    assert_eq!(missing(&text), Some(200.0));
+
+    // The tip's template arrives: nothing missing, the age counts from it.
+    m.apply("watcher", &summary(1, "aa"), t0 + 200 * SEC);
+    let text = render(&m, t0 + 210 * SEC);
+    assert_eq!(age(&text), Some(10.0));
+    assert_eq!(missing(&text), Some(0.0));
+
+    // A quiet chain: an hour without a new template or tip (unchanged templates are not
+    // re-published). The template grows old, but the stack has what it needs.
+    let t1 = t0 + 3_800 * SEC;
+    let text = render(&m, t1);
+    assert_eq!(age(&text), Some(3_600.0));
+    assert_eq!(missing(&text), Some(0.0));
+
+    // A new tip: missing from its arrival; re-sends of the tip do not restart the wait, and
+    // a refresh of the old tip's template (racing the tip) does not end it.
+    m.apply("watcher", &Message::Tip(tip("bb")), t1);
+    m.apply("watcher", &Message::Tip(tip("bb")), t1 + 20 * SEC);
+    m.apply("watcher", &summary(2, "aa"), t1 + 25 * SEC);
+    let text = render(&m, t1 + 30 * SEC);
+    assert_eq!(missing(&text), Some(30.0));
+    assert_eq!(age(&text), Some(5.0));
+    // A second tip before any template: the wait goes on from the first.
+    m.apply("watcher", &Message::Tip(tip("cc")), t1 + 40 * SEC);
+    m.apply("watcher", &summary(3, "cc"), t1 + 45 * SEC);
+    let text = render(&m, t1 + 46 * SEC);
+    assert_eq!(missing(&text), Some(0.0));
+    assert_eq!(age(&text), Some(1.0));
+    m.apply("watcher", &Message::Tip(tip("dd")), t1 + 50 * SEC);
+    m.apply("watcher", &Message::Tip(tip("ee")), t1 + 60 * SEC);
+    let text = render(&m, t1 + 70 * SEC);
+    assert_eq!(missing(&text), Some(20.0));
+
+    // jdc-metrics (re)starting while the stack runs: the re-sent template before the re-sent
+    // tip is a template on that tip.
+    let mut m = Metrics::new(&PROCESSES);
+    m.apply("watcher", &summary(9, "ff"), t0);
+    m.apply("watcher", &Message::Tip(tip("ff")), t0 + SEC);
+    let text = render(&m, t0 + 100 * SEC);
+    assert_eq!(missing(&text), Some(0.0));
+    assert_eq!(age(&text), Some(100.0));
+}
+
+#[test]
+fn each_processs_own_bus_losses_from_its_heartbeats() {
+    let mut m = Metrics::new(&PROCESSES);
+    let text = render(&m, 1);
+    for p in PROCESSES {
+        for name in [
+            "jdc_process_bus_malformed_messages_total",
+            "jdc_process_bus_sequence_gaps_total",
+        ] {
+            assert_eq!(
+                value(&text, &format!("{name}{{process=\"{p}\"}}")),
+                Some(0.0),
+                "{name} {p}"
+            );
+        }
+    }
+    let hb = |malformed: u64, gaps: u64| {
+        let mut hb = heartbeat(1);
+        hb.bus_malformed = malformed;
+        hb.bus_gaps = gaps;
+        hb
+    };
+    // The declarator's totals grow, then it restarts and counts from 0 again; the selector
+    // has its own.
+    for (malformed, gaps) in [(1, 4), (2, 10), (0, 3)] {
+        m.apply("declarator", &Message::Heartbeat(hb(malformed, gaps)), 1);
+    }
+    m.apply("selector", &Message::Heartbeat(hb(7, 0)), 1);
+    m.apply("selector", &Message::Heartbeat(hb(7, 0)), 2);
+    let text = render(&m, 3);
+    let get = |name: &str, p: &str| value(&text, &format!("{name}{{process=\"{p}\"}}"));
+    assert_eq!(
+        get("jdc_process_bus_malformed_messages_total", "declarator"),
+        Some(2.0)
+    );
+    assert_eq!(
+        get("jdc_process_bus_sequence_gaps_total", "declarator"),
+        Some(13.0)
+    );
+    assert_eq!(
+        get("jdc_process_bus_malformed_messages_total", "selector"),
+        Some(7.0)
+    );
+    assert_eq!(
+        get("jdc_process_bus_sequence_gaps_total", "watcher"),
+        Some(0.0)
+    );
+    // jdc-metrics's own losses are apart.
+    assert_eq!(value(&text, "jdc_bus_sequence_gaps_total"), Some(0.0));
 }

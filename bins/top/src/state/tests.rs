@@ -423,6 +423,7 @@ fn jobs_events_and_bounds() {
             channels: 3,
             new_tip: false,
             tip_to_job_us: 10,
+            first_on_tip: false,
         };
         m.handle(&received("declarator", Topic::Job, &job, T0), T0)
             .unwrap();

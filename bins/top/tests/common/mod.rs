@@ -192,6 +192,7 @@ pub fn job(kind: JobKind, height: u32, template_id: u64, tx_count: u32) -> JobSe
         channels: 2,
         new_tip: kind == JobKind::Empty,
         tip_to_job_us: 900,
+        first_on_tip: true,
     }
 }
 
