@@ -348,11 +348,16 @@ def parse_args(argv):
     p.add_argument("--corrupt-commitment", action="store_true",
                    help="TEST AID: publish a wrong witness commitment, which the declarator "
                    "must refuse")
+    p.add_argument("--corrupt-after", type=int, default=None, metavar="N",
+                   help="TEST AID: publish N good selections, then only wrong witness "
+                   "commitments (the declarator must keep the last valid one)")
     args = p.parse_args(argv)
     if not args.min_fee_rate >= 0 or args.min_fee_rate == float("inf"):
         p.error("--min-fee-rate must be a finite number, 0 or more")
     if min(args.coinbase_reserve_weight, args.coinbase_reserve_sigops) < 0:
         p.error("the coinbase reserves must be 0 or more")
+    if args.corrupt_after is not None and args.corrupt_after < 0:
+        p.error("--corrupt-after must be 0 or more")
     if args.interval_ms <= 0 or args.silence_timeout_ms <= 0:
         p.error("--interval-ms and --silence-timeout-ms must be positive")
     return args
@@ -366,6 +371,10 @@ def run(args, ctx):
              "templates from %s", POLICY, args.min_fee_rate, args.bind, args.watcher)
     if args.corrupt_commitment:
         log.warning("--corrupt-commitment: every selection carries a WRONG witness commitment")
+    if args.corrupt_after is not None:
+        log.warning("--corrupt-after %d: the selections after the first %d carry a WRONG "
+                    "witness commitment", args.corrupt_after, args.corrupt_after)
+    published = 0  # selections published (re-sends aside)
     interval = args.interval_ms / 1000
     next_tick = time.monotonic()
     last_template_id = None
@@ -385,17 +394,20 @@ def run(args, ctx):
                     continue
                 last_template_id = template["id"]  # re-sends of it are skipped from now on
                 started = time.monotonic()
+                corrupt = args.corrupt_commitment or (
+                    args.corrupt_after is not None and published >= args.corrupt_after)
                 body = select(template, args.min_fee_rate, args.coinbase_reserve_weight,
-                              args.coinbase_reserve_sigops, args.corrupt_commitment)
+                              args.coinbase_reserve_sigops, corrupt)
+                published += 1
                 # Unique id: the microsecond clock, strictly increasing. `id` goes first, as
                 # jdc writes it, so consumers can read it without decoding the rest.
                 last_selection_id = max(now_us(), last_selection_id + 1)
                 pub.publish("selection", {"id": last_selection_id, **body})
                 pub.state = "ok"
                 log.info(
-                    "selection published: id %d, template %d, height %d, %d txs, fees %d, "
+                    "selection published%s: id %d, template %d, height %d, %d txs, fees %d, "
                     "weight %d, sigops %d, dropped %s, took %.1f ms",
-                    last_selection_id, body["template_id"], body["height"], len(body["txids"]),
+                    " (CORRUPT)" if corrupt else "", last_selection_id, body["template_id"], body["height"], len(body["txids"]),
                     body["fees"], body["weight"], body["sigops"],
                     ", ".join(f"{d['reason']}={d['count']} ({d['fee']} sat)"
                               for d in body["dropped"]) or "none",

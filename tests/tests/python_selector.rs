@@ -20,6 +20,7 @@ use bitcoincore_rpc::RpcApi;
 use jdc_shared::bus::Topic;
 use jdc_shared::messages::{Event, JobKind, JobSent, Selection, Template, TemplateTx};
 use jdc_tests::bitcoind::{free_port, workspace_root, Bitcoind};
+use jdc_tests::exposition::{scrape, sum};
 use jdc_tests::stack::{Proc, Stack};
 use jdc_tests::wait_until;
 
@@ -431,6 +432,143 @@ async fn python_selector_wrong_witness_commitment_is_refused() -> anyhow::Result
         for t in &txids {
             assert!(mempool.contains(t), "{t} left the mempool");
         }
+        // jdc-metrics counts the refusals.
+        let refused = wait_for_refusals_in_metrics(&stack, 2.0)?;
+        assert!(
+            refused >= 2.0,
+            "jdc_work_refused_total{{kind=\"selection\"}} = {refused}"
+        );
+        Ok(())
+    })
+}
+
+/// Waits until jdc-metrics reports at least `at_least` refused selections; returns the
+/// value of `jdc_work_refused_total{kind="selection"}`.
+fn wait_for_refusals_in_metrics(stack: &Stack, at_least: f64) -> anyhow::Result<f64> {
+    let port = stack.ports.metrics;
+    let text = wait_until(
+        "jdc_work_refused_total{kind=\"selection\"} in /metrics",
+        Duration::from_secs(20),
+        || {
+            let text = scrape(port)?;
+            let refused = sum(&text, "jdc_work_refused_total", &["kind=\"selection\""]);
+            Ok((refused >= at_least).then_some(text))
+        },
+    )?;
+    jdc_tests::exposition::check(&text).map_err(|e| anyhow::anyhow!("exposition: {e}"))?;
+    // Templates were fine: only selections are refused.
+    assert_eq!(
+        sum(&text, "jdc_work_refused_total", &["kind=\"template\""]),
+        0.0
+    );
+    Ok(sum(
+        &text,
+        "jdc_work_refused_total",
+        &["kind=\"selection\""],
+    ))
+}
+
+/// A selector that publishes one good selection and then only wrong witness commitments
+/// (`--corrupt-after 1`): the declarator refuses the later ones and keeps the devices on the
+/// last valid full job, so the first block holds exactly that selection's transactions (and
+/// not a transaction only a refused selection named); later tips get only refused
+/// selections, so their blocks are empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_selector_keeps_the_last_valid_selection() -> anyhow::Result<()> {
+    let (node, _funding) = tokio::task::block_in_place(Bitcoind::start_funded)?;
+    let payout = node.new_address()?;
+    let mut stack = Stack::new(&node, &payout.to_string(), "")?;
+    let seen = record_bus(&stack);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let rpc = node.rpc()?;
+        let to = elsewhere()?;
+        // In the mempool before the stack starts: the first template, and so the one good
+        // selection, holds them.
+        let mut valid_txs = HashSet::new();
+        for _ in 0..2 {
+            valid_txs.insert(node.send_to_address(&to, 100_000)?.to_string());
+        }
+        let start = rpc.get_block_count()?;
+        start_stack(&mut stack, &["--corrupt-after", "1"])?;
+        let good = wait_until(
+            "the good selection on the bus",
+            Duration::from_secs(30),
+            || Ok(lock(&seen).selections.first().cloned()),
+        )?;
+        let named: HashSet<String> = good.txids.iter().cloned().collect();
+        assert_eq!(named, valid_txs, "the first selection holds the mempool");
+        // Give the declarator time to apply it. (Had it not, the first block below would be
+        // empty and the test would fail: it cannot pass wrongly.)
+        std::thread::sleep(Duration::from_secs(1));
+
+        // A new transaction: a new template on the same tip, whose selection is corrupt.
+        let late = node.send_to_address(&to, 100_000)?.to_string();
+        wait_until(
+            "a selection naming the new transaction, refused",
+            Duration::from_secs(60),
+            || {
+                let seen = lock(&seen);
+                let named = seen.selections.iter().any(|s| s.txids.contains(&late));
+                let refused = !seen.declarator_events("selection-refused").is_empty();
+                Ok((named && refused).then_some(()))
+            },
+        )?;
+        stack
+            .get("python-selector")?
+            .wait_for_log("selection published (CORRUPT)", Duration::from_secs(5))?;
+
+        // Only now do the devices connect: the job they get is the last valid one.
+        stack.start_miner("miner", &["--max-shares-per-sec", "4"])?;
+        let end = wait_until("2 blocks", Duration::from_secs(120), || {
+            let h = rpc.get_block_count()?;
+            Ok((h >= start + 2).then_some(h))
+        })?;
+        let first = block_txids(&node, start + 1)?;
+        assert_eq!(
+            first,
+            good.txids,
+            "block {} is not the last valid selection",
+            start + 1
+        );
+        for h in start + 2..=end {
+            let block = block_txids(&node, h)?;
+            assert!(block.is_empty(), "block {h} holds transactions: {block:?}");
+        }
+        assert!(
+            rpc.get_raw_mempool()?.iter().any(|t| t.to_string() == late),
+            "{late} left the mempool"
+        );
+
+        let seen = lock(&seen);
+        let refused = seen.declarator_events("selection-refused");
+        for e in &refused {
+            assert!(
+                e.message.contains("witness commitment"),
+                "refused for another reason: {}",
+                e.message
+            );
+        }
+        // The device got the good selection's job when it connected (no `job` event for
+        // that: events follow work changes); any full job after is the same selection's, on
+        // the first tip, and later tips got empty-block jobs.
+        assert!(
+            seen.jobs
+                .iter()
+                .any(|j| j.kind == JobKind::Empty && u64::from(j.height) > start + 1),
+            "no empty-block job on a later tip: {:?}",
+            seen.jobs
+        );
+        for j in seen.jobs.iter().filter(|j| j.kind == JobKind::Full) {
+            assert_eq!(
+                (u64::from(j.height), j.tx_count),
+                (start + 1, 2),
+                "a full job other than the good selection's: {j:?}"
+            );
+        }
+        assert!(seen.undecodable.is_empty(), "{:?}", seen.undecodable);
+        let refusals = refused.len() as f64;
+        drop(seen);
+        wait_for_refusals_in_metrics(&stack, refusals)?;
         Ok(())
     })
 }

@@ -123,6 +123,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // runs first when the CPU is short.
     jdc_shared::priority::lower_process(jdc_shared::priority::BULK_NICE);
     let policy = Policy::from_config(&config.tx_selector, config.network()?)?;
+    let ignored = select::ignored_by_pass_through(&config.tx_selector);
+    if !ignored.is_empty() {
+        tracing::warn!(
+            keys = %ignored.join(", "),
+            "policy pass-through ignores these keys (they apply to policy fee-rate only)"
+        );
+    }
     let endpoint = config.bus.bind_endpoint(STREAM, &config.bus.selector)?;
     let stats = Arc::new(BusStats::default());
     let (publisher, publisher_task) = Publisher::bind(

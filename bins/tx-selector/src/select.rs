@@ -24,8 +24,12 @@
 //! An inclusion only marks the included package's pending descendants (one bitset pass: their
 //! scores can only go down, so their heap entries stay upper bounds, and a stale entry is
 //! recomputed when popped); descendants of its other members are recomputed at once and pushed
-//! again only when their score went *up*. A simple chain stands in the heap by one entry, its
-//! best package, found on the upper hull of its prefix sums (`ChainIndex`) in O(log² n).
+//! again only when their score went *up* (after a prioritized package, which may pay less than
+//! what depends on it, every descendant is recomputed before it can matter). A chain-like
+//! cluster (each member spends the one before it, so its ancestors are the members before it)
+//! has no bitsets and stands in the heap by one entry, its best package, found on the upper
+//! hull of its prefix sums (`ChainIndex`) in O(log² n); a second hull over its prioritized
+//! members keeps that with priorities.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -154,6 +158,41 @@ impl Policy {
         self.kind == PolicyKind::PassThrough
             || fee as f64 >= self.min_fee_rate_sat_vb * vsize as f64
     }
+}
+
+/// The `[tx_selector]` keys set away from their defaults that `policy = "pass-through"`
+/// ignores (they apply to `fee-rate` only); empty under `fee-rate`. The selector warns about
+/// them at start-up.
+pub fn ignored_by_pass_through(cfg: &SelectorConfig) -> Vec<&'static str> {
+    if cfg.policy != PASS_THROUGH {
+        return Vec::new();
+    }
+    let default = SelectorConfig::default();
+    [
+        (
+            "tx_selector.min_fee_rate_sat_vb",
+            cfg.min_fee_rate_sat_vb != default.min_fee_rate_sat_vb,
+        ),
+        (
+            "tx_selector.max_block_weight",
+            cfg.max_block_weight != default.max_block_weight,
+        ),
+        (
+            "tx_selector.max_block_sigops",
+            cfg.max_block_sigops != default.max_block_sigops,
+        ),
+        (
+            "tx_selector.prioritize_txids",
+            !cfg.prioritize_txids.is_empty(),
+        ),
+        (
+            "tx_selector.prioritize_scripts",
+            !cfg.prioritize_scripts.is_empty(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
 }
 
 /// What the chosen transactions may use, the coinbase reserve already taken off.
@@ -465,9 +504,10 @@ struct Cluster {
     pending: Vec<u64>,
     /// Pending members whose stored package may still count included ancestors (too high).
     dirty: Vec<u64>,
-    /// For a simple chain (each member spends the one before it, and only it is spent by
-    /// the next): cumulative packages of the members in chain order, and the first pending
-    /// member. A chain's pending members are always a contiguous run (inclusions take its
+    /// For a chain-like cluster (each member spends the one before it, whatever else it
+    /// spends, so its ancestors are exactly the members before it and its descendants those
+    /// after): cumulative packages of the members in order, and the first pending member.
+    /// Such a cluster's pending members are always a contiguous run (inclusions take its
     /// front, drops its back), so a package is a difference of two prefix sums.
     chain: Option<ChainIndex>,
 }
@@ -490,11 +530,36 @@ struct ChainIndex {
     /// Segment tree over the points `1..=m`: node `1` is the whole range, node `i` has
     /// children `2i` and `2i + 1`; each holds its range's upper hull (point indexes, left to
     /// right).
-    hulls: Vec<Vec<usize>>,
+    hulls: HullTree,
+    /// The same over the prioritized members' points only (empty without priorities): while
+    /// one of them is pending, the chain's best package is the best that ends on one of them,
+    /// exactly as if each prioritized member stood in the heap on its own (priority first,
+    /// then rate, then size).
+    prio_hulls: HullTree,
     /// Number of leaves (a power of two ≥ m).
     leaves: usize,
     /// The representative for the current `head..end` (see [`ChainIndex::refresh`]).
     rep: Option<usize>,
+}
+
+/// The nodes' hulls of a [`ChainIndex`] segment tree, all in one vector (a tree over 5,000
+/// points would otherwise be 16,000 small allocations).
+#[derive(Default)]
+struct HullTree {
+    /// Every node's hull, one after the other.
+    points: Vec<usize>,
+    /// Where each node's hull is in `points` (start, end); empty without a tree.
+    ranges: Vec<(usize, usize)>,
+}
+
+impl HullTree {
+    fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+    fn node(&self, node: usize) -> &[usize] {
+        let (start, end) = self.ranges[node];
+        &self.points[start..end]
+    }
 }
 
 impl ChainIndex {
@@ -506,31 +571,49 @@ impl ChainIndex {
         u128::from(a_fee) * u128::from(b_vsize) > u128::from(b_fee) * u128::from(a_vsize)
     }
 
-    /// Builds the hulls of every node (after `prefix` is known).
-    fn build_hulls(&mut self) {
+    /// Builds the hulls of every node (after `prefix` is known); `prioritized[l]` says
+    /// whether member `l` (point `l + 1`) is prioritized.
+    fn build_hulls(&mut self, prioritized: &[bool]) {
         let m = self.prefix.len() - 1;
         self.leaves = m.next_power_of_two().max(1);
-        self.hulls = vec![Vec::new(); 2 * self.leaves];
-        for e in 1..=m {
-            self.hulls[self.leaves + e - 1] = vec![e];
+        self.hulls = self.hull_tree(|_| true);
+        self.prio_hulls = if prioritized.iter().any(|&p| p) {
+            self.hull_tree(|e| prioritized.get(e - 1).copied().unwrap_or(false))
+        } else {
+            HullTree::default()
+        };
+    }
+
+    /// A segment tree of the upper hulls of the points `e` in `1..=m` that `keep`.
+    fn hull_tree(&self, keep: impl Fn(usize) -> bool) -> HullTree {
+        let m = self.prefix.len() - 1;
+        let levels = self.leaves.trailing_zeros() as usize + 1;
+        let mut points: Vec<usize> = Vec::with_capacity(m * levels);
+        let mut ranges = vec![(0usize, 0usize); 2 * self.leaves];
+        for e in (1..=m).filter(|&e| keep(e)) {
+            ranges[self.leaves + e - 1] = (points.len(), points.len() + 1);
+            points.push(e);
         }
         for node in (1..self.leaves).rev() {
-            let mut hull: Vec<usize> = Vec::new();
-            let (left, right) = (&self.hulls[2 * node], &self.hulls[2 * node + 1]);
-            for &p in left.iter().chain(right) {
+            // The children's hulls are earlier in `points`; this one is built at its end.
+            let start = points.len();
+            let (left, right) = (ranges[2 * node], ranges[2 * node + 1]);
+            for k in (left.0..left.1).chain(right.0..right.1) {
+                let p = points[k];
                 // Drop the last point while it is on or under the segment to `p` (collinear
                 // points in between go: the far end is the one kept, as ties want).
-                while let [.., o, a] = hull[..] {
-                    if !self.steeper(o, a, p) {
-                        hull.pop();
-                    } else {
+                while points.len() >= start + 2 {
+                    let (o, a) = (points[points.len() - 2], points[points.len() - 1]);
+                    if self.steeper(o, a, p) {
                         break;
                     }
+                    points.pop();
                 }
-                hull.push(p);
+                points.push(p);
             }
-            self.hulls[node] = hull;
+            ranges[node] = (start, points.len());
         }
+        HullTree { points, ranges }
     }
 
     /// The best point of one node's hull seen from `o`: the steepest, the farthest on ties.
@@ -549,9 +632,10 @@ impl ChainIndex {
         hull.get(lo).copied()
     }
 
-    /// The `e` whose package `head..e` is the best among `head + 1..=end`.
-    fn best_end(&self) -> Option<usize> {
-        if self.head >= self.end {
+    /// The `e` whose package `head..e` is the best among the points `head + 1..=end` of the
+    /// tree `hulls`.
+    fn best_end(&self, hulls: &HullTree) -> Option<usize> {
+        if self.head >= self.end || hulls.is_empty() {
             return None;
         }
         let o = self.head;
@@ -559,7 +643,7 @@ impl ChainIndex {
         // Leaves of points head + 1 ..= end (point e is leaf e - 1).
         let (mut l, mut r) = (self.leaves + o, self.leaves + self.end - 1 + 1);
         let consider = |node: usize, best: &mut Option<usize>| {
-            if let Some(c) = self.best_on(&self.hulls[node], o) {
+            if let Some(c) = self.best_on(hulls.node(node), o) {
                 *best = match *best {
                     Some(b) if self.steeper(o, b, c) => Some(b),
                     Some(b) if !self.steeper(o, c, b) => Some(b.max(c)),
@@ -582,9 +666,13 @@ impl ChainIndex {
         best
     }
 
-    /// Recomputes the representative after `head` or `end` moved.
+    /// Recomputes the representative after `head` or `end` moved: the best package ending on
+    /// a pending prioritized member while there is one, else the best package.
     fn refresh(&mut self) {
-        self.rep = self.best_end().map(|e| e - 1);
+        self.rep = self
+            .best_end(&self.prio_hulls)
+            .or_else(|| self.best_end(&self.hulls))
+            .map(|e| e - 1);
     }
 
     /// The member standing for the chain (the last of its best package), if any is pending.
@@ -613,6 +701,32 @@ impl Cluster {
                 f(self.members[w * 64 + word.trailing_zeros() as usize]);
                 word &= word - 1;
             }
+        }
+    }
+    /// Calls `f` with every pending ancestor of member `local` (itself included), in order.
+    fn for_each_pending_ancestor(&self, local: usize, mut f: impl FnMut(usize)) {
+        if let Some(chain) = &self.chain {
+            // Chain-like: the members before it (none before the head is pending).
+            for l in chain.head..=local {
+                if self.pending[l / 64] & (1u64 << (l % 64)) != 0 {
+                    f(self.members[l]);
+                }
+            }
+        } else {
+            self.for_each_pending(self.anc(local), f);
+        }
+    }
+    /// Calls `f` with every pending descendant of member `local` (itself included), in order.
+    fn for_each_pending_descendant(&self, local: usize, mut f: impl FnMut(usize)) {
+        if let Some(chain) = &self.chain {
+            // Chain-like: the members after it (none after the end is pending).
+            for l in local..chain.end.max(local + 1) {
+                if self.pending[l / 64] & (1u64 << (l % 64)) != 0 {
+                    f(self.members[l]);
+                }
+            }
+        } else {
+            self.for_each_pending(self.desc(local), f);
         }
     }
     /// [`Cluster::for_each_pending`] over `set` minus `except`.
@@ -663,10 +777,10 @@ impl Cluster {
     }
 }
 
-/// Calls `f` with every set bit of `set`, lowest first.
-fn for_each_bit(set: &[u64], mut f: impl FnMut(usize)) {
-    for (w, &word) in set.iter().enumerate() {
-        let mut word = word;
+/// Calls `f` with every bit set in `set` but not in `except`, lowest first.
+fn for_each_bit_except(set: &[u64], except: &[u64], mut f: impl FnMut(usize)) {
+    for (w, (&word, &x)) in set.iter().zip(except).enumerate() {
+        let mut word = word & !x;
         while word != 0 {
             f(w * 64 + word.trailing_zeros() as usize);
             word &= word - 1;
@@ -747,6 +861,37 @@ impl Cluster {
     fn build(members: Vec<usize>, graph: &Graph, local: &[u32]) -> Cluster {
         let m = members.len();
         let words = m.div_ceil(64);
+        let mut pending = vec![0u64; words];
+        for l in 0..m {
+            pending[l / 64] |= 1u64 << (l % 64);
+        }
+        // Chain-like: every member spends the one before it (and maybe earlier ones too), so
+        // each member's ancestors are exactly the members before it, its descendants those
+        // after it: no bitsets needed (a chain of 5,000 would need 6 MB of them).
+        let is_chain = members
+            .iter()
+            .enumerate()
+            .all(|(l, &i)| l == 0 || graph.parents[i].iter().any(|&p| local[p] as usize == l - 1));
+        if is_chain {
+            return Cluster {
+                members,
+                words,
+                anc: Vec::new(),
+                desc: Vec::new(),
+                dirty: vec![0u64; words],
+                pending,
+                // Filled in by `index_chain` once the packages are known.
+                chain: Some(ChainIndex {
+                    prefix: Vec::new(),
+                    head: 0,
+                    end: m,
+                    hulls: HullTree::default(),
+                    prio_hulls: HullTree::default(),
+                    leaves: 1,
+                    rep: None,
+                }),
+            };
+        }
         let mut anc = vec![0u64; m * words];
         let mut desc = vec![0u64; m * words];
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); m];
@@ -777,18 +922,6 @@ impl Cluster {
                 }
             }
         }
-        let mut pending = vec![0u64; words];
-        for l in 0..m {
-            pending[l / 64] |= 1u64 << (l % 64);
-        }
-        let is_chain = members.iter().enumerate().all(|(l, &i)| {
-            let parents = &graph.parents[i];
-            let one_parent = match l {
-                0 => parents.is_empty(),
-                _ => parents.len() == 1 && local[parents[0]] as usize == l - 1,
-            };
-            one_parent && children[l].len() <= usize::from(l + 1 < m)
-        });
         Cluster {
             members,
             words,
@@ -796,24 +929,13 @@ impl Cluster {
             desc,
             dirty: vec![0u64; words],
             pending,
-            // Filled in by `index_chain` once the packages are known.
-            chain: is_chain.then(|| ChainIndex {
-                prefix: Vec::new(),
-                head: 0,
-                end: m,
-                hulls: Vec::new(),
-                leaves: 1,
-                rep: None,
-            }),
+            chain: None,
         }
     }
 
-    /// Computes the prefix sums of a chain cluster from the members' own packages.
+    /// Computes the prefix sums of a chain cluster from the members' own packages, and its
+    /// hulls (of all members, and of the prioritized ones).
     fn index_chain(&mut self, own: &[Package], prioritized: &[bool]) {
-        // A priority outranks any rate: such a chain keeps one heap entry per member.
-        if self.members.iter().any(|&i| prioritized[i]) {
-            self.chain = None;
-        }
         let pending = &self.pending;
         let is_pending = |l: usize| pending[l / 64] & (1u64 << (l % 64)) != 0;
         if let Some(chain) = &mut self.chain {
@@ -827,7 +949,8 @@ impl Cluster {
                     sum
                 }))
                 .collect();
-            chain.build_hulls();
+            let prioritized: Vec<bool> = self.members.iter().map(|&i| prioritized[i]).collect();
+            chain.build_hulls(&prioritized);
             chain.refresh();
         }
     }
@@ -929,10 +1052,26 @@ fn by_package_fee_rate(
                 let parent = package[p];
                 package[i].add(&parent);
             }
+            // Several: the ancestors are those of the parent with the most, plus what only
+            // the others bring (one bitset pass, then only the bits the others add: in a deep
+            // DAG, where the parents share most ancestors, few).
+            (&[_, _, ..], Some((c, l))) if clusters.clusters[c].chain.is_some() => {
+                // Chain-like: the ancestors are the member before it and its ancestors.
+                let before = package[clusters.clusters[c].members[l - 1]];
+                package[i].add(&before);
+            }
             (&[_, _, ..], Some((c, l))) => {
                 let cluster = &clusters.clusters[c];
-                let mut sum = Package::default();
-                for_each_bit(cluster.anc(l), |a| sum.add(&own[cluster.members[a]]));
+                let base = ps
+                    .iter()
+                    .copied()
+                    .max_by_key(|&p| package[p].vsize)
+                    .unwrap_or(i);
+                let lb = clusters.local[base] as usize;
+                let mut sum = package[base];
+                for_each_bit_except(cluster.anc(l), cluster.anc(lb), |a| {
+                    sum.add(&own[cluster.members[a]])
+                });
                 package[i] = sum;
             }
             _ => {}
@@ -987,10 +1126,31 @@ fn by_package_fee_rate(
     let mut touched: Vec<usize> = Vec::new();
     let mut touched_in: Vec<u32> = vec![0; n];
     let mut round: u32 = 0;
+    // Members that are not prioritized whose score may have gone *up* when a prioritized
+    // package went in: they cannot be popped while a prioritized entry is left, so they are
+    // recomputed once, before the first entry that is not prioritized is considered.
+    let mut raised: Vec<usize> = Vec::new();
+    let mut raised_in: Vec<bool> = vec![false; n];
 
     while let Some(top) = heap.pop() {
         let t = top.index;
         if status[t] != Status::Pending {
+            continue;
+        }
+        if !top.priority && !raised.is_empty() {
+            for d in raised.drain(..) {
+                raised_in[d] = false;
+                if status[d] != Status::Pending {
+                    continue;
+                }
+                if let Some((c, ld)) = clusters.get(d) {
+                    let cluster = &mut clusters.clusters[c];
+                    cluster.take_dirty(ld);
+                    package[d] = cluster.package_of(ld, &own);
+                    heap.push(candidate(d, package[d]));
+                }
+            }
+            heap.push(top);
             continue;
         }
         if let Some((c, l)) = clusters.get(t) {
@@ -1030,7 +1190,7 @@ fn by_package_fee_rate(
                 None => batch.push(t),
                 Some((c, l)) => {
                     let cluster = &clusters.clusters[c];
-                    cluster.for_each_pending(cluster.desc(l), |d| batch.push(d));
+                    cluster.for_each_pending_descendant(l, |d| batch.push(d));
                 }
             }
             for &d in &batch {
@@ -1050,7 +1210,7 @@ fn by_package_fee_rate(
                 None => batch.push(t),
                 Some((c, l)) => {
                     let cluster = &clusters.clusters[c];
-                    cluster.for_each_pending(cluster.anc(l), |a| batch.push(a));
+                    cluster.for_each_pending_ancestor(l, |a| batch.push(a));
                 }
             }
             for &a in &batch {
@@ -1076,26 +1236,49 @@ fn by_package_fee_rate(
                     heap.push(candidate(member, package[member]));
                 }
             } else if status[t] == Status::Included {
-                // The pending descendants of t had the whole batch among their ancestors:
-                // their packages lose it, and their scores cannot go up (the batch was the
-                // best package), so their heap entries stay upper bounds. They are marked and
-                // recomputed only when popped: a long chain costs one bitset pass per step,
-                // not one update per descendant.
                 let lt = clusters.local[t] as usize;
-                cluster.mark_dirty(lt);
-                // Descendants of other batch members only lose those members: their scores
-                // can go up (a low-rate parent left them), so they are recomputed now and
-                // pushed again when they did.
                 round = round.wrapping_add(1);
                 touched.clear();
-                for &a in batch.iter().filter(|&&a| a != t) {
-                    let la = clusters.local[a] as usize;
-                    cluster.for_each_pending_except(cluster.desc(la), cluster.desc(lt), |d| {
-                        if touched_in[d] != round {
-                            touched_in[d] = round;
-                            touched.push(d);
-                        }
-                    });
+                let mut touch = |d: usize| {
+                    if touched_in[d] != round {
+                        touched_in[d] = round;
+                        touched.push(d);
+                    }
+                };
+                if top.priority {
+                    // A prioritized package went in whatever its rate: what depends on it
+                    // may now score higher than before (a low-rate ancestor left its
+                    // package). Prioritized descendants are recomputed now; the others are
+                    // recomputed before the first entry that is not prioritized is popped.
+                    for &a in &batch {
+                        let la = clusters.local[a] as usize;
+                        cluster.for_each_pending(cluster.desc(la), |d| {
+                            if priority[d] {
+                                touch(d);
+                            } else if !raised_in[d] {
+                                raised_in[d] = true;
+                                raised.push(d);
+                            }
+                        });
+                    }
+                } else {
+                    // The pending descendants of t had the whole batch among their
+                    // ancestors: their packages lose it, and their scores cannot go up (the
+                    // batch was the best package), so their heap entries stay upper bounds.
+                    // They are marked and recomputed only when popped: a long chain costs one
+                    // bitset pass per step, not one update per descendant.
+                    cluster.mark_dirty(lt);
+                    // Descendants of other batch members only lose those members: their
+                    // scores can go up (a low-rate parent left them), so they are recomputed
+                    // now and pushed again when they did.
+                    for &a in batch.iter().filter(|&&a| a != t) {
+                        let la = clusters.local[a] as usize;
+                        cluster.for_each_pending_except(
+                            cluster.desc(la),
+                            cluster.desc(lt),
+                            &mut touch,
+                        );
+                    }
                 }
                 for &d in &touched {
                     let ld = clusters.local[d] as usize;

@@ -300,3 +300,33 @@ async fn bad_policy_exits_2_naming_the_key() {
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("tx_selector.policy"), "{log}");
 }
+
+#[tokio::test]
+async fn pass_through_warns_about_the_keys_it_ignores() {
+    let child = spawn_selector(
+        "selector-pass-through-warning",
+        &[
+            "tx_selector.policy=\"pass-through\"".into(),
+            "tx_selector.min_fee_rate_sat_vb=3.0".into(),
+            "tx_selector.prioritize_scripts=[\"6a\"]".into(),
+            format!("bus.selector=\"tcp://127.0.0.1:{}\"", free_port()),
+            format!("bus.watcher=\"tcp://127.0.0.1:{}\"", free_port()),
+        ],
+    );
+    let until = Instant::now() + DEADLINE;
+    let mut log = child.log();
+    while !log.contains("tx-selector started") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = child.log();
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("policy pass-through ignores these keys"))
+        .unwrap_or_else(|| panic!("no warning in {log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("tx_selector.min_fee_rate_sat_vb, tx_selector.prioritize_scripts"),
+        "{line}"
+    );
+    assert!(!line.contains("max_block_weight"), "{line}");
+}

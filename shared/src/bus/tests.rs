@@ -171,30 +171,94 @@ fn topics_round_trip_and_are_prefix_free() {
     }
 }
 
+/// docs/bus-protocol.md itself: its examples are what implementers compare their bytes with,
+/// so the tests read them from there, not from a copy that could drift.
+const BUS_PROTOCOL_DOC: &str = include_str!("../../../docs/bus-protocol.md");
+
+/// The bytes of the "In full (hex):" block that follows the heading `heading` in
+/// docs/bus-protocol.md.
+fn documented_hex(heading: &str) -> Vec<u8> {
+    let (_, section) = BUS_PROTOCOL_DOC
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no `{heading}` in docs/bus-protocol.md"));
+    let (_, after) = section
+        .split_once("In full (hex):\n\n```\n")
+        .unwrap_or_else(|| panic!("no hex block under `{heading}`"));
+    let (block, _) = after.split_once("```").expect("closing fence");
+    let hex: String = block.split_whitespace().collect();
+    hex::decode(&hex).unwrap_or_else(|e| panic!("the hex under `{heading}`: {e}"))
+}
+
 /// The selection envelope of docs/bus-protocol.md ("A selection on the wire"), as a Python
 /// selector (msgpack-python) writes it. Implementers compare their bytes with it, so it must
 /// stay a valid message that jdc decodes, and jdc's own encoder must give the same body.
-const DOCUMENTED_SELECTION_ENVELOPE: &str = concat!(
-    "86a776657273696f6e01a6736f75726365af707974686f6e2d73656c6563746f72a8696e7374616e6365",
-    "cf0006445ff566c980a373657107aa73656e745f61745f7573cf0006445ff60161aca4626f6479de0011",
-    "a26964cf0006445ff6015fb8ab74656d706c6174655f6964cf0006445ff6015bd1a6686569676874cccd",
-    "a9707265765f68617368d940383466643962616333333361643739313534333438323936323034666137",
-    "66386335333761393665303839383365356637336233663561636138653865646637a776657273696f6e",
-    "ce20000000a462697473ce207fffffa763757274696d65ce6924f180a76d696e74696d65ce6924ee61a6",
-    "706f6c696379ae707974686f6e2d6578616d706c65a5747869647392d940373039623535626433646130",
-    "663561383338313235626430656532306335626664643763616261313733393132643432383163616538",
-    "31366237396132303162d940323763613634633039326139353963376564633532356564343565383435",
-    "62316465366137353930643137336664326661643931333363386137373961316533a466656573cd1086",
-    "ae636f696e626173655f76616c7565ce95030986a6776569676874cd057ba67369676f707305b2776974",
-    "6e6573735f636f6d6d69746d656e74d94035303663613030383036303262393934646262333463346666",
-    "346238373063653134343963636135323965306535386465383235663737376164346364643935a76472",
-    "6f707065649183a6726561736f6eb262656c6f772d6d696e2d6665652d72617465a5636f756e7401a366",
-    "65656eb27469705f64657465637465645f61745f7573cf0006445ff6014240",
-);
+fn documented_selection_envelope() -> Vec<u8> {
+    documented_hex("### A selection on the wire")
+}
+
+/// The template envelope of docs/bus-protocol.md ("A template on the wire"): jdc decodes it,
+/// and writes exactly these bytes for the decoded message.
+#[test]
+fn documented_template_envelope_decodes_and_is_what_jdc_writes() {
+    use crate::messages::{Template, TemplateTx};
+    let bytes = documented_hex("### A template on the wire");
+    assert_eq!(bytes.len(), 638);
+    let env: Envelope<Template> = decode_envelope(&bytes).unwrap();
+    assert_eq!(
+        (env.version, env.source.as_str(), env.instance, env.seq),
+        (1, "watcher", 1_764_028_790_000_000, 12)
+    );
+    assert_eq!(env.sent_at_us, 1_764_028_800_130_500);
+    let data = hex::decode(concat!(
+        "0200000001",
+        "1111111111111111111111111111111111111111111111111111111111111111",
+        "0000000000ffffffff01d885010000000000015100000000"
+    ))
+    .unwrap();
+    let txid = "58b2e1b2af932eead92438e84eb0c8d662c64d10a8f94ae472496cfc17aa318c";
+    let expected = Template {
+        id: 1_764_028_800_130_001,
+        height: 205,
+        prev_hash: "84fd9bac333ad79154348296204fa7f8c537a96e08983e5f73b3f5aca8e8edf7".into(),
+        version: 0x2000_0000,
+        bits: 0x207f_ffff,
+        target: format!("7fffff{}", "0".repeat(58)),
+        curtime: 1_764_028_800,
+        mintime: 1_764_028_001,
+        coinbase_value: 2_500_000_200,
+        subsidy: 2_500_000_000,
+        weight_limit: 4_000_000,
+        sigop_limit: 80_000,
+        txs: vec![TemplateTx {
+            data,
+            txid: txid.into(),
+            wtxid: txid.into(),
+            fee: 200,
+            weight: 244,
+            sigops: 0,
+            depends: vec![],
+        }],
+        tip_detected_at_us: 1_764_028_800_123_456,
+    };
+    assert_eq!(env.body, expected);
+    // The txid is the transaction's.
+    let tx: crate::bitcoin::Transaction =
+        crate::bitcoin::consensus::deserialize(&expected.txs[0].data).unwrap();
+    assert_eq!(tx.compute_txid().to_string(), txid);
+    assert_eq!(tx.weight().to_wu(), 244);
+    // jdc writes the same envelope, byte for byte.
+    let written = rmp_serde::to_vec_named(&Envelope {
+        body: expected.clone(),
+        ..env
+    })
+    .unwrap();
+    assert_eq!(written, bytes);
+    assert!(bytes.ends_with(&encode_body(Topic::Template, &expected).unwrap()));
+}
 
 #[test]
 fn documented_selection_envelope_decodes() {
-    let bytes = hex::decode(DOCUMENTED_SELECTION_ENVELOPE).unwrap();
+    let bytes = documented_selection_envelope();
     assert_eq!(bytes.len(), 619);
     let env: Envelope<Selection> = decode_envelope(&bytes).unwrap();
     assert_eq!(
@@ -250,7 +314,7 @@ fn documented_selection_envelope_decodes() {
 /// what it refuses.
 #[test]
 fn selection_encodings_other_publishers_may_use() {
-    let bytes = hex::decode(DOCUMENTED_SELECTION_ENVELOPE).unwrap();
+    let bytes = documented_selection_envelope();
     let env: Envelope<serde_json::Value> = decode_envelope(&bytes).unwrap();
     let encode = |fields: &[(&str, Vec<u8>)], drop: &[&str]| -> Vec<u8> {
         // The documented body, with some values replaced by raw MessagePack, in reverse key

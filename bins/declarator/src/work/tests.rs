@@ -257,3 +257,92 @@ fn selections_must_leave_room_for_the_coinbase_we_build() {
     let e = b.on_selection(sel, t).unwrap_err().to_string();
     assert!(e.contains("leaving no room for the coinbase"), "{e}");
 }
+
+#[test]
+fn the_coinbase_weight_check_refuses_what_the_selection_check_lets_through() {
+    // 40 P2WPKH payouts: the coinbase we build weighs
+    // 4 × (4 + 1 + 36 + 1 + 100 + 4 + 3 + 40 × (8 + 3 + 22) + 8 + 1 + 38 + 4) + 36 = 6,116 WU,
+    // more than the 4,000 WU that `validate_selection` keeps free.
+    let payouts: Vec<(ScriptBuf, u32)> = (0..40u8)
+        .map(|k| {
+            let mut script = vec![0x00, 0x14];
+            script.extend_from_slice(&[k; 20]);
+            (ScriptBuf::from_bytes(script), 1)
+        })
+        .collect();
+    let many = || WorkBook::new(Network::Regtest, Payout::new(payouts.clone()).unwrap());
+    // 3,995,000 WU of transactions: 5,000 WU left, enough for 4,000 but not for 6,116.
+    let big = |n: u8| TemplateTx {
+        weight: 1_997_500,
+        ..tx(n, vec![])
+    };
+    let (sel, t) = selection(1, 200, vec![big(1), big(2)]);
+    assert_eq!(sel.weight, 3_995_000);
+    let checked = validate_selection(&sel, &t, Network::Regtest);
+    assert!(checked.is_ok(), "{checked:?}");
+    // With a one-output payout the same selection is mined...
+    let mut b = book();
+    b.on_tip(&tip(1, 200)).unwrap();
+    assert!(b.on_selection(sel.clone(), t.clone()).unwrap().is_some());
+    // ...with forty it is refused by the weight branch, with its exact reason.
+    let mut b = many();
+    b.on_tip(&tip(1, 200)).unwrap();
+    let e = b.on_selection(sel, t).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "invalid selection 42 for height 200: transactions weigh 3995000 WU, leaving no room \
+         for the coinbase's 6116 under 4000000"
+    );
+}
+
+#[test]
+fn a_refused_selection_leaves_the_last_valid_full_job_in_place() {
+    let mut b = book();
+    b.on_tip(&tip(1, 200)).unwrap();
+    let (good, t) = selection(1, 200, vec![tx(1, vec![]), tx(2, vec![1])]);
+    let (valid, body) = b.on_selection(good.clone(), t.clone()).unwrap().unwrap();
+    assert_eq!((valid.job.kind, valid.job.tx_count), (JobKind::Full, 2));
+    let unchanged = |b: &WorkBook| {
+        let now = b.current().expect("current work");
+        assert_eq!(now.job.template_id, valid.job.template_id);
+        assert_eq!(now.job.kind, JobKind::Full);
+        assert_eq!(now.job.tx_count, 2);
+        assert_eq!(now.job.template, valid.job.template);
+        assert_eq!(now.job.outputs, valid.job.outputs);
+        assert_eq!(now.tip, valid.tip);
+    };
+    // A later selection (a new template on the same tip) with a wrong witness commitment:
+    // refused by the checks of `prepare`.
+    let (mut bad, t3) = selection(1, 200, vec![tx(1, vec![]), tx(2, vec![1]), tx(3, vec![])]);
+    bad.id = 43;
+    bad.witness_commitment = hex::encode([0u8; 32]);
+    let e = b.on_selection(bad, t3.clone()).unwrap_err();
+    assert!(e.to_string().contains("witness commitment"), "{e}");
+    unchanged(&b);
+    // One refused after preparation, by the work book's own coinbase check.
+    let p2pkh = ScriptBuf::from_hex("76a914000000000000000000000000000000000000000088ac").unwrap();
+    let heavy = TemplateTx {
+        sigops: 79_999,
+        ..tx(4, vec![])
+    };
+    let (sel, t4) = selection(1, 200, vec![heavy]);
+    let mut strict = WorkBook::new(Network::Regtest, Payout::new(vec![(p2pkh, 1)]).unwrap());
+    strict.on_tip(&tip(1, 200)).unwrap();
+    let (strict_valid, _) = strict
+        .on_selection(good.clone(), t.clone())
+        .unwrap()
+        .unwrap();
+    let mut sel = sel;
+    sel.id = 44;
+    let e = strict.on_selection(sel, t4).unwrap_err();
+    assert!(e.to_string().contains("no room for the coinbase"), "{e}");
+    assert_eq!(
+        strict.current().unwrap().job.template_id,
+        strict_valid.job.template_id
+    );
+    // The refused selections are not remembered: the valid one re-sent is still a duplicate,
+    // and the block body of the valid job is what a found block is built from.
+    assert!(b.on_selection(good, t).unwrap().is_none());
+    unchanged(&b);
+    assert_eq!(body.txs().collect::<Vec<_>>(), vec![&[1u8][..], &[2u8][..]]);
+}

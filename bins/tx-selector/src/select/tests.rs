@@ -168,8 +168,18 @@ fn check_invariants(t: &Template, p: &Policy, sel: &Selection) {
 /// Straightforward O(n²) ancestor-score greedy with the same rules and tie-breaks (rate, then
 /// bigger package, then earlier position): the
 /// optimised version must choose exactly the same transactions in the same order.
-#[allow(clippy::needless_range_loop)]
 fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); DropReason::ALL.len()]) {
+    reference_with_priorities(t, p, &vec![false; t.txs.len()])
+}
+
+/// [`reference`] where the transactions `prioritized` (by template index) outrank every
+/// other package (then rate, then size), and ignore the minimum fee rate.
+#[allow(clippy::needless_range_loop)]
+fn reference_with_priorities(
+    t: &Template,
+    p: &Policy,
+    prioritized: &[bool],
+) -> (Vec<usize>, [(u32, u64); DropReason::ALL.len()]) {
     let n = t.txs.len();
     let parents: Vec<BTreeSet<usize>> = t
         .txs
@@ -228,8 +238,12 @@ fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); DropReason::
             }
             let better = match &best {
                 None => true,
-                Some((_, b, _)) => {
-                    pkg.cmp_rate(b).then_with(|| pkg.vsize.cmp(&b.vsize)) == Ordering::Greater
+                Some((b_i, b, _)) => {
+                    prioritized[i]
+                        .cmp(&prioritized[*b_i])
+                        .then_with(|| pkg.cmp_rate(b))
+                        .then_with(|| pkg.vsize.cmp(&b.vsize))
+                        == Ordering::Greater
                 }
             };
             if better {
@@ -237,7 +251,7 @@ fn reference(t: &Template, p: &Policy) -> (Vec<usize>, [(u32, u64); DropReason::
             }
         }
         let Some((i, pkg, anc)) = best else { break };
-        if !p.meets_min_fee_rate(pkg.fee, pkg.vsize) {
+        if !prioritized[i] && !p.meets_min_fee_rate(pkg.fee, pkg.vsize) {
             for j in 0..n {
                 if st[j] == S::P {
                     st[j] = S::D;
@@ -303,6 +317,38 @@ fn policy_from_config_names_bad_keys() {
         Policy::from_config(&cfg, Network::Regtest).unwrap_err().key,
         "tx_selector.coinbase_reserve_weight"
     );
+}
+
+#[test]
+fn pass_through_names_the_keys_it_ignores() {
+    let mut cfg = SelectorConfig::default();
+    assert!(ignored_by_pass_through(&cfg).is_empty());
+    cfg.min_fee_rate_sat_vb = 5.0;
+    cfg.prioritize_txids = vec![txid(0)];
+    // fee-rate uses them.
+    assert!(ignored_by_pass_through(&cfg).is_empty());
+    cfg.policy = PASS_THROUGH.into();
+    assert_eq!(
+        ignored_by_pass_through(&cfg),
+        vec![
+            "tx_selector.min_fee_rate_sat_vb",
+            "tx_selector.prioritize_txids"
+        ]
+    );
+    cfg.max_block_weight = 2_000_000;
+    cfg.max_block_sigops = 40_000;
+    cfg.prioritize_scripts = vec!["6a".into()];
+    assert_eq!(ignored_by_pass_through(&cfg).len(), 5);
+    // Exclusions, data-carrier caps and the coinbase reserves apply to pass-through.
+    let cfg = SelectorConfig {
+        policy: PASS_THROUGH.into(),
+        exclude_txids: vec![txid(0)],
+        max_op_return_outputs: Some(1),
+        drop_inscriptions: true,
+        coinbase_reserve_weight: 10_000,
+        ..SelectorConfig::default()
+    };
+    assert!(ignored_by_pass_through(&cfg).is_empty());
 }
 
 #[test]
@@ -742,6 +788,86 @@ proptest! {
         }
     }
 
+    /// Prioritized transactions (by txid) in chains and DAGs: the same choices and drops as
+    /// the reference, where a prioritized package outranks any rate and ignores the minimum.
+    /// Chains keep their single heap entry with priorities (a hull of the prioritized
+    /// members' points), so this checks that shortcut against the reference too.
+    #[test]
+    fn priorities_match_the_reference_greedy(
+        chains in prop::collection::vec(prop::collection::vec((25u64..750, 0u64..5, 0u64..40, prop::bool::weighted(0.15)), 1..40), 1..6),
+        dag in prop::collection::vec((100u64..3_000, 0u64..100_000, 0u64..100, any::<prop::sample::Index>(), 0u8..3, prop::bool::weighted(0.15)), 0..30),
+        weight_limit in 20_000u64..600_000,
+        min_rate in 0.0f64..30.0,
+    ) {
+        let mut txs = Vec::new();
+        let mut prioritize = Vec::new();
+        for chain in chains {
+            for (d, (vbytes, rate, sigops, first)) in chain.into_iter().enumerate() {
+                let i = txs.len();
+                txs.push(TemplateTx {
+                    data: vec![],
+                    txid: txid(i),
+                    wtxid: wtxid(i),
+                    fee: vbytes * rate,
+                    weight: vbytes * 4,
+                    sigops,
+                    depends: if d == 0 { vec![] } else { vec![i as u32] },
+                });
+                if first {
+                    prioritize.push(i);
+                }
+            }
+        }
+        // A DAG after the chains: each spends the one before and maybe another earlier one.
+        let start = txs.len();
+        for (k, (weight, fee, sigops, other, link, first)) in dag.into_iter().enumerate() {
+            let i = txs.len();
+            let mut depends = Vec::new();
+            if k > 0 && link > 0 {
+                depends.push(i as u32);
+            }
+            if k > 1 && link > 1 {
+                let p = start + other.index(k) + 1;
+                if !depends.contains(&(p as u32)) {
+                    depends.push(p as u32);
+                }
+            }
+            txs.push(TemplateTx {
+                data: vec![],
+                txid: txid(i),
+                wtxid: wtxid(i),
+                fee,
+                weight,
+                sigops,
+                depends,
+            });
+            if first {
+                prioritize.push(i);
+            }
+        }
+        let mut t = template(txs);
+        t.weight_limit = weight_limit;
+        let cfg = SelectorConfig {
+            prioritize_txids: prioritize.iter().map(|&i| txid(i)).collect(),
+            ..SelectorConfig::default()
+        };
+        let p = Policy {
+            rules: Rules::from_config(&cfg, Network::Regtest).unwrap(),
+            ..policy(PolicyKind::FeeRate, min_rate, 4_000_000)
+        };
+        let sel = select(&t, &p).unwrap();
+        check_invariants(&t, &p, &sel);
+        let mut flags = vec![false; t.txs.len()];
+        for &i in &prioritize {
+            flags[i] = true;
+        }
+        let (expected, expected_dropped) = reference_with_priorities(&t, &p, &flags);
+        prop_assert_eq!(chosen(&sel), expected.iter().map(|&i| txid(i)).collect::<Vec<_>>());
+        for reason in DropReason::ALL {
+            prop_assert_eq!(dropped(&sel, reason), expected_dropped[reason.slot()]);
+        }
+    }
+
     #[test]
     fn nothing_is_dropped_when_nothing_binds(t in arb_template(), kind in prop_oneof![Just(PolicyKind::PassThrough), Just(PolicyKind::FeeRate)]) {
         let mut t = t;
@@ -854,10 +980,67 @@ fn real_tx(i: usize, parents: &[Txid], payees: &[u8], carrier: &Carrier) -> Tran
 /// rates (plus loners). Every 10th transaction has an 80-byte `OP_RETURN`, every 25th an
 /// inscription-style envelope pushing 300 bytes; payees rotate over four scripts.
 fn big_template(chains: usize, depth: usize, rate: impl Fn(usize, usize) -> u64) -> Template {
+    build_big_template(|i| {
+        let (c, d) = (i / depth.max(1), i % depth.max(1));
+        if c < chains {
+            (rate(c, d), if d > 0 { vec![i - 1] } else { vec![] })
+        } else {
+            ((i % 37) as u64 + 1, vec![])
+        }
+    })
+}
+
+/// A 5,000-transaction template of deep DAGs with a spine: `clusters` clusters of `size`,
+/// where each member after the first spends the one before it and, from the third on, also one
+/// 2 to 9 places back (not simple chains, but chain-like: each member's ancestors are the
+/// members before it); rates vary from 1 to 90 sat/vB.
+fn big_dag(clusters: usize, size: usize) -> Template {
+    build_big_template(|i| {
+        let (c, d) = (i / size, i % size);
+        let rate = ((c * 31 + d * 17) % 90) as u64 + 1;
+        if c >= clusters {
+            return ((i % 37) as u64 + 1, vec![]);
+        }
+        let mut parents = Vec::new();
+        if d > 0 {
+            parents.push(i - 1);
+        }
+        if d > 1 {
+            parents.push(i - 2 - (d * 7) % (d - 1).min(8));
+        }
+        (rate, parents)
+    })
+}
+
+/// A 5,000-transaction template of braided DAGs, which are not chain-like: in each of
+/// `clusters` clusters of `size`, member `d` spends member `d - 2` (two strands) and, every
+/// fifth member, `d - 1` too (the strands cross); rates vary from 1 to 90 sat/vB.
+fn big_braid(clusters: usize, size: usize) -> Template {
+    build_big_template(|i| {
+        let (c, d) = (i / size, i % size);
+        let rate = ((c * 31 + d * 17) % 90) as u64 + 1;
+        if c >= clusters {
+            return ((i % 37) as u64 + 1, vec![]);
+        }
+        let parents = match d {
+            0 => vec![],
+            1 => vec![i - 1],
+            _ if d % 5 == 0 => vec![i - 2, i - 1],
+            _ => vec![i - 2],
+        };
+        (rate, parents)
+    })
+}
+
+/// 5,000 real transactions; `spec(i)` gives transaction `i`'s fee rate and its parents
+/// (earlier indexes). Data carriers as in [`big_template`].
+fn build_big_template(spec: impl Fn(usize) -> (u64, Vec<usize>)) -> Template {
     let mut txs: Vec<TemplateTx> = Vec::with_capacity(5_000);
     let mut ids: Vec<Txid> = Vec::with_capacity(5_000);
-    let mut push = |rate: u64, parent: Option<usize>| {
-        let i = txs.len();
+    for i in 0..5_000 {
+        let (rate, mut parent_ixs) = spec(i);
+        parent_ixs.sort_unstable();
+        parent_ixs.dedup();
         let carrier = Carrier {
             op_returns: if i.is_multiple_of(10) {
                 vec![80]
@@ -867,7 +1050,7 @@ fn big_template(chains: usize, depth: usize, rate: impl Fn(usize, usize) -> u64)
             envelope: i.is_multiple_of(25),
             tapscript_push: if i.is_multiple_of(25) { 300 } else { 0 },
         };
-        let parents: Vec<Txid> = parent.map(|p| ids[p]).into_iter().collect();
+        let parents: Vec<Txid> = parent_ixs.iter().map(|&p| ids[p]).collect();
         let t = real_tx(i, &parents, &[(i % 4) as u8], &carrier);
         let weight = t.weight().to_wu();
         ids.push(t.compute_txid());
@@ -878,17 +1061,8 @@ fn big_template(chains: usize, depth: usize, rate: impl Fn(usize, usize) -> u64)
             fee: vsize(weight) * rate,
             weight,
             sigops: 4,
-            depends: parent.map(|p| p as u32 + 1).into_iter().collect(),
+            depends: parent_ixs.iter().map(|&p| p as u32 + 1).collect(),
         });
-    };
-    for c in 0..chains {
-        for d in 0..depth {
-            let i = c * depth + d;
-            push(rate(c, d), (d > 0).then(|| i - 1));
-        }
-    }
-    for i in chains * depth..5_000 {
-        push((i % 37) as u64 + 1, None);
     }
     template(txs)
 }
@@ -923,8 +1097,9 @@ fn every_rule(t: &Template) -> Rules {
     Rules::from_config(&cfg, Network::Regtest).unwrap()
 }
 
-/// Not a timing assertion: prints how long `select` takes on 5,000-transaction templates.
-/// Run with `cargo test -p jdc-tx-selector --release -- --ignored --nocapture speed`.
+/// Not a timing assertion: prints how long `select` takes on 5,000-transaction templates
+/// (median and max of 21 runs). Run with
+/// `cargo test -p jdc-tx-selector --release --lib -- --ignored --nocapture speed_of_select`.
 #[test]
 #[ignore]
 fn speed_of_select_on_5000_transactions() {
@@ -984,25 +1159,190 @@ fn speed_of_select_on_5000_transactions() {
                 rules,
                 ..policy(kind, 1.0, 4_000_000)
             };
-            let _ = select(t, &p).unwrap();
-            let runs = 20;
+            let (median, max) = time_select(t, &p, 21);
+            println!("{name:34} {label:21} select median {median:>9.2?} max {max:>9.2?}");
+        }
+    }
+}
+
+/// Median and max of `runs` single `select` calls (after one warm-up call).
+fn time_select(
+    t: &Template,
+    p: &Policy,
+    runs: usize,
+) -> (std::time::Duration, std::time::Duration) {
+    let _ = select(t, p).unwrap();
+    let mut times: Vec<std::time::Duration> = (0..runs)
+        .map(|_| {
             let start = std::time::Instant::now();
-            for _ in 0..runs {
-                std::hint::black_box(select(std::hint::black_box(t), &p).unwrap());
+            std::hint::black_box(select(std::hint::black_box(t), p).unwrap());
+            start.elapsed()
+        })
+        .collect();
+    times.sort_unstable();
+    (times[times.len() / 2], times[times.len() - 1])
+}
+
+/// The median of the template's own fee rates, in sat/vB.
+fn median_rate(t: &Template) -> f64 {
+    let mut rates: Vec<u64> = t.txs.iter().map(|x| x.fee / vsize(x.weight)).collect();
+    rates.sort_unstable();
+    rates[rates.len() / 2] as f64
+}
+
+/// Not a timing assertion: prints how long `select` takes with each rule *binding* on deep
+/// chains and DAGs without wiping the chains out at their heads (unlike "+ rules" of
+/// [`speed_of_select_on_5000_transactions`], whose envelopes sit on every chain head):
+/// prioritized transactions deep in chains, exclusions in mid-chain, a minimum fee rate at the
+/// template's median rate. Prints median and max of 21 runs, and what was chosen and dropped.
+/// `cargo test -p jdc-tx-selector --release --lib -- --ignored --nocapture speed_of_rules`;
+/// `JDCTEST_SPEED_CASE=<part of a name>` runs only the matching shapes.
+#[test]
+#[ignore]
+fn speed_of_rules_on_deep_chains() {
+    // (name, template, chains, depth): the chain geometry places the rules mid-chain.
+    let shapes: Vec<(&str, Template, usize, usize)> = vec![
+        (
+            "1 chain of 5,000, equal rates",
+            big_template(1, 5_000, |_, _| 20),
+            1,
+            5_000,
+        ),
+        (
+            "1 chain of 5,000, rates falling",
+            big_template(1, 5_000, |_, d| 5_000 - d as u64),
+            1,
+            5_000,
+        ),
+        (
+            "5 chains of 1,000, rates falling",
+            big_template(5, 1_000, |_, d| 1_000 - d as u64),
+            5,
+            1_000,
+        ),
+        (
+            "200 chains of 25, child pays",
+            big_template(200, 25, |c, d| (d as u64 * 7 + c as u64) % 60 + 1),
+            200,
+            25,
+        ),
+        ("DAG with a spine: 200 of 25", big_dag(200, 25), 200, 25),
+        ("DAG with a spine: 5 of 1,000", big_dag(5, 1_000), 5, 1_000),
+        ("DAG with a spine: 1 of 5,000", big_dag(1, 5_000), 1, 5_000),
+        ("braided DAG: 200 of 25", big_braid(200, 25), 200, 25),
+        ("braided DAG: 5 of 1,000", big_braid(5, 1_000), 5, 1_000),
+        ("braided DAG: 1 of 5,000", big_braid(1, 5_000), 1, 5_000),
+    ];
+    let only = std::env::var("JDCTEST_SPEED_CASE").ok();
+    for (name, t, chains, depth) in &shapes {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
+        let (chains, depth) = (*chains, *depth);
+        let txid_at = |i: usize| t.txs[i].txid.clone();
+        // 50 prioritized transactions spread over the chains' deep halves.
+        let deep: Vec<String> = (0..50)
+            .map(|k| {
+                let c = k % chains;
+                let d = depth / 2 + (k / chains * 7) % (depth / 2);
+                txid_at(c * depth + d)
+            })
+            .collect();
+        // Each chain (at most 50) cut in its middle: by txid, or by the outpoint its middle
+        // spends, alternately; plus a confirmed coin no template transaction spends.
+        let (mut cut_txids, mut cut_outpoints) = (Vec::new(), Vec::new());
+        for c in (0..chains).step_by(chains.div_ceil(50)) {
+            let mid = c * depth + depth / 2;
+            if c % 2 == 0 {
+                cut_txids.push(txid_at(mid));
+            } else {
+                cut_outpoints.push(format!("{}:0", txid_at(mid - 1)));
             }
-            let per = start.elapsed() / runs;
-            let start = std::time::Instant::now();
-            for _ in 0..runs {
-                std::hint::black_box(
-                    plan(std::hint::black_box(t), &p)
-                        .unwrap()
-                        .outcome
-                        .chosen
-                        .len(),
-                );
-            }
-            let per_plan = start.elapsed() / runs;
-            println!("{name:34} {label:21} select {per:>10.2?}  (choosing only {per_plan:>10.2?})");
+        }
+        cut_outpoints.push(format!("{}:7", "ab".repeat(32)));
+        let rules = |cfg: SelectorConfig| Rules::from_config(&cfg, Network::Regtest).unwrap();
+        let base = policy(PolicyKind::FeeRate, 1.0, 4_000_000);
+        let median = median_rate(t);
+        let cases: Vec<(String, Policy)> = vec![
+            (
+                "pass-through".into(),
+                policy(PolicyKind::PassThrough, 1.0, 4_000_000),
+            ),
+            ("fee-rate".into(), base.clone()),
+            (
+                "priority: 50 txids deep in chains".into(),
+                Policy {
+                    rules: rules(SelectorConfig {
+                        prioritize_txids: deep.clone(),
+                        ..SelectorConfig::default()
+                    }),
+                    ..base.clone()
+                },
+            ),
+            (
+                "priority: a payee (every 4th tx)".into(),
+                Policy {
+                    rules: rules(SelectorConfig {
+                        prioritize_scripts: vec![hex::encode(payee(1).as_bytes())],
+                        ..SelectorConfig::default()
+                    }),
+                    ..base.clone()
+                },
+            ),
+            (
+                "exclusions mid-chain".into(),
+                Policy {
+                    rules: rules(SelectorConfig {
+                        exclude_txids: cut_txids.clone(),
+                        exclude_outpoints: cut_outpoints.clone(),
+                        ..SelectorConfig::default()
+                    }),
+                    ..base.clone()
+                },
+            ),
+            (
+                "exclusions mid-chain, pass-through".into(),
+                Policy {
+                    rules: rules(SelectorConfig {
+                        exclude_txids: cut_txids.clone(),
+                        exclude_outpoints: cut_outpoints.clone(),
+                        ..SelectorConfig::default()
+                    }),
+                    ..policy(PolicyKind::PassThrough, 1.0, 4_000_000)
+                },
+            ),
+            (
+                format!("min fee rate {median} (the median)"),
+                policy(PolicyKind::FeeRate, median, 4_000_000),
+            ),
+            (
+                "priority + exclusions + min rate + OP_RETURN caps".into(),
+                Policy {
+                    rules: rules(SelectorConfig {
+                        prioritize_txids: deep.clone(),
+                        exclude_txids: cut_txids.clone(),
+                        exclude_outpoints: cut_outpoints.clone(),
+                        max_op_return_bytes: Some(83),
+                        max_op_return_outputs: Some(1),
+                        ..SelectorConfig::default()
+                    }),
+                    ..policy(PolicyKind::FeeRate, median, 4_000_000)
+                },
+            ),
+        ];
+        for (label, p) in &cases {
+            let (median, max) = time_select(t, p, 21);
+            let sel = select(t, p).unwrap();
+            let dropped: Vec<String> = sel
+                .dropped
+                .iter()
+                .map(|d| format!("{}={}", d.reason, d.count))
+                .collect();
+            println!(
+                "{name:32} {label:50} median {median:>9.2?} max {max:>9.2?}  chosen {:>4}  dropped {}",
+                sel.txids.len(),
+                dropped.join(" ")
+            );
         }
     }
 }
@@ -1209,6 +1549,28 @@ mod rules {
         None
     }
 
+    /// The exclusions, judged independently: a transaction's own violation, else its first
+    /// excluded parent's.
+    fn independent_exclusions(t: &Template, cfg: &SelectorConfig) -> Vec<Option<DropReason>> {
+        let mut excluded: Vec<Option<DropReason>> = vec![None; t.txs.len()];
+        for i in 0..t.txs.len() {
+            excluded[i] = t.txs[i]
+                .depends
+                .iter()
+                .find_map(|&d| excluded[d as usize - 1])
+                .or_else(|| own_violation(&t.txs[i], cfg));
+        }
+        excluded
+    }
+
+    /// Whether `x` has an output paying one of `scripts` (hex), read with rust-bitcoin.
+    fn pays_one_of(x: &TemplateTx, scripts: &[String]) -> bool {
+        let tx: Transaction = jdc_shared::bitcoin::consensus::deserialize(&x.data).unwrap();
+        tx.output
+            .iter()
+            .any(|o| scripts.contains(&hex::encode(o.script_pubkey.as_bytes())))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(
             std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
@@ -1225,14 +1587,7 @@ mod rules {
             // The exclusions, judged independently: a transaction's own violation, else
             // its first excluded parent's.
             let n = t.txs.len();
-            let mut excluded: Vec<Option<DropReason>> = vec![None; n];
-            for i in 0..n {
-                excluded[i] = t.txs[i]
-                    .depends
-                    .iter()
-                    .find_map(|&d| excluded[d as usize - 1])
-                    .or_else(|| own_violation(&t.txs[i], &cfg));
-            }
+            let excluded = independent_exclusions(&t, &cfg);
             let index_of: HashMap<&str, usize> =
                 t.txs.iter().enumerate().map(|(i, x)| (x.txid.as_str(), i)).collect();
             let chosen: Vec<usize> = sel.txids.iter().map(|x| index_of[x.as_str()]).collect();
@@ -1249,19 +1604,12 @@ mod rules {
             }
             // Prioritized packages (the transactions and their ancestors) come first.
             if p.kind == PolicyKind::FeeRate {
-                let pays_priority = |x: &TemplateTx| {
-                    let tx: Transaction =
-                        jdc_shared::bitcoin::consensus::deserialize(&x.data).unwrap();
-                    tx.output.iter().any(|o| {
-                        cfg.prioritize_scripts
-                            .contains(&hex::encode(o.script_pubkey.as_bytes()))
-                    })
-                };
                 let mut first = vec![false; n];
                 for i in (0..n).rev() {
                     let x = &t.txs[i];
                     let prioritized = excluded[i].is_none()
-                        && (cfg.prioritize_txids.contains(&x.txid) || pays_priority(x));
+                        && (cfg.prioritize_txids.contains(&x.txid)
+                            || pays_one_of(x, &cfg.prioritize_scripts));
                     if prioritized && chosen.contains(&i) {
                         first[i] = true;
                     }
@@ -1279,8 +1627,9 @@ mod rules {
             }
         }
 
-        /// With room for everything, every transaction no rule excludes is chosen when it is
-        /// prioritized, whatever its fee rate.
+        /// With room for everything and a minimum fee rate no package meets, exactly the
+        /// prioritized transactions no rule excludes are chosen, with their ancestors. The
+        /// expectation is computed here with rust-bitcoin (not with the selector's rules).
         #[test]
         fn prioritized_transactions_ignore_the_minimum_fee_rate((t, p, cfg) in arb_case()) {
             let mut t = t;
@@ -1295,13 +1644,280 @@ mod rules {
             };
             let sel = select(&t, &p).unwrap();
             check_invariants(&t, &p, &sel);
-            let verdicts = p.rules.judge(&t, &Graph::build(&t).unwrap().parents);
-            for (i, x) in t.txs.iter().enumerate() {
-                if verdicts.priority[i] && verdicts.excluded[i].is_none() {
-                    prop_assert!(sel.txids.contains(&x.txid), "prioritized tx {} left out", i);
+            let excluded = independent_exclusions(&t, &cfg);
+            let mut expected = vec![false; t.txs.len()];
+            for i in (0..t.txs.len()).rev() {
+                let x = &t.txs[i];
+                let prioritized = excluded[i].is_none()
+                    && (cfg.prioritize_txids.contains(&x.txid) || pays_one_of(x, &cfg.prioritize_scripts));
+                expected[i] |= prioritized;
+                if expected[i] {
+                    for &d in &x.depends {
+                        expected[d as usize - 1] = true;
+                    }
                 }
             }
-            let _ = cfg;
+            let expected: BTreeSet<&str> = t
+                .txs
+                .iter()
+                .zip(&expected)
+                .filter(|(_, &e)| e)
+                .map(|(x, _)| x.txid.as_str())
+                .collect();
+            let chosen: BTreeSet<&str> = sel.txids.iter().map(String::as_str).collect();
+            prop_assert_eq!(chosen, expected);
         }
+    }
+
+    // --- hand-written cases: exact counts and fees per rule ---
+
+    fn plain() -> Carrier {
+        Carrier {
+            op_returns: vec![],
+            envelope: false,
+            tapscript_push: 0,
+        }
+    }
+
+    /// Appends a real transaction to `txs`: it spends output 0 of each of `parents`
+    /// (template indexes), or a confirmed coin outside the template without parents, pays
+    /// `payees` and carries `carrier`; its fee is `fee`.
+    fn push_real(
+        txs: &mut Vec<TemplateTx>,
+        parents: &[usize],
+        payees: &[u8],
+        carrier: Carrier,
+        fee: u64,
+    ) {
+        let i = txs.len();
+        let ids: Vec<Txid> = parents
+            .iter()
+            .map(|&p| txs[p].txid.parse().unwrap())
+            .collect();
+        let t = real_tx(i, &ids, payees, &carrier);
+        txs.push(TemplateTx {
+            data: serialize(&t),
+            txid: t.compute_txid().to_string(),
+            wtxid: t.compute_wtxid().to_string(),
+            fee,
+            weight: t.weight().to_wu(),
+            sigops: 4,
+            depends: parents.iter().map(|&p| p as u32 + 1).collect(),
+        });
+    }
+
+    /// `kind` with no limit binding (minimum fee rate `min_rate`) and the rules of `cfg`.
+    fn ruled(kind: PolicyKind, min_rate: f64, cfg: SelectorConfig) -> Policy {
+        Policy {
+            rules: Rules::from_config(&cfg, Network::Regtest).unwrap(),
+            ..policy(kind, min_rate, 4_000_000)
+        }
+    }
+
+    /// The chosen transactions as template indexes, in block order.
+    fn chosen_ix(t: &Template, sel: &Selection) -> Vec<usize> {
+        sel.txids
+            .iter()
+            .map(|x| t.txs.iter().position(|y| &y.txid == x).unwrap())
+            .collect()
+    }
+
+    /// The confirmed coin (outside the template) that a parentless `real_tx` spends.
+    fn coin_of(x: &TemplateTx) -> String {
+        let tx: Transaction = jdc_shared::bitcoin::consensus::deserialize(&x.data).unwrap();
+        tx.input[0].previous_output.to_string()
+    }
+
+    #[test]
+    fn exclusions_by_outpoint_txid_and_script_take_their_descendants() {
+        let mut txs = Vec::new();
+        push_real(&mut txs, &[], &[0], plain(), 1_000); // 0: spends an excluded coin
+        push_real(&mut txs, &[0], &[0], plain(), 2_000); // 1: its child
+        push_real(&mut txs, &[], &[0], plain(), 4_000); // 2: kept
+        push_real(&mut txs, &[2], &[0], plain(), 8_000); // 3: spends 2:0, excluded
+        push_real(&mut txs, &[3], &[0], plain(), 16_000); // 4: its child
+        push_real(&mut txs, &[], &[0, 2], plain(), 32_000); // 5: pays an excluded script
+        push_real(&mut txs, &[5], &[0], plain(), 64_000); // 6: its child
+        push_real(&mut txs, &[], &[1], plain(), 128_000); // 7: kept
+        push_real(&mut txs, &[], &[0], plain(), 256_000); // 8: excluded txid
+        push_real(&mut txs, &[8], &[0], plain(), 512_000); // 9: its child
+        let t = template(txs);
+        let cfg = SelectorConfig {
+            // A confirmed coin no other rule knows of, and an in-template output.
+            exclude_outpoints: vec![coin_of(&t.txs[0]), format!("{}:0", t.txs[2].txid)],
+            exclude_txids: vec![t.txs[8].txid.to_uppercase()],
+            exclude_scripts: vec![hex::encode(payee(2).as_bytes())],
+            ..SelectorConfig::default()
+        };
+        assert_eq!(coin_of(&t.txs[0]), format!("{}:0", "01".repeat(32)));
+        for kind in [PolicyKind::PassThrough, PolicyKind::FeeRate] {
+            let p = ruled(kind, 0.0, cfg.clone());
+            let sel = select(&t, &p).unwrap();
+            check_invariants(&t, &p, &sel);
+            let mut ix = chosen_ix(&t, &sel);
+            ix.sort_unstable();
+            assert_eq!(ix, vec![2, 7], "{kind:?}");
+            assert_eq!(sel.fees, 132_000);
+            assert_eq!(dropped(&sel, DropReason::ExcludedOutpoint), (4, 27_000));
+            assert_eq!(dropped(&sel, DropReason::ExcludedScript), (2, 96_000));
+            assert_eq!(dropped(&sel, DropReason::ExcludedTxid), (2, 768_000));
+            assert_eq!(sel.dropped.len(), 3, "{:?}", sel.dropped);
+        }
+    }
+
+    #[test]
+    fn a_prioritized_payee_goes_first_with_its_ancestors_whatever_the_rate() {
+        let mut txs = Vec::new();
+        push_real(&mut txs, &[], &[0], plain(), 100_000); // 0: the best rate
+        push_real(&mut txs, &[], &[0], plain(), 5); // 1: 0.0x sat/vB
+        push_real(&mut txs, &[1], &[1], plain(), 20); // 2: pays the prioritized payee
+        push_real(&mut txs, &[], &[0], plain(), 50_000); // 3
+        push_real(&mut txs, &[], &[1], plain(), 7_000); // 4: prioritized but excluded
+        push_real(&mut txs, &[], &[0], plain(), 1); // 5: below the minimum
+        let t = template(txs);
+        let address = jdc_shared::bitcoin::Address::from_script(&payee(1), Network::Regtest)
+            .unwrap()
+            .to_string();
+        let cfg = SelectorConfig {
+            prioritize_scripts: vec![address],
+            exclude_txids: vec![t.txs[4].txid.clone()],
+            ..SelectorConfig::default()
+        };
+        let p = ruled(PolicyKind::FeeRate, 2.0, cfg.clone());
+        let sel = select(&t, &p).unwrap();
+        check_invariants(&t, &p, &sel);
+        assert_eq!(chosen_ix(&t, &sel), vec![1, 2, 0, 3]);
+        assert_eq!(sel.fees, 150_025);
+        assert_eq!(dropped(&sel, DropReason::ExcludedTxid), (1, 7_000));
+        assert_eq!(dropped(&sel, DropReason::BelowMinFeeRate), (1, 1));
+        assert_eq!(sel.dropped.len(), 2, "{:?}", sel.dropped);
+        // Pass-through keeps bitcoind's order: priorities (and the minimum) do not apply.
+        let p = ruled(PolicyKind::PassThrough, 2.0, cfg);
+        let sel = select(&t, &p).unwrap();
+        assert_eq!(chosen_ix(&t, &sel), vec![0, 1, 2, 3, 5]);
+    }
+
+    #[test]
+    fn op_return_caps_count_bytes_of_script_and_outputs_per_transaction() {
+        let with = |op_returns: Vec<usize>| Carrier {
+            op_returns,
+            ..plain()
+        };
+        let mut txs = Vec::new();
+        push_real(&mut txs, &[], &[0], with(vec![80]), 1_000); // 0: an 83-byte script: kept
+        push_real(&mut txs, &[], &[0], with(vec![81]), 2_000); // 1: 84 bytes: too big
+        push_real(&mut txs, &[], &[0], with(vec![4, 4]), 4_000); // 2: two OP_RETURNs
+        push_real(&mut txs, &[2], &[0], plain(), 8_000); // 3: its child
+        push_real(&mut txs, &[], &[0], plain(), 16_000); // 4: kept
+        let t = template(txs);
+        let cfg = SelectorConfig {
+            max_op_return_bytes: Some(83),
+            max_op_return_outputs: Some(1),
+            ..SelectorConfig::default()
+        };
+        for kind in [PolicyKind::PassThrough, PolicyKind::FeeRate] {
+            let p = ruled(kind, 0.0, cfg.clone());
+            let sel = select(&t, &p).unwrap();
+            check_invariants(&t, &p, &sel);
+            let mut ix = chosen_ix(&t, &sel);
+            ix.sort_unstable();
+            assert_eq!(ix, vec![0, 4], "{kind:?}");
+            assert_eq!(dropped(&sel, DropReason::OpReturnSize), (1, 2_000));
+            assert_eq!(dropped(&sel, DropReason::OpReturnCount), (2, 12_000));
+            assert_eq!(sel.dropped.len(), 2, "{:?}", sel.dropped);
+        }
+        // Two OP_RETURNs are fine when two are allowed.
+        let cfg = SelectorConfig {
+            max_op_return_outputs: Some(2),
+            ..cfg
+        };
+        let sel = select(&t, &ruled(PolicyKind::FeeRate, 0.0, cfg)).unwrap();
+        assert_eq!(sel.dropped.len(), 1);
+        assert_eq!(dropped(&sel, DropReason::OpReturnSize), (1, 2_000));
+    }
+
+    #[test]
+    fn envelopes_and_witness_data_are_counted_apart() {
+        let spend = |envelope: bool, tapscript_push: usize| Carrier {
+            op_returns: vec![],
+            envelope,
+            tapscript_push,
+        };
+        let mut txs = Vec::new();
+        // The leaf script pushes a 32-byte key, then "ord" in an envelope, then the data.
+        push_real(&mut txs, &[], &[0], spend(true, 0), 1_000); // 0: envelope, 35 bytes
+        push_real(&mut txs, &[], &[0], spend(false, 100), 2_000); // 1: 132 bytes: kept
+        push_real(&mut txs, &[], &[0], spend(false, 101), 4_000); // 2: 133 bytes
+        push_real(&mut txs, &[0], &[0], plain(), 8_000); // 3: child of the envelope
+        push_real(&mut txs, &[2], &[0], plain(), 16_000); // 4: child of 133 bytes
+        push_real(&mut txs, &[], &[0], plain(), 32_000); // 5: kept
+        let t = template(txs);
+        let both = SelectorConfig {
+            drop_inscriptions: true,
+            max_witness_script_push_bytes: Some(132),
+            ..SelectorConfig::default()
+        };
+        let run = |cfg: &SelectorConfig| {
+            let p = ruled(PolicyKind::FeeRate, 0.0, cfg.clone());
+            let sel = select(&t, &p).unwrap();
+            check_invariants(&t, &p, &sel);
+            let mut ix = chosen_ix(&t, &sel);
+            ix.sort_unstable();
+            (ix, sel)
+        };
+        let (ix, sel) = run(&both);
+        assert_eq!(ix, vec![1, 5]);
+        assert_eq!(dropped(&sel, DropReason::Inscription), (2, 9_000));
+        assert_eq!(dropped(&sel, DropReason::WitnessData), (2, 20_000));
+        assert_eq!(sel.dropped.len(), 2, "{:?}", sel.dropped);
+        // Each rule alone.
+        let (ix, sel) = run(&SelectorConfig {
+            max_witness_script_push_bytes: None,
+            ..both.clone()
+        });
+        assert_eq!(ix, vec![1, 2, 4, 5]);
+        assert_eq!(dropped(&sel, DropReason::Inscription), (2, 9_000));
+        let (ix, sel) = run(&SelectorConfig {
+            drop_inscriptions: false,
+            ..both
+        });
+        assert_eq!(ix, vec![0, 1, 3, 5]);
+        assert_eq!(dropped(&sel, DropReason::WitnessData), (2, 20_000));
+    }
+
+    #[test]
+    fn unreadable_transactions_are_left_out_only_when_a_rule_reads_them() {
+        let mut txs = vec![TemplateTx {
+            data: vec![0xff, 0x00, 0x01],
+            txid: txid(0),
+            wtxid: wtxid(0),
+            fee: 1_000,
+            weight: 400,
+            sigops: 0,
+            depends: vec![],
+        }];
+        push_real(&mut txs, &[0], &[0], plain(), 2_000); // 1: its child
+        push_real(&mut txs, &[], &[0], plain(), 4_000); // 2
+        let t = template(txs);
+        let reading = SelectorConfig {
+            max_op_return_outputs: Some(1),
+            ..SelectorConfig::default()
+        };
+        for kind in [PolicyKind::PassThrough, PolicyKind::FeeRate] {
+            let p = ruled(kind, 0.0, reading.clone());
+            let sel = select(&t, &p).unwrap();
+            check_invariants(&t, &p, &sel);
+            assert_eq!(chosen_ix(&t, &sel), vec![2], "{kind:?}");
+            assert_eq!(dropped(&sel, DropReason::Unreadable), (2, 3_000));
+            assert_eq!(sel.dropped.len(), 1, "{:?}", sel.dropped);
+        }
+        // A txid rule does not read the bytes: the unreadable transaction is mined.
+        let by_txid = SelectorConfig {
+            exclude_txids: vec![t.txs[2].txid.clone()],
+            ..SelectorConfig::default()
+        };
+        let sel = select(&t, &ruled(PolicyKind::PassThrough, 0.0, by_txid)).unwrap();
+        assert_eq!(chosen_ix(&t, &sel), vec![0, 1]);
+        assert_eq!(dropped(&sel, DropReason::ExcludedTxid), (1, 4_000));
     }
 }
