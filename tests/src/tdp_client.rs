@@ -19,7 +19,9 @@ use stratum_core::common_messages_sv2::{Protocol, SetupConnectionOwned};
 use stratum_core::parsers_sv2::{
     AnyMessageOwned as Message, CommonMessagesOwned, TemplateDistributionOwned as Tdp,
 };
-use stratum_core::template_distribution_sv2::{NewTemplateOwned, SetNewPrevHashOwned};
+use stratum_core::template_distribution_sv2::{
+    CoinbaseOutputConstraints, NewTemplateOwned, SetNewPrevHashOwned,
+};
 use tokio::net::TcpStream;
 
 /// A connected TDP client.
@@ -67,6 +69,46 @@ impl Client {
         let mut c = Client { reader, writer };
         let answer = c.next(Duration::from_secs(5)).await?;
         Ok((c, answer))
+    }
+
+    /// Connects as a Template Distribution client (refused setup: an error), asks for
+    /// `coinbase_room` bytes of coinbase outputs and waits for the current tip: returns the
+    /// future template and the `SetNewPrevHash` activating it.
+    pub async fn open(
+        addr: &str,
+        key: &str,
+        coinbase_room: u32,
+    ) -> anyhow::Result<(Client, NewTemplateOwned, SetNewPrevHashOwned)> {
+        let (mut client, answer) =
+            Client::connect(addr, key, Protocol::TemplateDistributionProtocol).await?;
+        if !matches!(
+            answer,
+            Message::Common(CommonMessagesOwned::SetupConnectionSuccess(_))
+        ) {
+            anyhow::bail!("SetupConnection refused: {answer:?}");
+        }
+        client
+            .writer
+            .send(Message::TemplateDistribution(
+                Tdp::CoinbaseOutputConstraints(CoinbaseOutputConstraints {
+                    coinbase_output_max_additional_size: coinbase_room,
+                    coinbase_output_max_additional_sigops: 4,
+                }),
+            ))
+            .await?;
+        let future = client
+            .until("a future template", Duration::from_secs(10), |m| match m {
+                Tdp::NewTemplate(t) if t.future_template => Some(t.clone()),
+                _ => None,
+            })
+            .await?;
+        let prev = client
+            .until("its SetNewPrevHash", Duration::from_secs(5), |m| match m {
+                Tdp::SetNewPrevHash(p) => Some(p.clone()),
+                _ => None,
+            })
+            .await?;
+        Ok((client, future, prev))
     }
 
     /// The next message within `timeout`.

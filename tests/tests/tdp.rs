@@ -49,36 +49,8 @@ async fn a_tdp_client_gets_templates_and_tips_and_its_solution_becomes_a_block(
     let addr = format!("127.0.0.1:{tdp_port}");
     let rpc = node.rpc()?;
 
-    let (mut client, answer) =
-        Client::connect(&addr, &key, Protocol::TemplateDistributionProtocol).await?;
-    if !matches!(
-        answer,
-        Message::Common(CommonMessagesOwned::SetupConnectionSuccess(_))
-    ) {
-        bail!("SetupConnection refused: {answer:?}");
-    }
-    client
-        .writer
-        .send(Message::TemplateDistribution(
-            Tdp::CoinbaseOutputConstraints(CoinbaseOutputConstraints {
-                coinbase_output_max_additional_size: 100,
-                coinbase_output_max_additional_sigops: 4,
-            }),
-        ))
-        .await?;
     // The current tip: a future template and the SetNewPrevHash activating it, at once.
-    let future = client
-        .until("a future template", Duration::from_secs(10), |m| match m {
-            Tdp::NewTemplate(t) if t.future_template => Some(t.clone()),
-            _ => None,
-        })
-        .await?;
-    let prev = client
-        .until("SetNewPrevHash", Duration::from_secs(5), |m| match m {
-            Tdp::SetNewPrevHash(p) => Some(p.clone()),
-            _ => None,
-        })
-        .await?;
+    let (mut client, future, prev) = Client::open(&addr, &key, 100).await?;
     assert_eq!(prev.template_id, future.template_id);
     let best = rpc.get_best_block_hash()?;
     assert_eq!(prev.prev_hash.to_array(), best.to_byte_array());
@@ -231,33 +203,6 @@ async fn a_tdp_client_gets_templates_and_tips_and_its_solution_becomes_a_block(
     Ok(())
 }
 
-/// Connects a TDP client that asks for no coinbase room and waits for the current tip.
-async fn connected_client(addr: &str, key: &str) -> anyhow::Result<Client> {
-    let (mut client, answer) =
-        Client::connect(addr, key, Protocol::TemplateDistributionProtocol).await?;
-    if !matches!(
-        answer,
-        Message::Common(CommonMessagesOwned::SetupConnectionSuccess(_))
-    ) {
-        bail!("SetupConnection refused: {answer:?}");
-    }
-    client
-        .writer
-        .send(Message::TemplateDistribution(
-            Tdp::CoinbaseOutputConstraints(CoinbaseOutputConstraints {
-                coinbase_output_max_additional_size: 0,
-                coinbase_output_max_additional_sigops: 0,
-            }),
-        ))
-        .await?;
-    client
-        .until("SetNewPrevHash", Duration::from_secs(10), |m| {
-            matches!(m, Tdp::SetNewPrevHash(_)).then_some(())
-        })
-        .await?;
-    Ok(client)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_get_every_tip_and_refreshes_only_past_the_fee_delta() -> anyhow::Result<()> {
     const CLIENTS: usize = 32;
@@ -285,7 +230,7 @@ async fn many_clients_get_every_tip_and_refreshes_only_past_the_fee_delta() -> a
 
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        clients.push(connected_client(&addr, &key).await?);
+        clients.push(Client::open(&addr, &key, 0).await?.0);
     }
     tokio::task::block_in_place(|| {
         wait_until(

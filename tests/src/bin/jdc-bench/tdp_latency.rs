@@ -11,9 +11,7 @@ use jdc_shared::bitcoin::hashes::Hash;
 use jdc_tests::bitcoind::{free_port, Bitcoind};
 use jdc_tests::stack::Stack;
 use jdc_tests::tdp_client::Client;
-use stratum_core::common_messages_sv2::Protocol;
-use stratum_core::parsers_sv2::{AnyMessageOwned as Message, TemplateDistributionOwned as Tdp};
-use stratum_core::template_distribution_sv2::CoinbaseOutputConstraints;
+use stratum_core::parsers_sv2::TemplateDistributionOwned as Tdp;
 
 use crate::{listen_hashblock, summary, FOREIGN_ADDRESS};
 
@@ -32,26 +30,7 @@ pub async fn run(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
         "Template Distribution server listening",
     )?;
     let key = std::fs::read_to_string(&key_file)?.trim().to_string();
-    let (mut client, _) = Client::connect(
-        &format!("127.0.0.1:{port}"),
-        &key,
-        Protocol::TemplateDistributionProtocol,
-    )
-    .await?;
-    client
-        .writer
-        .send(Message::TemplateDistribution(
-            Tdp::CoinbaseOutputConstraints(CoinbaseOutputConstraints {
-                coinbase_output_max_additional_size: 100,
-                coinbase_output_max_additional_sigops: 4,
-            }),
-        ))
-        .await?;
-    client
-        .until("the first tip", Duration::from_secs(10), |m| {
-            matches!(m, Tdp::SetNewPrevHash(_)).then_some(())
-        })
-        .await?;
+    let (mut client, _, _) = Client::open(&format!("127.0.0.1:{port}"), &key, 100).await?;
     let hashblock = listen_hashblock(node.zmq_hashblock()).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
