@@ -238,7 +238,7 @@ pub enum BlockStage {
     Found,
     /// `submitblock` accepted it.
     Accepted,
-    /// `submitblock` refused it (see `reason`).
+    /// `submitblock` refused it, or did not answer (`failed`; see `reason`).
     Rejected,
 }
 
@@ -253,8 +253,24 @@ pub struct BlockEvent {
     pub hash: String,
     /// Number of transactions, coinbase included.
     pub tx_count: u32,
-    /// `submitblock`'s answer when rejected, else empty.
+    /// `submitblock`'s answer when rejected, else empty; on `found` with `submitted` false,
+    /// why the block could not be submitted.
     pub reason: String,
+    /// On `found`: whether the block is being handed to bitcoind's `submitblock` (its verdict,
+    /// `accepted` or `rejected`, follows); `false` when it could not be (see `reason`).
+    /// `true` on `accepted` and `rejected`. Absent (so `true`) from declarators older than the
+    /// field, which submitted every block they announced.
+    #[serde(default = "yes")]
+    pub submitted: bool,
+    /// On `rejected`: `submitblock` did not answer (bitcoind unreachable, a timeout: `reason`
+    /// is the error), so this is no verdict of bitcoind's. `false` otherwise, and when absent
+    /// (older declarators published both as `rejected`).
+    #[serde(default)]
+    pub failed: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Liveness of a process, published every heartbeat interval.

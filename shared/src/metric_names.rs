@@ -152,7 +152,7 @@ pub const BLOCKS: MetricDef = MetricDef {
     name: "jdc_blocks",
     kind: MetricKind::Counter,
     labels: &["stage"],
-    help: "Blocks found by our devices, and bitcoind's verdict, by stage",
+    help: "Blocks found by our devices (found), handed to submitblock (submitted), and bitcoind's verdict (accepted, rejected) or no answer (failed), by stage",
 };
 
 /// `jdc_events`
@@ -316,6 +316,14 @@ pub const UPSTREAM_STATE: MetricDef = MetricDef {
     help: "1 for each configured upstream's state: active, standby (not known down) or down (probed with backoff)",
 };
 
+/// `jdc_upstream_info`
+pub const UPSTREAM_INFO: MetricDef = MetricDef {
+    name: "jdc_upstream_info",
+    kind: MetricKind::Gauge,
+    labels: &["upstream", "pool", "jds", "mode"],
+    help: "1 for each configured upstream (by rank), naming its pool and JDS addresses and its mode (full-template or coinbase-only)",
+};
+
 /// `jdc_upstream_switches`
 pub const UPSTREAM_SWITCHES: MetricDef = MetricDef {
     name: "jdc_upstream_switches",
@@ -323,6 +331,79 @@ pub const UPSTREAM_SWITCHES: MetricDef = MetricDef {
     labels: &[],
     help: "Changes of upstream by the declarator (fall-overs, falls to solo, returns)",
 };
+
+/// `jdc_pool_shares`
+pub const POOL_SHARES: MetricDef = MetricDef {
+    name: "jdc_pool_shares",
+    kind: MetricKind::Counter,
+    labels: &["result", "reason"],
+    help: "The pool's answers to the shares the declarator forwarded: accepted (SubmitShares.Success counts) or rejected (SubmitShares.Error, by error code)",
+};
+
+/// `jdc_held_shares`
+pub const HELD_SHARES: MetricDef = MetricDef {
+    name: "jdc_held_shares",
+    kind: MetricKind::Counter,
+    labels: &["outcome"],
+    help: "Shares of declared jobs held until the pool acknowledged the job (optimistic mining), by outcome: held, forwarded, or dropped (new tip, overflow, job refused, upstream left)",
+};
+
+/// The declarator's heartbeat counters behind `jdc_pool_shares_total`: counter name, `result`,
+/// `reason` (the pool's `SubmitShares.Error` code; codes not listed count as `other`).
+pub const POOL_SHARE_COUNTERS: &[(&str, &str, &str)] = &[
+    ("pool_shares_accepted", "accepted", ""),
+    (
+        "pool_shares_rejected_invalid_share",
+        "rejected",
+        "invalid-share",
+    ),
+    (
+        "pool_shares_rejected_stale_share",
+        "rejected",
+        "stale-share",
+    ),
+    (
+        "pool_shares_rejected_invalid_job_id",
+        "rejected",
+        "invalid-job-id",
+    ),
+    (
+        "pool_shares_rejected_difficulty_too_low",
+        "rejected",
+        "difficulty-too-low",
+    ),
+    (
+        "pool_shares_rejected_duplicate_share",
+        "rejected",
+        "duplicate-share",
+    ),
+    (
+        "pool_shares_rejected_bad_extranonce_size",
+        "rejected",
+        "bad-extranonce-size",
+    ),
+    (
+        "pool_shares_rejected_version_rolling_not_allowed",
+        "rejected",
+        "version-rolling-not-allowed",
+    ),
+    (
+        "pool_shares_rejected_invalid_channel_id",
+        "rejected",
+        "invalid-channel-id",
+    ),
+    ("pool_shares_rejected_other", "rejected", "other"),
+];
+
+/// The declarator's heartbeat counters behind `jdc_held_shares_total`: counter name, `outcome`.
+pub const HELD_SHARE_COUNTERS: &[(&str, &str)] = &[
+    ("held_shares_held", "held"),
+    ("held_shares_forwarded", "forwarded"),
+    ("held_shares_dropped_new_tip", "dropped_new_tip"),
+    ("held_shares_dropped_overflow", "dropped_overflow"),
+    ("held_shares_dropped_refused", "dropped_refused"),
+    ("held_shares_dropped_upstream_left", "dropped_upstream_left"),
+];
 
 /// `jdc_process_up`
 pub const PROCESS_UP: MetricDef = MetricDef {
@@ -416,7 +497,10 @@ pub const ALL: &[&MetricDef] = &[
     &MINING_MODE,
     &UPSTREAM_ACTIVE,
     &UPSTREAM_STATE,
+    &UPSTREAM_INFO,
     &UPSTREAM_SWITCHES,
+    &POOL_SHARES,
+    &HELD_SHARES,
     &PROCESS_UP,
     &PROCESS_LAST_SEEN_SECONDS,
     &BUS_MESSAGES,
@@ -425,3 +509,99 @@ pub const ALL: &[&MetricDef] = &[
     &PROCESS_BUS_MALFORMED_MESSAGES,
     &PROCESS_BUS_SEQUENCE_GAPS,
 ];
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Name segments that are not base units (`_seconds`, `_sats`, `_bytes` are).
+    const NON_BASE_UNITS: &[&str] = &[
+        "ms",
+        "msec",
+        "millis",
+        "milliseconds",
+        "us",
+        "micros",
+        "microseconds",
+        "ns",
+        "nanoseconds",
+        "sec",
+        "secs",
+        "minutes",
+        "hours",
+        "days",
+        "kb",
+        "mb",
+        "gb",
+        "kib",
+        "mib",
+        "kilobytes",
+        "megabytes",
+        "btc",
+        "percent",
+    ];
+
+    fn snake_case(s: &str) -> bool {
+        s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !s.ends_with('_')
+            && !s.contains("__")
+    }
+
+    #[test]
+    fn every_metric_follows_the_naming_conventions() {
+        for def in ALL {
+            let name = def.name;
+            assert!(name.starts_with("jdc_"), "{name}: no jdc_ prefix");
+            assert!(snake_case(name), "{name}: not snake_case");
+            // The encoder adds `_total` to counters and `_info` to info metrics; gauges and
+            // histograms are no totals.
+            assert!(!name.ends_with("_total"), "{name}: ends in _total");
+            // A gauge may be an info-style gauge (`jdc_upstream_info`, 1 per label set).
+            if def.kind != MetricKind::Gauge {
+                assert!(!name.ends_with("_info"), "{name}: ends in _info");
+            }
+            for suffix in ["_count", "_sum", "_bucket", "_created"] {
+                assert!(!name.ends_with(suffix), "{name}: ends in {suffix}");
+            }
+            for segment in name.split('_') {
+                assert!(
+                    !NON_BASE_UNITS.contains(&segment),
+                    "{name}: `{segment}` is not a base unit (_seconds, _sats, _bytes)"
+                );
+            }
+            let mut labels = HashSet::new();
+            for label in def.labels {
+                assert!(snake_case(label), "{name}: label {label} not snake_case");
+                assert!(
+                    !["le", "quantile"].contains(label),
+                    "{name}: label {label} is reserved"
+                );
+                assert!(labels.insert(label), "{name}: label {label} twice");
+            }
+            assert!(!def.help.is_empty(), "{name}: no help");
+            // The encoder ends help texts with a full stop.
+            assert!(!def.help.ends_with('.'), "{name}: help ends in a full stop");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_every_definition_is_listed() {
+        let mut names = HashSet::new();
+        for def in ALL {
+            assert!(names.insert(def.name), "{} twice", def.name);
+        }
+        let mut samples = HashSet::new();
+        for def in ALL {
+            assert!(samples.insert(def.exposed()), "{} twice", def.exposed());
+        }
+        // Every `MetricDef` of this file is in `ALL` (so registered, documented, linted).
+        let defined = include_str!("metric_names.rs")
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.ends_with(": MetricDef = MetricDef {"))
+            .count();
+        assert_eq!(defined, ALL.len(), "a MetricDef is missing from ALL");
+    }
+}

@@ -85,6 +85,8 @@ pub struct TestJds {
     pub solutions: Solutions,
     /// Declarations refused with `stale-chain-tip` ([`Misbehave::StaleChainTipOnce`]).
     pub stale_refusals: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every `DeclareMiningJob` received, in order, whatever became of it.
+    pub received: Arc<Mutex<Vec<ReceivedDeclaration>>>,
     /// Open connections, to drop them all at once.
     crash: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
@@ -92,6 +94,23 @@ pub struct TestJds {
 
 /// `PushSolution` verdicts: `Ok(block hash)` or `Err(why)`.
 pub type Solutions = Arc<Mutex<Vec<Result<[u8; 32], String>>>>;
+
+/// A `DeclareMiningJob` as received. A declaration names no previous block hash (the JDS
+/// checks it against its own tip), so the tip it is for is told by the height its coinbase
+/// commits to (BIP34).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedDeclaration {
+    /// Its request id.
+    pub request_id: u32,
+    /// The block height in its coinbase's scriptSig, if readable.
+    pub height: Option<u32>,
+    /// Its block version.
+    pub version: u32,
+    /// The declared wtxids.
+    pub wtxids: Vec<[u8; 32]>,
+    /// The error code it was refused with at once, if it was.
+    pub refused: Option<String>,
+}
 
 /// A declaration the test JDS accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +131,16 @@ pub struct AcceptedDeclaration {
     pub coinbase_suffix: Vec<u8>,
     /// The declared block version.
     pub version: u32,
+    /// The declared transactions' txids (internal byte order), when the JDS knows them all.
+    pub txids: Option<Vec<[u8; 32]>>,
+    /// The declared coinbase's scriptSig (with the extranonce zeroed).
+    pub coinbase_script_sig: Vec<u8>,
+    /// The declared coinbase's version, input sequence and lock time.
+    pub coinbase_version: i32,
+    /// See `coinbase_version`.
+    pub coinbase_sequence: u32,
+    /// See `coinbase_version`.
+    pub coinbase_locktime: u32,
 }
 
 impl Drop for TestJds {
@@ -147,7 +176,9 @@ impl TestJds {
         let declared: Arc<Mutex<Vec<AcceptedDeclaration>>> = Arc::default();
         let solutions: Solutions = Arc::default();
         let stale_refusals: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let received: Arc<Mutex<Vec<ReceivedDeclaration>>> = Arc::default();
         let state = Shared {
+            received: received.clone(),
             stale_refusals: stale_refusals.clone(),
             solutions: solutions.clone(),
             keys: keys.clone(),
@@ -189,6 +220,7 @@ impl TestJds {
             declared,
             solutions,
             stale_refusals,
+            received,
             crash,
             task,
         })
@@ -222,6 +254,11 @@ impl TestJds {
         self.solutions.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Every declaration received so far, in order.
+    pub fn received(&self) -> Vec<ReceivedDeclaration> {
+        self.received.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     /// Declarations accepted so far.
     pub fn declared(&self) -> Vec<AcceptedDeclaration> {
         self.declared.lock().map(|v| v.clone()).unwrap_or_default()
@@ -249,6 +286,7 @@ struct Shared {
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
     solutions: Solutions,
     stale_refusals: Arc<std::sync::atomic::AtomicUsize>,
+    received: Arc<Mutex<Vec<ReceivedDeclaration>>>,
 }
 
 impl Shared {
@@ -369,6 +407,11 @@ impl Shared {
                     self.provided(p, &mut awaiting, writer).await?;
                     continue;
                 }
+                // `PushSolution` is a Full-Template message: in Coinbase-only mode the JDS
+                // knows no job of the client's (SRI's job_declaration_sv2 says so too).
+                Message::JobDeclaration(JobDeclarationOwned::PushSolution(_)) if coinbase_only => {
+                    return Err("PushSolution on a Coinbase-only connection".into());
+                }
                 Message::JobDeclaration(JobDeclarationOwned::PushSolution(p)) => {
                     let verdict = self.solution(&p);
                     if let Ok(mut v) = self.solutions.lock() {
@@ -440,8 +483,10 @@ impl Shared {
         writer: &mut Sv2Writer,
     ) -> Result<(), String> {
         let request_id = d.request_id;
+        let index = self.record_received(&d)?;
         let token = d.mining_job_token.as_bytes().to_vec();
         if !unused.remove(&token) {
+            self.record_refusal(index, "invalid-mining-job-token")?;
             return refuse(writer, request_id, "invalid-mining-job-token").await;
         }
         match self.misbehave {
@@ -468,6 +513,7 @@ impl Shared {
                     )
                     .is_ok() =>
             {
+                self.record_refusal(index, "stale-chain-tip")?;
                 return refuse(writer, request_id, "stale-chain-tip").await;
             }
             _ => {}
@@ -591,8 +637,26 @@ impl Shared {
         } = job;
         let request_id = d.request_id;
         let new_token = self.new_token()?;
+        let txids: Option<Vec<[u8; 32]>> = {
+            let mempool = self.mempool.lock().map_err(|e| e.to_string())?;
+            wtxids
+                .iter()
+                .map(|w| {
+                    let tx: Transaction = deserialize(mempool.get(w)?).ok()?;
+                    Some(tx.compute_txid().to_byte_array())
+                })
+                .collect()
+        };
+        let input = coinbase.input.first().ok_or("a coinbase without input")?;
+        let (coinbase_script_sig, coinbase_sequence) =
+            (input.script_sig.to_bytes(), input.sequence.0);
         if let Ok(mut v) = self.declared.lock() {
             v.push(AcceptedDeclaration {
+                txids,
+                coinbase_script_sig,
+                coinbase_version: coinbase.version.0,
+                coinbase_sequence,
+                coinbase_locktime: coinbase.lock_time.to_consensus_u32(),
                 token,
                 new_token: new_token.clone(),
                 outputs: serialize(&coinbase.output),
@@ -617,6 +681,28 @@ impl Shared {
 }
 
 impl Shared {
+    /// Records a declaration as received; returns its position.
+    fn record_received(&self, d: &DeclareMiningJobOwned) -> Result<usize, String> {
+        let mut received = self.received.lock().map_err(|e| e.to_string())?;
+        received.push(ReceivedDeclaration {
+            request_id: d.request_id,
+            height: coinbase_height(d.coinbase_tx_prefix.as_bytes()),
+            version: d.version,
+            wtxids: d.wtxid_list.iter().map(|h| h.to_array()).collect(),
+            refused: None,
+        });
+        Ok(received.len() - 1)
+    }
+
+    /// Records the refusal of the declaration received at `index`.
+    fn record_refusal(&self, index: usize, code: &str) -> Result<(), String> {
+        let mut received = self.received.lock().map_err(|e| e.to_string())?;
+        if let Some(r) = received.get_mut(index) {
+            r.refused = Some(code.to_string());
+        }
+        Ok(())
+    }
+
     /// The block a `PushSolution` forms with an accepted declaration, if its hash meets the
     /// target it names.
     fn solution(&self, p: &PushSolutionOwned) -> Result<[u8; 32], String> {
@@ -702,6 +788,24 @@ pub(crate) async fn accept_setup(
         }
         Ok(other) => Err(format!("first message is not SetupConnection: {other:?}")),
         Err(e) => Err(format!("reading SetupConnection: {e}")),
+    }
+}
+
+/// The BIP34 height at the start of a coinbase's scriptSig (from a declared coinbase prefix).
+pub fn coinbase_height(prefix: &[u8]) -> Option<u32> {
+    // version(4) marker+flag(2) input count(1) prevout(36) scriptSig length(1).
+    let script = prefix.get(4 + 2 + 1 + 36 + 1..)?;
+    let first = *script.first()?;
+    match first {
+        0x00 => Some(0),
+        0x51..=0x60 => Some(u32::from(first - 0x50)),
+        1..=4 => {
+            let bytes = script.get(1..1 + usize::from(first))?;
+            let mut le = [0u8; 4];
+            le[..bytes.len()].copy_from_slice(bytes);
+            Some(u32::from_le_bytes(le))
+        }
+        _ => None,
     }
 }
 

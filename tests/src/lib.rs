@@ -42,7 +42,12 @@ pub fn wait_until<T>(
 
 /// Whether a test peer's session error is the client hanging up (a write to a closed socket).
 pub(crate) fn peer_hung_up(error: &str) -> bool {
-    ["Broken pipe", "Connection reset", "os error 32", "os error 104"]
-        .iter()
-        .any(|s| error.contains(s))
+    [
+        "Broken pipe",
+        "Connection reset",
+        "os error 32",
+        "os error 104",
+    ]
+    .iter()
+    .any(|s| error.contains(s))
 }

@@ -604,7 +604,12 @@ impl Shared {
                 self.violation("custom job outputs differ from the declared ones".into());
                 return error("invalid-coinbase-tx-outputs");
             }
-            Some(_) => {}
+            Some(d) => {
+                if let Some(why) = differs_from_declaration(&m, d) {
+                    self.violation(format!("custom job differs from its declaration: {why}"));
+                    return error("invalid-job-param-value");
+                }
+            }
             None => {
                 // Undeclared: the pool still checks that its payout comes first, with a reward.
                 let outputs: Vec<TxOut> = deserialize(m.coinbase_tx_outputs.as_bytes())
@@ -692,4 +697,54 @@ fn channel_verdict(
         ) => Err(c.to_string()),
         Err(other) => Err(format!("{other:?}")),
     }
+}
+
+/// What a custom job changes of the job its token was declared with (as a pool checks against
+/// its JDS): block and coinbase versions, the coinbase's scriptSig prefix, sequence and lock
+/// time, and the merkle path of the declared transactions.
+fn differs_from_declaration(
+    m: &SetCustomMiningJobOwned,
+    d: &crate::jds::AcceptedDeclaration,
+) -> Option<String> {
+    if m.version != d.version {
+        return Some(format!(
+            "version {:#x}, declared {:#x}",
+            m.version, d.version
+        ));
+    }
+    if i64::from(m.coinbase_tx_version) != i64::from(d.coinbase_version) {
+        return Some(format!(
+            "coinbase version {}, declared {}",
+            m.coinbase_tx_version, d.coinbase_version
+        ));
+    }
+    if !d
+        .coinbase_script_sig
+        .starts_with(m.coinbase_prefix.as_bytes())
+    {
+        return Some("coinbase prefix is not the declared scriptSig's".into());
+    }
+    if m.coinbase_tx_input_n_sequence != d.coinbase_sequence {
+        return Some(format!(
+            "coinbase sequence {:#x}, declared {:#x}",
+            m.coinbase_tx_input_n_sequence, d.coinbase_sequence
+        ));
+    }
+    if m.coinbase_tx_locktime != d.coinbase_locktime {
+        return Some(format!(
+            "coinbase lock time {}, declared {}",
+            m.coinbase_tx_locktime, d.coinbase_locktime
+        ));
+    }
+    if let Some(txids) = &d.txids {
+        let path: Vec<[u8; 32]> = m.merkle_path.iter().map(|h| h.to_array()).collect();
+        if path != jdc_shared::chain::coinbase_merkle_path(txids) {
+            return Some(format!(
+                "merkle path of {} hashes is not the declared {} transactions'",
+                path.len(),
+                txids.len()
+            ));
+        }
+    }
+    None
 }

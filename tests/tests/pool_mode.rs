@@ -106,7 +106,9 @@ async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
                     &["upstream=\"1\"", "state=\"active\""],
                 ) == 1.0
                 && sum(&text, "jdc_declared_jobs_total", &["stage=\"accepted\""]) > 0.0
-                && sum(&text, "jdc_tip_to_declared_job_accepted_seconds_count", &[]) > 0.0;
+                && sum(&text, "jdc_tip_to_declared_job_accepted_seconds_count", &[]) > 0.0
+                // The pool's acknowledgements of our shares, counted.
+                && sum(&text, "jdc_pool_shares_total", &["result=\"accepted\""]) > 0.0;
             Ok(ok.then_some(text))
         })?;
         if sum(&text, "jdc_upstream_switches_total", &[]) != 0.0 {
@@ -148,6 +150,12 @@ async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
         assert!(
             !solutions.is_empty() && solutions.iter().all(Result::is_ok),
             "every block must reach the JDS as a valid PushSolution: {solutions:?}"
+        );
+    } else {
+        // Coinbase-only: the JDS knows no job of ours; blocks go to our node alone.
+        assert!(
+            jds.solutions().is_empty(),
+            "PushSolution sent in coinbase-only mode"
         );
     }
     assert!(pool.violations().is_empty(), "{:?}", pool.violations());
@@ -201,6 +209,7 @@ async fn falls_back_to_solo(
         let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
         stack.start("declarator", load.declarator, "SV2 mining server listening")?;
         stack.start_template_source()?;
+        stack.start("metrics", &[], "listening")?;
         stack.start_miner("miner", load.miner)?;
         let switch = stack
             .get("declarator")?
@@ -239,6 +248,23 @@ async fn falls_back_to_solo(
         let log = stack.get("declarator")?.log_lines().join("\n");
         if !log.contains(reason) {
             bail!("the fallback reason `{reason}` is not logged");
+        }
+        if pool_misbehave == PoolMisbehave::RejectShares {
+            // Operators see why: the pool's rejections, counted by their reason.
+            let port = stack.ports.metrics;
+            wait_until(
+                "the pool's rejections in /metrics",
+                Duration::from_secs(15),
+                || {
+                    let text = scrape(port)?;
+                    let rejected = sum(
+                        &text,
+                        "jdc_pool_shares_total",
+                        &["result=\"rejected\"", "reason=\"invalid-share\""],
+                    );
+                    Ok((rejected >= 20.0).then_some(()))
+                },
+            )?;
         }
         Ok(())
     })?;

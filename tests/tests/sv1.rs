@@ -97,6 +97,10 @@ fn a_v1_device_mines_blocks_with_version_rolling_that_bitcoind_accepts() -> anyh
             "resubmitted block: {again}"
         );
     }
+    // The last block's tip reaches the device on its own time (after the watcher hears of it):
+    // wait for its job first, so no clean job arrives later and makes the jobs below stale.
+    let tip = rpc.get_best_block_hash()?.to_byte_array();
+    while dev.next_job(Duration::from_secs(30))?.prev_hash != tip {}
     // A suggested difficulty is taken: a new difficulty, then a job carrying it.
     dev.pending.clear();
     let answer = dev.call("mining.suggest_difficulty", json!([0.5]))?;
@@ -148,19 +152,41 @@ fn a_v1_device_mines_blocks_with_version_rolling_that_bitcoind_accepts() -> anyh
     assert_eq!(error_code(&low), Some(23), "{low}");
 
     // The shares are counted as V1 shares, the blocks as accepted.
-    let text = wait_until("V1 shares in /metrics", Duration::from_secs(10), || {
-        let text = exposition::scrape(s.ports.metrics)?;
-        let sv1 = |result: &str| {
-            exposition::sum(
-                &text,
-                "jdc_shares_total",
-                &["channel_kind=\"sv1\"", &format!("result=\"{result}\"")],
-            )
-        };
-        Ok((sv1("accepted") >= 3.0 && sv1("rejected") >= 4.0).then_some(text))
-    })?;
+    let text =
+        wait_until(
+            "V1 shares and jobs in /metrics",
+            Duration::from_secs(10),
+            || {
+                let text = exposition::scrape(s.ports.metrics)?;
+                let sv1 = |result: &str| {
+                    exposition::sum(
+                        &text,
+                        "jdc_shares_total",
+                        &["channel_kind=\"sv1\"", &format!("result=\"{result}\"")],
+                    )
+                };
+                // Jobs to the V1 device count like an SV2 device's (published as they are written).
+                let jobs = exposition::sum(&text, "jdc_jobs_sent_total", &[]);
+                let observed = exposition::sum(&text, "jdc_tip_to_job_seconds_count", &[]);
+                Ok((sv1("accepted") >= 3.0
+                    && sv1("rejected") >= 4.0
+                    && jobs >= 3.0
+                    && observed >= 3.0)
+                    .then_some(text))
+            },
+        )?;
     exposition::check(&text).map_err(anyhow::Error::msg)?;
-    assert!(exposition::sum(&text, "jdc_blocks_total", &["stage=\"accepted\""]) >= 3.0);
+    let blocks =
+        |stage: &str| exposition::sum(&text, "jdc_blocks_total", &[&format!("stage=\"{stage}\"")]);
+    assert!(blocks("accepted") >= 3.0);
+    assert!(blocks("submitted") >= blocks("accepted"));
+    // The V1 device is the only one: every job counted is one it was sent. Three blocks, so
+    // at least three new tips each made a clean job for it, and the first job on each tip
+    // measured the tip-to-job latency.
+    let jobs = exposition::sum(&text, "jdc_jobs_sent_total", &[]);
+    assert!(jobs >= 3.0, "{jobs} jobs sent to the V1 device");
+    let observed = exposition::sum(&text, "jdc_tip_to_job_seconds_count", &[]);
+    assert!(observed >= 3.0, "{observed} tip-to-job latencies observed");
     Ok(())
 }
 

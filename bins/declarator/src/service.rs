@@ -582,41 +582,79 @@ async fn submitter(
                 template_id = found.template_id,
                 "block found on a template no longer kept; cannot submit"
             );
+            let reason = format!("template {} no longer kept", found.template_id);
+            let _ = bus.publish(Topic::Block, &unsubmitted(0, &found, 0, reason));
             continue;
         };
         let block = match assemble(&body, &found.coinbase, found.solution, Some(found.hash)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot assemble block");
+                let tx_count =
+                    u32::try_from(body.txids.len().saturating_add(1)).unwrap_or(u32::MAX);
+                let event = unsubmitted(body.height, &found, tx_count, e.to_string());
+                let _ = bus.publish(Topic::Block, &event);
                 continue;
             }
         };
         let hash = block.hash.to_string();
-        let event = |stage, reason: String| BlockEvent {
+        let event = |stage, reason: String, failed| BlockEvent {
             stage,
             height: body.height,
             hash: hash.clone(),
             tx_count: block.tx_count,
             reason,
+            submitted: true,
+            failed,
         };
-        let _ = bus.publish(Topic::Block, &event(BlockStage::Found, String::new()));
+        // Published as the block is handed to submitblock: `found`, `submitted`.
+        let _ = bus.publish(
+            Topic::Block,
+            &event(BlockStage::Found, String::new(), false),
+        );
         let node = node.clone();
         let bytes = block.bytes;
         let answer = tokio::task::spawn_blocking(move || node.submit_block(&bytes)).await;
         match answer {
             Ok(Ok(None)) => {
                 tracing::info!(height = body.height, %hash, txs = block.tx_count, "block accepted by bitcoind");
-                let _ = bus.publish(Topic::Block, &event(BlockStage::Accepted, String::new()));
+                let _ = bus.publish(
+                    Topic::Block,
+                    &event(BlockStage::Accepted, String::new(), false),
+                );
             }
             Ok(Ok(Some(reason))) => {
                 tracing::warn!(height = body.height, %hash, %reason, "bitcoind refused the block");
-                let _ = bus.publish(Topic::Block, &event(BlockStage::Rejected, reason));
+                let _ = bus.publish(Topic::Block, &event(BlockStage::Rejected, reason, false));
             }
             Ok(Err(e)) => {
                 tracing::error!(height = body.height, %hash, error = %e, "submitblock failed");
-                let _ = bus.publish(Topic::Block, &event(BlockStage::Rejected, e.to_string()));
+                let _ = bus.publish(
+                    Topic::Block,
+                    &event(BlockStage::Rejected, e.to_string(), true),
+                );
             }
-            Err(e) => tracing::error!(error = %e, "submitblock task failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "submitblock task failed");
+                let _ = bus.publish(
+                    Topic::Block,
+                    &event(BlockStage::Rejected, e.to_string(), true),
+                );
+            }
         }
+    }
+}
+
+/// A found block that cannot be handed to `submitblock`, and why (`height` and `tx_count` 0
+/// when unknown).
+fn unsubmitted(height: u32, found: &FoundBlock, tx_count: u32, reason: String) -> BlockEvent {
+    BlockEvent {
+        stage: BlockStage::Found,
+        height,
+        hash: found.hash.to_string(),
+        tx_count,
+        reason,
+        submitted: false,
+        failed: false,
     }
 }

@@ -255,7 +255,7 @@ async fn connection(
             }
             _ = tick.tick() => {
                 let state = work.borrow().clone();
-                Step { out: session.on_tick(state.as_ref()), close: None }
+                Step { out: session.on_tick(state.as_ref()), ..Step::default() }
             }
             _ = &mut setup_deadline, if session.worker().is_none() => {
                 return Err(Sv1ConnectionError::SetupTimeout(SETUP_TIMEOUT));
@@ -265,6 +265,10 @@ async fn connection(
             tokio::time::timeout(WRITE_TIMEOUT, write_all(&mut framed, step.out))
                 .await
                 .map_err(|_| Sv1ConnectionError::WriteTimeout(WRITE_TIMEOUT))??;
+        }
+        // Written: on the bus like an SV2 device's job (`jdc_jobs_sent_total`, tip-to-job).
+        if let Some(job) = step.job {
+            server.job_written(session.peer(), job);
         }
         if let Some(reason) = step.close {
             return Err(Sv1ConnectionError::Dropped(reason));

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use jdc_shared::bus::{BusError, BusStats, Dedup, Received, Topic};
-use jdc_shared::messages::{BlockStage, UpstreamState};
+use jdc_shared::messages::{BlockEvent, BlockStage, UpstreamState};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -90,6 +90,17 @@ struct DeclarationLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolShareLabels {
+    result: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabel {
     mode: String,
 }
@@ -100,11 +111,36 @@ struct UpstreamLabels {
     state: String,
 }
 
+/// `jdc_upstream_info`: what each configured upstream is.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamInfoLabels {
+    upstream: String,
+    pool: String,
+    jds: String,
+    mode: String,
+}
+
 /// Values of `jdc_upstream_state`'s `state` label.
 const UPSTREAM_STATES: [&str; 3] = ["active", "standby", "down"];
 
 /// Values of `jdc_mining_mode`'s `mode` label.
 const MINING_MODES: [&str; 2] = ["pool", "solo"];
+
+/// Values of `jdc_blocks_total`'s `stage` label.
+const BLOCK_STAGES: [&str; 5] = ["found", "submitted", "accepted", "rejected", "failed"];
+
+/// The `jdc_blocks_total` stages a block message counts under: `found` (and `submitted` when
+/// it went to `submitblock`), then `accepted`, `rejected` (bitcoind's refusal) or `failed`
+/// (`submitblock` did not answer).
+fn block_stages(block: &BlockEvent) -> &'static [&'static str] {
+    match (block.stage, block.submitted, block.failed) {
+        (BlockStage::Found, true, _) => &["found", "submitted"],
+        (BlockStage::Found, false, _) => &["found"],
+        (BlockStage::Accepted, _, _) => &["accepted"],
+        (BlockStage::Rejected, _, true) => &["failed"],
+        (BlockStage::Rejected, _, false) => &["rejected"],
+    }
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcessLabel {
@@ -232,8 +268,11 @@ pub struct Metrics {
     mining_mode: Family<ModeLabel, Gauge>,
     upstream_active: Gauge,
     upstream_state: Family<UpstreamLabels, Gauge>,
+    upstream_info: Family<UpstreamInfoLabels, Gauge>,
     upstream_switches: Counter,
     last_switches: u64,
+    pool_shares: Family<PoolShareLabels, Counter>,
+    held_shares: Family<OutcomeLabel, Counter>,
     process_up: Family<ProcessLabel, Gauge>,
     process_last_seen: Family<ProcessLabel, SecondsGauge>,
     bus_messages: Family<StreamLabel, Counter>,
@@ -305,8 +344,11 @@ impl Metrics {
             mining_mode: Family::default(),
             upstream_active: Gauge::default(),
             upstream_state: Family::default(),
+            upstream_info: Family::default(),
             upstream_switches: Counter::default(),
             last_switches: 0,
+            pool_shares: Family::default(),
+            held_shares: Family::default(),
             process_up: Family::default(),
             process_last_seen: Family::default(),
             bus_messages: Family::default(),
@@ -441,9 +483,16 @@ impl Metrics {
         );
         register(
             &mut registry,
+            &names::UPSTREAM_INFO,
+            m.upstream_info.clone(),
+        );
+        register(
+            &mut registry,
             &names::UPSTREAM_SWITCHES,
             m.upstream_switches.clone(),
         );
+        register(&mut registry, &names::POOL_SHARES, m.pool_shares.clone());
+        register(&mut registry, &names::HELD_SHARES, m.held_shares.clone());
         register(&mut registry, &names::PROCESS_UP, m.process_up.clone());
         register(
             &mut registry,
@@ -499,7 +548,19 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
-        for stage in ["found", "accepted", "rejected"] {
+        for &(_, result, reason) in names::POOL_SHARE_COUNTERS {
+            m.pool_shares
+                .get_or_create(&pool_share_labels(result, reason))
+                .inc_by(0);
+        }
+        for &(_, outcome) in names::HELD_SHARE_COUNTERS {
+            m.held_shares
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(0);
+        }
+        for stage in BLOCK_STAGES {
             m.blocks
                 .get_or_create(&StageLabel {
                     stage: stage.to_string(),
@@ -651,16 +712,13 @@ impl Metrics {
                 }
             }
             Message::Block(block) => {
-                let stage = match block.stage {
-                    BlockStage::Found => "found",
-                    BlockStage::Accepted => "accepted",
-                    BlockStage::Rejected => "rejected",
-                };
-                self.blocks
-                    .get_or_create(&StageLabel {
-                        stage: stage.to_string(),
-                    })
-                    .inc();
+                for stage in block_stages(block) {
+                    self.blocks
+                        .get_or_create(&StageLabel {
+                            stage: stage.to_string(),
+                        })
+                        .inc();
+                }
             }
             Message::Heartbeat(hb) => {
                 self.health.heartbeat(stream, hb, now_us);
@@ -745,6 +803,24 @@ impl Metrics {
                             .clone()
                     });
                 }
+                // The pool's answers to our shares, and the shares held for optimistic mining
+                // (the declarator's totals; bounded label values, named once).
+                for &(name, result, reason) in names::POOL_SHARE_COUNTERS {
+                    mirror_labelled(counters, last, name, || {
+                        self.pool_shares
+                            .get_or_create(&pool_share_labels(result, reason))
+                            .clone()
+                    });
+                }
+                for &(name, outcome) in names::HELD_SHARE_COUNTERS {
+                    mirror_labelled(counters, last, name, || {
+                        self.held_shares
+                            .get_or_create(&OutcomeLabel {
+                                outcome: outcome.to_string(),
+                            })
+                            .clone()
+                    });
+                }
                 if let Some(&n) = counters.get("tdp_clients") {
                     self.tdp_clients.set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
@@ -793,6 +869,17 @@ impl Metrics {
                 .set(i64::from(state.mode == mode));
         }
         self.upstream_active.set(i64::from(state.active));
+        // The upstreams of the declarator's configuration now (a restart may change them).
+        self.upstream_info.clear();
+        for u in &state.upstreams {
+            let info = UpstreamInfoLabels {
+                upstream: self.label("upstream", &u.rank.to_string()),
+                pool: self.label("upstream_pool", &u.pool),
+                jds: self.label("upstream_jds", &u.jds),
+                mode: self.label("upstream_mode", &u.mode),
+            };
+            self.upstream_info.get_or_create(&info).set(1);
+        }
         for u in &state.upstreams {
             let upstream = self.label("upstream", &u.rank.to_string());
             for s in UPSTREAM_STATES {
@@ -861,6 +948,13 @@ impl Metrics {
         };
         let span_us = now_us.saturating_sub(first).max(1_000_000);
         window.hashes(from, now_us) / (span_us as f64 / 1e6)
+    }
+}
+
+fn pool_share_labels(result: &str, reason: &str) -> PoolShareLabels {
+    PoolShareLabels {
+        result: result.to_string(),
+        reason: reason.to_string(),
     }
 }
 

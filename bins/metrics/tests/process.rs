@@ -208,6 +208,8 @@ fn block(stage: BlockStage) -> BlockEvent {
         hash: "cd".repeat(32),
         tx_count: 3,
         reason: String::new(),
+        submitted: true,
+        failed: false,
     }
 }
 

@@ -141,10 +141,28 @@ pub struct BlockRow {
     pub hash: String,
     /// Latest stage.
     pub stage: BlockStage,
-    /// `submitblock`'s answer when rejected.
+    /// Handed to `submitblock` (false: it could not be, `reason` says why).
+    pub submitted: bool,
+    /// `rejected` because `submitblock` did not answer, not by bitcoind's verdict.
+    pub failed: bool,
+    /// `submitblock`'s answer when rejected, or why the block was not submitted.
     pub reason: String,
     /// When the latest stage was sent.
     pub at_us: u64,
+}
+
+impl BlockRow {
+    /// The stage as shown: `submitted` (waiting for bitcoind's verdict), `not submitted`,
+    /// `accepted`, `rejected` (by bitcoind) or `failed` (`submitblock` did not answer).
+    pub fn label(&self) -> &'static str {
+        match (self.stage, self.submitted, self.failed) {
+            (BlockStage::Found, true, _) => "submitted",
+            (BlockStage::Found, false, _) => "not submitted",
+            (BlockStage::Accepted, _, _) => "accepted",
+            (BlockStage::Rejected, _, true) => "failed",
+            (BlockStage::Rejected, _, false) => "rejected",
+        }
+    }
 }
 
 /// One job declared to a pool, at its latest stage.
@@ -186,6 +204,8 @@ pub struct StageCounts {
     pub accepted: u64,
     /// Rejected.
     pub rejected: u64,
+    /// Blocks only: `submitblock` did not answer (not counted as rejected).
+    pub failed: u64,
 }
 
 /// Bus counters of this dashboard's own subscriber.
@@ -420,12 +440,15 @@ impl Model {
         match block.stage {
             BlockStage::Found => self.block_counts.first += 1,
             BlockStage::Accepted => self.block_counts.accepted += 1,
+            BlockStage::Rejected if block.failed => self.block_counts.failed += 1,
             BlockStage::Rejected => self.block_counts.rejected += 1,
         }
         let row = BlockRow {
             height: block.height,
             hash: block.hash,
             stage: block.stage,
+            submitted: block.submitted,
+            failed: block.failed,
             reason: block.reason,
             at_us,
         };

@@ -15,8 +15,6 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Wrap};
 use ratatui::Frame;
 
-use jdc_shared::messages::BlockStage;
-
 use crate::format::{age, clean, duration_us, hashrate, millis, sats, short_hash, truncate};
 use crate::state::{Liveness, Model, PROCESSES};
 
@@ -559,28 +557,25 @@ fn process_summary(model: &Model, now_us: u64) -> Vec<Line<'static>> {
         .collect()
 }
 
-fn stage_str(stage: BlockStage) -> &'static str {
-    match stage {
-        BlockStage::Found => "found",
-        BlockStage::Accepted => "accepted",
-        BlockStage::Rejected => "rejected",
-    }
-}
-
 fn stage_style(stage: &str) -> Style {
     match stage {
         "accepted" => Style::new().fg(Color::Green),
-        "rejected" => Style::new().fg(Color::Red),
+        "rejected" | "failed" | "not submitted" => Style::new().fg(Color::Red),
         _ => Style::new().fg(Color::Yellow),
     }
 }
 
 fn block_counts_line(model: &Model) -> Line<'static> {
     let c = model.block_counts;
-    Line::raw(format!(
+    let mut line = format!(
         "found {}  accepted {}  rejected {}",
         c.first, c.accepted, c.rejected
-    ))
+    );
+    // Rare (bitcoind did not answer submitblock): shown only when it happened.
+    if c.failed > 0 {
+        line.push_str(&format!("  failed {}", c.failed));
+    }
+    Line::raw(line)
 }
 
 fn block_summary(model: &Model, now_us: u64, rows: usize) -> Vec<Line<'static>> {
@@ -595,7 +590,7 @@ fn block_summary(model: &Model, now_us: u64, rows: usize) -> Vec<Line<'static>> 
         lines.push(Line::styled("no block found yet", DIM));
     }
     for b in model.blocks.iter().rev().take(rows.saturating_sub(1)) {
-        let stage = stage_str(b.stage);
+        let stage = b.label();
         lines.push(Line::from(vec![
             Span::raw(format!("#{} {} ", b.height, short_hash(&b.hash))),
             Span::styled(stage, stage_style(stage)),
@@ -721,7 +716,7 @@ fn devices_pane(frame: &mut Frame, area: Rect, model: &Model, now_us: u64) {
         lines.push(Line::styled("no block found yet", DIM));
     }
     for b in model.blocks.iter().rev() {
-        let stage = stage_str(b.stage);
+        let stage = b.label();
         let mut spans = vec![
             Span::styled(format!("{:>6} ", age(b.at_us, now_us)), DIM),
             Span::raw(format!("#{} ", b.height)),

@@ -110,6 +110,37 @@ impl FirstJobs {
     }
 }
 
+/// A job written to a device connection (SV2, or a Stratum V1 `mining.notify`), for its
+/// `JobSent` on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenJob {
+    kind: JobKind,
+    height: u32,
+    template_id: u64,
+    tx_count: u32,
+    tip_seq: u64,
+    tip_detected_at_us: u64,
+    new_tip: bool,
+    channels: u32,
+}
+
+impl WrittenJob {
+    /// The job of `state`, written to `channels` channels of one connection (with a
+    /// `SetNewPrevHash`, or a clean V1 job, when `new_tip`).
+    pub fn new(state: &WorkState, new_tip: bool, channels: u32) -> Self {
+        Self {
+            kind: state.job.kind,
+            height: state.tip.height,
+            template_id: state.job.template_id,
+            tx_count: state.job.tx_count,
+            tip_seq: state.tip.seq,
+            tip_detected_at_us: state.tip.detected_at_us,
+            new_tip,
+            channels,
+        }
+    }
+}
+
 /// A connection counted against `max_connections` until dropped.
 pub(crate) struct Admitted(Arc<Server>);
 
@@ -215,6 +246,33 @@ impl Server {
             .lock()
             .map(|p| p.clone())
             .unwrap_or_default()
+    }
+
+    /// Publishes the `JobSent` of a job just written to a device connection, SV2 or V1: the
+    /// first job of its kind on its tip over all connections is `first_on_tip` (what the
+    /// tip-to-job latency observes).
+    pub(crate) fn job_written(&self, peer: SocketAddr, job: WrittenJob) -> JobSent {
+        let event = JobSent {
+            kind: job.kind,
+            height: job.height,
+            template_id: job.template_id,
+            tx_count: job.tx_count,
+            channels: job.channels,
+            new_tip: job.new_tip,
+            tip_to_job_us: now_micros().saturating_sub(job.tip_detected_at_us),
+            first_on_tip: self.first_jobs.is_first(job.kind, job.tip_seq),
+        };
+        if job.new_tip || job.kind == JobKind::Full {
+            tracing::debug!(
+                %peer,
+                kind = job.kind.as_str(),
+                height = job.height,
+                latency_us = event.tip_to_job_us,
+                "job sent"
+            );
+        }
+        let _ = self.bus.publish(Topic::Job, &event);
+        event
     }
 
     /// Records a channel's nominal hashrate (`None`: the channel closed) and publishes the sum.
@@ -559,30 +617,9 @@ impl Connection {
         self.tip_seq = state.tip.seq;
         self.template_id = state.job.template_id;
         send_all(writer, out).await?;
-        let sent_at = now_micros();
-        let event = JobSent {
-            kind: state.job.kind,
-            height: state.tip.height,
-            template_id: state.job.template_id,
-            tx_count: state.job.tx_count,
-            channels: self.channels.len() as u32,
-            new_tip,
-            tip_to_job_us: sent_at.saturating_sub(state.tip.detected_at_us),
-            first_on_tip: self
-                .server
-                .first_jobs
-                .is_first(state.job.kind, state.tip.seq),
-        };
-        if new_tip || state.job.kind == JobKind::Full {
-            tracing::debug!(
-                peer = %self.peer,
-                kind = state.job.kind.as_str(),
-                height = state.tip.height,
-                latency_us = event.tip_to_job_us,
-                "job sent"
-            );
-        }
-        let _ = self.server.bus.publish(Topic::Job, &event);
+        let channels = u32::try_from(self.channels.len()).unwrap_or(u32::MAX);
+        self.server
+            .job_written(self.peer, WrittenJob::new(state, new_tip, channels));
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use stratum_core::sv1_api::utils::{Extranonce, HexU32Be};
 use stratum_core::sv1_api::Method;
 
 use super::{BadInput, Sv1Settings};
-use crate::downstream::{channel::Channel, Server};
+use crate::downstream::{channel::Channel, Server, WrittenJob};
 use crate::work::WorkState;
 
 /// Jobs whose header version we remember (a share names its job; V1 sends only rolled bits).
@@ -55,6 +55,10 @@ pub struct Step {
     pub out: Vec<String>,
     /// Close the connection after writing, for this reason.
     pub close: Option<String>,
+    /// The job of new work (a new tip or template) among `out`, for the bus once written.
+    /// The first job of a new device and re-sends after a difficulty change are not counted,
+    /// as with SV2 devices.
+    pub job: Option<WrittenJob>,
 }
 
 impl Step {
@@ -198,6 +202,11 @@ impl Session {
         }
     }
 
+    /// The device's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     /// The worker name the device authorized with.
     pub fn worker(&self) -> Option<&str> {
         self.worker.as_deref()
@@ -217,6 +226,7 @@ impl Session {
                 return Step {
                     out: vec![error_line(Value::Null, code::OTHER, &text)],
                     close: Some(text),
+                    ..Step::default()
                 };
             }
         };
@@ -316,6 +326,7 @@ impl Session {
                         &format!("no channel: {code}"),
                     )],
                     close: Some(format!("no channel for the device: {code}")),
+                    ..Step::default()
                 }
             }
         };
@@ -323,6 +334,7 @@ impl Session {
             return Step {
                 out: vec![],
                 close: Some("extranonce prefix too long for V1".into()),
+                ..Step::default()
             };
         };
         self.extranonce1 = opened.extranonce_prefix;
@@ -453,7 +465,11 @@ impl Session {
                 return step;
             }
         }
-        step.out.extend(self.job(state, new_tip));
+        let lines = self.job(state, new_tip);
+        if !lines.is_empty() {
+            step.job = Some(WrittenJob::new(state, new_tip, 1));
+        }
+        step.out.extend(lines);
         step
     }
 
@@ -581,6 +597,7 @@ impl Session {
                     "share budget of the tip exhausted (far more shares than the difficulty allows)"
                         .into(),
                 ),
+                ..Step::default()
             };
         }
         match outcome.rejected {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::declare::{declaration, Declaration};
 use super::fallback::{Fallback, FallbackPolicy, RejectRate, Source, Trigger};
-use super::held_shares::{HeldShare, HeldShares};
+use super::held_shares::{HeldCounts, HeldShare, HeldShares};
 use super::jds::{JdsClient, JdsEvent, Mode, Solution};
 use super::pool::{PoolClient, PoolEvent, UpstreamShare};
 use super::state::StateBoard;
@@ -607,7 +607,9 @@ async fn mine_for(
     // Hashrate last announced to the pool (the configured value at open).
     let mut announced: f32 = 0.0;
     let mut hashrate_open = true;
+    let mut held_reported = HeldCounts::default();
     let failure: Trigger = 'run: loop {
+        report_held(&links.bus, &mut held_reported, held.counts());
         // The pool and the JDS answer every request within the timeout, or we leave them.
         let deadline = [up.jds.deadline().map(|(at, _)| at), up.pool.deadline()]
             .into_iter()
@@ -742,12 +744,14 @@ async fn mine_for(
                     break 'run trigger;
                 }
                 Ok(PoolEvent::SharesAccepted { count }) => {
+                    links.bus.add_to_counter(POOL_SHARES_ACCEPTED, u64::from(count));
                     if let Some(t) = reject_rate.accepted(count) {
                         break 'run t;
                     }
                 }
                 Ok(PoolEvent::ShareRejected { code, .. }) => {
                     tracing::debug!(upstream = %up.name, %code, "share rejected by the pool");
+                    links.bus.add_to_counter(pool_reject_counter(&code), 1);
                     // Shares in flight when the tip changes are stale: a race, not a sign of a
                     // broken upstream.
                     if code != "stale-share" {
@@ -797,42 +801,36 @@ async fn mine_for(
             }
             share = links.shares.recv() => {
                 let Some(share) = share else { return Outcome::Shutdown };
-                if share.is_block {
-                    let solution = Solution {
-                        full_extranonce: share.full_extranonce.clone(),
-                        prev_hash,
-                        nonce: share.nonce,
-                        ntime: share.ntime,
-                        nbits,
-                        version: share.version,
-                    };
-                    if let Err(e) = up.jds.push_solution(solution).await {
-                        tracing::warn!(upstream = %up.name, error = %e, "PushSolution failed (the block goes to our node regardless)");
-                    }
-                }
+                // A block also goes to the JDS (Full-Template only: in Coinbase-only mode the
+                // JDS knows no job of ours, and `PushSolution` has no meaning there); our node
+                // has it already (the block submitter), and neither the pool's share nor the
+                // JDS's solution waits on the other: both are written at once.
+                let solution = (share.is_block && up.mode == Mode::FullTemplate).then(|| Solution {
+                    full_extranonce: share.full_extranonce.clone(),
+                    prev_hash,
+                    nonce: share.nonce,
+                    ntime: share.ntime,
+                    nbits,
+                    version: share.version,
+                });
                 // The pool takes shares that meet its target, and blocks whatever its target
                 // (on test networks a block can be easier than the pool's share target).
                 let pool_target: Target = up.pool.channel().target;
-                if !share.is_block && Target::from_le_bytes(share.hash) > pool_target {
-                    continue;
-                }
-                let Some(extranonce) = share.full_extranonce.get(pool_prefix_len..).map(<[u8]>::to_vec) else {
-                    continue;
-                };
-                match job_ids.get(&share.template_id) {
-                    Some(&job_id) => {
-                        let upstream_share = UpstreamShare {
-                            job_id,
-                            nonce: share.nonce,
-                            ntime: share.ntime,
-                            version: share.version,
-                            extranonce,
-                        };
-                        if let Err(e) = up.pool.submit_share(upstream_share).await {
-                            break 'run e.trigger();
-                        }
-                    }
-                    None => {
+                let for_pool = share.is_block || Target::from_le_bytes(share.hash) <= pool_target;
+                let extranonce = share
+                    .full_extranonce
+                    .get(pool_prefix_len..)
+                    .map(<[u8]>::to_vec)
+                    .filter(|_| for_pool);
+                let to_pool = match (extranonce, job_ids.get(&share.template_id)) {
+                    (Some(extranonce), Some(&job_id)) => Some(UpstreamShare {
+                        job_id,
+                        nonce: share.nonce,
+                        ntime: share.ntime,
+                        version: share.version,
+                        extranonce,
+                    }),
+                    (Some(extranonce), None) => {
                         held.hold(share.template_id, HeldShare {
                             nonce: share.nonce,
                             ntime: share.ntime,
@@ -840,13 +838,96 @@ async fn mine_for(
                             extranonce,
                             hash: share.hash,
                         });
+                        None
                     }
+                    (None, _) => None,
+                };
+                let (shared, pushed) = tokio::join!(
+                    async {
+                        match to_pool {
+                            Some(s) => up.pool.submit_share(s).await.map(Some),
+                            None => Ok(None),
+                        }
+                    },
+                    async {
+                        match solution {
+                            Some(s) => up.jds.push_solution(s).await.map(Some),
+                            None => Ok(None),
+                        }
+                    },
+                );
+                if let Err(e) = pushed {
+                    tracing::warn!(upstream = %up.name, error = %e, "PushSolution failed (the block goes to our node regardless)");
+                }
+                if let Err(e) = shared {
+                    break 'run e.trigger();
                 }
             }
         }
     };
-    tracing::debug!(upstream = %up.name, held = ?held.counts(), reason = %failure, "leaving the upstream");
+    report_held(&links.bus, &mut held_reported, held.counts());
+    // Shares still waiting for their job's acknowledgement are lost with the upstream.
+    let waiting = held.waiting() as u64;
+    if waiting > 0 {
+        links
+            .bus
+            .add_to_counter(HELD_DROPPED_UPSTREAM_LEFT, waiting);
+    }
+    tracing::debug!(upstream = %up.name, held = ?held.counts(), waiting, reason = %failure, "leaving the upstream");
     Outcome::Failed(failure)
+}
+
+/// Heartbeat counter of the shares the pool accepted (`jdc_pool_shares_total`).
+const POOL_SHARES_ACCEPTED: &str = "pool_shares_accepted";
+/// Heartbeat counter of held shares lost when we leave the upstream (`jdc_held_shares_total`).
+const HELD_DROPPED_UPSTREAM_LEFT: &str = "held_shares_dropped_upstream_left";
+
+/// The heartbeat counter of a share the pool rejected with `code`: one per code the spec and
+/// SRI name, `other` for the rest (bounded label values).
+pub(crate) fn pool_reject_counter(code: &str) -> &'static str {
+    jdc_shared::metric_names::POOL_SHARE_COUNTERS
+        .iter()
+        .find(|(_, result, reason)| *result == "rejected" && *reason == code)
+        .map_or("pool_shares_rejected_other", |(name, _, _)| *name)
+}
+
+/// Adds what the held-share counters grew by since `reported` to the heartbeat counters
+/// (`jdc_held_shares_total`).
+fn report_held(bus: &Publisher, reported: &mut HeldCounts, now: HeldCounts) {
+    if now == *reported {
+        return;
+    }
+    for (name, grown) in held_growth(reported, &now) {
+        bus.add_to_counter(name, grown);
+    }
+    *reported = now;
+}
+
+/// The held-share heartbeat counters that grew from `was` to `is`, and by how much.
+fn held_growth(was: &HeldCounts, is: &HeldCounts) -> Vec<(&'static str, u64)> {
+    [
+        ("held_shares_held", was.held, is.held),
+        ("held_shares_forwarded", was.released, is.released),
+        (
+            "held_shares_dropped_new_tip",
+            was.dropped_tip,
+            is.dropped_tip,
+        ),
+        (
+            "held_shares_dropped_overflow",
+            was.dropped_full,
+            is.dropped_full,
+        ),
+        (
+            "held_shares_dropped_refused",
+            was.dropped_refused,
+            is.dropped_refused,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, was, is)| is > was)
+    .map(|(name, was, is)| (name, is - was))
+    .collect()
 }
 
 /// After a `stale-chain-tip` answer for the job of `template_id`: declares the current job
@@ -877,4 +958,76 @@ async fn redeclare(
         Declared::Sent | Declared::Skipped => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::*;
+    use jdc_shared::metric_names::{HELD_SHARE_COUNTERS, POOL_SHARE_COUNTERS};
+
+    #[test]
+    fn pool_rejections_count_under_their_code_or_other() {
+        assert_eq!(
+            pool_reject_counter("stale-share"),
+            "pool_shares_rejected_stale_share"
+        );
+        assert_eq!(
+            pool_reject_counter("invalid-share"),
+            "pool_shares_rejected_invalid_share"
+        );
+        assert_eq!(
+            pool_reject_counter("gremlins-ate-it"),
+            "pool_shares_rejected_other"
+        );
+        // An empty code is not the accepted counter.
+        assert_eq!(pool_reject_counter(""), "pool_shares_rejected_other");
+        // Every counter the runner writes is one jdc-metrics reads.
+        for name in [POOL_SHARES_ACCEPTED, pool_reject_counter("other")] {
+            assert!(POOL_SHARE_COUNTERS.iter().any(|(n, _, _)| *n == name));
+        }
+    }
+
+    #[test]
+    fn held_share_counters_grow_by_what_the_holder_counted() {
+        let was = HeldCounts {
+            held: 5,
+            released: 2,
+            dropped_full: 0,
+            dropped_tip: 1,
+            dropped_refused: 0,
+        };
+        let is = HeldCounts {
+            held: 9,
+            released: 2,
+            dropped_full: 3,
+            dropped_tip: 2,
+            dropped_refused: 0,
+        };
+        assert_eq!(
+            held_growth(&was, &is),
+            vec![
+                ("held_shares_held", 4),
+                ("held_shares_dropped_new_tip", 1),
+                ("held_shares_dropped_overflow", 3),
+            ]
+        );
+        assert!(held_growth(&is, &is).is_empty());
+        let all = HeldCounts {
+            held: 1,
+            released: 1,
+            dropped_full: 1,
+            dropped_tip: 1,
+            dropped_refused: 1,
+        };
+        let mut written: Vec<&str> = held_growth(&HeldCounts::default(), &all)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        written.push(HELD_DROPPED_UPSTREAM_LEFT);
+        let read: Vec<&str> = HELD_SHARE_COUNTERS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            written, read,
+            "the runner and jdc-metrics name the same counters"
+        );
+    }
 }

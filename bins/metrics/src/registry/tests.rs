@@ -2,8 +2,8 @@ use super::*;
 use bytes::Bytes;
 use jdc_shared::bus::{Envelope, HeartbeatWithStats, BUS_PROTOCOL_VERSION};
 use jdc_shared::messages::{
-    BlockEvent, Declaration, Dropped, Event, Heartbeat, JobKind, JobSent, Selection, ShareResult,
-    Template, TemplateSummary, TemplateTx, Tip, UpstreamState,
+    BlockEvent, BlockStage, Declaration, Dropped, Event, Heartbeat, JobKind, JobSent, Selection,
+    ShareResult, Template, TemplateSummary, TemplateTx, Tip, UpstreamState,
 };
 
 const PROCESSES: [&str; 3] = ["watcher", "selector", "declarator"];
@@ -444,6 +444,8 @@ fn shares_and_blocks_by_label() {
                 hash: "00".repeat(32),
                 tx_count: 1,
                 reason: String::new(),
+                submitted: true,
+                failed: false,
             }),
             1,
         );
@@ -472,6 +474,67 @@ fn shares_and_blocks_by_label() {
         value(&text, "jdc_blocks_total{stage=\"rejected\"}"),
         Some(0.0)
     );
+}
+
+#[test]
+fn blocks_are_found_submitted_then_accepted_rejected_or_failed() {
+    let mut m = Metrics::new(&PROCESSES);
+    let text = render(&m, 1);
+    for stage in BLOCK_STAGES {
+        let series = format!("jdc_blocks_total{{stage=\"{stage}\"}}");
+        assert_eq!(value(&text, &series), Some(0.0), "{series} from the start");
+    }
+    let block = |stage, submitted, failed, reason: &str| BlockEvent {
+        stage,
+        height: 10,
+        hash: "00".repeat(32),
+        tx_count: 1,
+        reason: reason.to_string(),
+        submitted,
+        failed,
+    };
+    for event in [
+        // Three blocks handed to submitblock: accepted, refused, no answer.
+        block(BlockStage::Found, true, false, ""),
+        block(BlockStage::Accepted, true, false, ""),
+        block(BlockStage::Found, true, false, ""),
+        block(BlockStage::Rejected, true, false, "bad-txnmrklroot"),
+        block(BlockStage::Found, true, false, ""),
+        block(BlockStage::Rejected, true, true, "connection refused"),
+        // One that could not be submitted at all.
+        block(BlockStage::Found, false, false, "template 7 no longer kept"),
+    ] {
+        m.handle(&received("declarator", Topic::Block, &event), 1)
+            .unwrap();
+    }
+    // A declarator older than `submitted` and `failed`: its found blocks were all submitted,
+    // and its transport errors were rejections.
+    #[derive(serde::Serialize)]
+    struct OldBlock {
+        stage: BlockStage,
+        height: u32,
+        hash: String,
+        tx_count: u32,
+        reason: String,
+    }
+    for stage in [BlockStage::Found, BlockStage::Rejected] {
+        let old = OldBlock {
+            stage,
+            height: 11,
+            hash: "11".repeat(32),
+            tx_count: 1,
+            reason: String::new(),
+        };
+        m.handle(&received("declarator", Topic::Block, &old), 1)
+            .unwrap();
+    }
+    let text = render(&m, 2);
+    let blocks = |stage: &str| value(&text, &format!("jdc_blocks_total{{stage=\"{stage}\"}}"));
+    assert_eq!(blocks("found"), Some(5.0));
+    assert_eq!(blocks("submitted"), Some(4.0));
+    assert_eq!(blocks("accepted"), Some(1.0));
+    assert_eq!(blocks("rejected"), Some(2.0));
+    assert_eq!(blocks("failed"), Some(1.0));
 }
 
 #[test]
@@ -668,6 +731,37 @@ fn upstream_state_drives_mode_rank_state_and_switches() {
 }
 
 #[test]
+fn upstream_info_names_each_upstreams_pool_jds_and_mode() {
+    let mut m = Metrics::new(&PROCESSES);
+    let send = |m: &mut Metrics, s: &UpstreamState| {
+        m.handle(&received("declarator", Topic::Upstream, s), 1)
+            .unwrap()
+    };
+    let info = |upstream: u32, pool: &str, jds: &str, mode: &str| {
+        format!("jdc_upstream_info{{upstream=\"{upstream}\",pool=\"{pool}\",jds=\"{jds}\",mode=\"{mode}\"}}")
+    };
+    send(
+        &mut m,
+        &upstream_state(1, "pool", 1, 0, &["active", "standby"]),
+    );
+    let text = render(&m, 1);
+    let first = info(1, "127.0.0.1:3000", "127.0.0.1:4000", "full-template");
+    let second = info(2, "127.0.0.1:3001", "127.0.0.1:4001", "full-template");
+    assert_eq!(value(&text, &first), Some(1.0));
+    assert_eq!(value(&text, &second), Some(1.0));
+    assert_eq!(text.matches("\njdc_upstream_info{").count(), 2);
+
+    // The declarator restarts with one upstream, now coinbase-only: only it is left.
+    let mut state = upstream_state(1, "pool", 1, 0, &["active"]);
+    state.upstreams[0].mode = "coinbase-only".into();
+    send(&mut m, &state);
+    let text = render(&m, 1);
+    let only = info(1, "127.0.0.1:3000", "127.0.0.1:4000", "coinbase-only");
+    assert_eq!(value(&text, &only), Some(1.0));
+    assert_eq!(text.matches("\njdc_upstream_info{").count(), 1, "{text}");
+}
+
+#[test]
 fn refused_work_is_counted_by_kind() {
     let mut m = Metrics::new(&PROCESSES);
     let event = |kind: &str| Event {
@@ -814,7 +908,104 @@ fn chain_templates_zmq_declarations_and_hashrate() {
 
 #[test]
 fn the_exposition_holds_exactly_the_named_metrics() {
-    // One message of each kind, so that every family has a series.
+    let text = one_of_each();
+    let exposed: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, h)| (n.to_string(), h.to_string()))
+        .collect();
+    let named: Vec<(String, String)> = names::ALL
+        .iter()
+        // The encoder ends help texts with a full stop.
+        .map(|d| (d.name.to_string(), format!("{}.", d.help)))
+        .collect();
+    assert_eq!(exposed, named);
+}
+
+/// The label names of a sample line (`name{a="x",b="y\"z"} 1`), in order.
+fn sample_labels(line: &str) -> Vec<String> {
+    let Some((_, rest)) = line.split_once('{') else {
+        return vec![];
+    };
+    let mut labels = vec![];
+    let mut chars = rest.chars();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            return labels;
+        }
+        labels.push(key.trim_start_matches(',').to_string());
+        assert_eq!(chars.next(), Some('"'), "{line}");
+        let mut escaped = false;
+        for c in chars.by_ref() {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => break,
+                _ => escaped = false,
+            }
+        }
+        match chars.next() {
+            Some(',') => continue,
+            Some('}') => return labels,
+            other => panic!("{line}: {other:?} after a label value"),
+        }
+    }
+}
+
+#[test]
+fn the_exposition_types_and_labels_are_the_named_ones() {
+    let text = one_of_each();
+    let types: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    let named: Vec<(String, String)> = names::ALL
+        .iter()
+        .map(|d| {
+            let kind = match d.kind {
+                names::MetricKind::Counter => "counter",
+                names::MetricKind::Gauge => "gauge",
+                names::MetricKind::Histogram => "histogram",
+                names::MetricKind::Info => "info",
+            };
+            (d.name.to_string(), kind.to_string())
+        })
+        .collect();
+    assert_eq!(types, named);
+    for def in names::ALL {
+        // Histogram samples carry `le` on their buckets besides the metric's labels.
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                let name = l.split(['{', ' ']).next().unwrap_or_default();
+                match def.kind {
+                    names::MetricKind::Histogram => [
+                        format!("{}_bucket", def.name),
+                        format!("{}_sum", def.name),
+                        format!("{}_count", def.name),
+                    ]
+                    .contains(&name.to_string()),
+                    _ => name == def.exposed(),
+                }
+            })
+            .collect();
+        assert!(!samples.is_empty(), "no sample of {}", def.name);
+        for line in samples {
+            let labels: Vec<String> = sample_labels(line)
+                .into_iter()
+                .filter(|l| !(def.kind == names::MetricKind::Histogram && l == "le"))
+                .collect();
+            assert_eq!(labels, def.labels, "labels of {line}");
+        }
+    }
+}
+
+/// The exposition after one message of each kind, so that every family has a series.
+fn one_of_each() -> String {
     let mut m = Metrics::new(&PROCESSES);
     let ev = Event {
         level: "info".into(),
@@ -853,6 +1044,9 @@ fn the_exposition_holds_exactly_the_named_metrics() {
         ("tdp_templates_full".to_string(), 1),
         ("tdp_solutions_accepted".to_string(), 1),
         ("tdp_dropped_slow".to_string(), 1),
+        ("pool_shares_accepted".to_string(), 1),
+        ("pool_shares_rejected_stale_share".to_string(), 1),
+        ("held_shares_forwarded".to_string(), 1),
     ]
     .into();
     m.handle(&received("declarator", Topic::Heartbeat, &hb.heartbeat), 1)
@@ -862,19 +1056,7 @@ fn the_exposition_holds_exactly_the_named_metrics() {
         1,
     )
     .unwrap();
-    let text = render(&m, 1);
-    let exposed: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# HELP "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, h)| (n.to_string(), h.to_string()))
-        .collect();
-    let named: Vec<(String, String)> = names::ALL
-        .iter()
-        // The encoder ends help texts with a full stop.
-        .map(|d| (d.name.to_string(), format!("{}.", d.help)))
-        .collect();
-    assert_eq!(exposed, named);
+    render(&m, 1)
 }
 
 #[test]
@@ -887,6 +1069,62 @@ fn docs_list_every_metric() {
             def.exposed()
         );
     }
+}
+
+#[test]
+fn pool_share_answers_and_held_shares_from_the_declarators_heartbeats() {
+    let mut m = Metrics::new(&PROCESSES);
+    let hb = |accepted: u64, invalid: u64, unknown: u64, forwarded: u64, tip: u64| {
+        let mut hb = heartbeat(1);
+        hb.heartbeat.counters = [
+            ("pool_shares_accepted".to_string(), accepted),
+            ("pool_shares_rejected_invalid_share".to_string(), invalid),
+            ("pool_shares_rejected_other".to_string(), unknown),
+            ("held_shares_held".to_string(), forwarded + tip),
+            ("held_shares_forwarded".to_string(), forwarded),
+            ("held_shares_dropped_new_tip".to_string(), tip),
+        ]
+        .into();
+        hb
+    };
+    // Totals grow, then the declarator restarts and counts from zero again.
+    for (a, i, u, f, t) in [(10, 1, 0, 4, 0), (25, 3, 1, 6, 2), (2, 0, 0, 1, 0)] {
+        m.handle(
+            &received("declarator", Topic::Heartbeat, &hb(a, i, u, f, t).heartbeat),
+            1,
+        )
+        .unwrap();
+    }
+    let text = render(&m, 1);
+    let pool = |result: &str, reason: &str| {
+        value(
+            &text,
+            &format!("jdc_pool_shares_total{{result=\"{result}\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(pool("accepted", ""), Some(27.0));
+    assert_eq!(pool("rejected", "invalid-share"), Some(3.0));
+    assert_eq!(pool("rejected", "other"), Some(1.0));
+    // Every known reason is there from the start, at 0.
+    assert_eq!(pool("rejected", "stale-share"), Some(0.0));
+    assert_eq!(pool("rejected", "difficulty-too-low"), Some(0.0));
+    let held = |outcome: &str| {
+        value(
+            &text,
+            &format!("jdc_held_shares_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(held("held"), Some(9.0));
+    assert_eq!(held("forwarded"), Some(7.0));
+    assert_eq!(held("dropped_new_tip"), Some(2.0));
+    assert_eq!(held("dropped_overflow"), Some(0.0));
+    assert_eq!(held("dropped_upstream_left"), Some(0.0));
+    // Bounded: the families hold the named values only.
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("jdc_pool_shares_total{"))
+        .count();
+    assert_eq!(series, names::POOL_SHARE_COUNTERS.len());
 }
 
 #[test]

@@ -354,6 +354,8 @@ fn blocks_and_declarations_keep_their_latest_stage() {
         hash: "cd".repeat(32),
         tx_count: 1,
         reason: reason.into(),
+        submitted: true,
+        failed: false,
     };
     for b in [
         block(BlockStage::Found, ""),
@@ -367,11 +369,44 @@ fn blocks_and_declarations_keep_their_latest_stage() {
         StageCounts {
             first: 1,
             accepted: 1,
-            rejected: 0
+            rejected: 0,
+            failed: 0
         }
     );
     assert_eq!(m.blocks.len(), 1);
     assert_eq!(m.blocks[0].stage, BlockStage::Accepted);
+    assert_eq!(m.blocks[0].label(), "accepted");
+
+    // A block whose submitblock got no answer is `failed`, not `rejected`; one that could not
+    // be submitted says so.
+    let other = |stage, submitted, failed, hash: &str| BlockEvent {
+        stage,
+        height: 103,
+        hash: hash.repeat(32),
+        tx_count: 1,
+        reason: "why".into(),
+        submitted,
+        failed,
+    };
+    for b in [
+        other(BlockStage::Found, true, false, "ee"),
+        other(BlockStage::Rejected, true, true, "ee"),
+        other(BlockStage::Found, false, false, "ff"),
+    ] {
+        m.handle(&received("declarator", Topic::Block, &b, T0), T0)
+            .unwrap();
+    }
+    assert_eq!(
+        m.block_counts,
+        StageCounts {
+            first: 3,
+            accepted: 1,
+            rejected: 0,
+            failed: 1
+        }
+    );
+    let labels: Vec<&str> = m.blocks.iter().map(|b| b.label()).collect();
+    assert_eq!(labels, ["accepted", "failed", "not submitted"]);
 
     let declaration = |template_id, stage: &str| Declaration {
         template_id,
@@ -399,7 +434,8 @@ fn blocks_and_declarations_keep_their_latest_stage() {
         StageCounts {
             first: 2,
             accepted: 1,
-            rejected: 1
+            rejected: 1,
+            failed: 0
         }
     );
     let rows: Vec<(u64, &str)> = m

@@ -172,6 +172,8 @@ pub fn block(stage: BlockStage, height: u32, reason: &str) -> BlockEvent {
         hash: format!("0000000000000000000{:045x}", u64::from(height) * 7919),
         tx_count: 3_101,
         reason: reason.into(),
+        submitted: true,
+        failed: false,
     }
 }
 
