@@ -530,6 +530,26 @@ listen = "127.0.0.1:{m}"
         (inbox, shutdown)
     }
 
+    /// Collects the declarator's upstream states from the bus, in order, without re-sends
+    /// (until the runtime stops).
+    pub fn record_upstream_states(&self) -> Arc<Mutex<Vec<jdc_shared::messages::UpstreamState>>> {
+        let states: Arc<Mutex<Vec<jdc_shared::messages::UpstreamState>>> = Arc::default();
+        let (mut inbox, stop) = self.subscribe(vec![jdc_shared::bus::Topic::Upstream]);
+        let sink = states.clone();
+        tokio::spawn(async move {
+            let _stop = stop.drop_guard();
+            while let Some(msg) = inbox.recv().await {
+                if let Ok(state) = msg.decode::<jdc_shared::messages::UpstreamState>() {
+                    let mut all = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    if all.last().map(|s| s.id) != Some(state.id) {
+                        all.push(state);
+                    }
+                }
+            }
+        });
+        states
+    }
+
     /// Connects a scripted SV2 device to this stack's declarator (one extended channel).
     pub async fn connect_device(&self) -> anyhow::Result<crate::device::TestDevice> {
         crate::device::TestDevice::connect(

@@ -289,3 +289,28 @@ fn malformed_bus_messages_are_counted_and_skipped() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The rejected-share trigger's limits (`upstream_reject_*`).
+#[test]
+fn bad_reject_limits_exit_2_naming_the_key() -> anyhow::Result<()> {
+    let payout = "declarator.payout=[{destination=\"51\"}]";
+    for (set, key) in [
+        (
+            "declarator.upstream_reject_window=0",
+            "declarator.upstream_reject_window",
+        ),
+        (
+            "declarator.upstream_reject_max_fraction=1.5",
+            "declarator.upstream_reject_max_fraction",
+        ),
+        (
+            "declarator.upstream_reject_max_fraction=0",
+            "declarator.upstream_reject_max_fraction",
+        ),
+    ] {
+        let (code, err) = run_to_exit("declarator", &["--set", payout, "--set", set])?;
+        assert_eq!(code, 2, "{set}: {err}");
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+    Ok(())
+}

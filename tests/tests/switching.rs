@@ -2,12 +2,11 @@
 //! dashboards show), a pool that comes up after the declarator started, and a block found on
 //! one pool's job but submitted after the declarator moved to another.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bitcoincore_rpc::RpcApi;
-use jdc_shared::bus::Topic;
 use jdc_shared::messages::UpstreamState;
 use jdc_tests::bitcoind::{free_port, Bitcoind};
 use jdc_tests::device::{Solution, TestDevice};
@@ -20,25 +19,6 @@ use stratum_core::parsers_sv2::MiningOwned;
 /// The `[[declarator.upstream]]` entry of a pool at `pool` and its JDS.
 fn upstream_at(pool: &str, jds: &TestJds) -> String {
     jdc_tests::pool::upstream_entry(pool, jds, "full-template")
-}
-
-/// Collects the declarator's upstream states from the bus, in order, without re-sends.
-fn record_upstream_states(stack: &Stack) -> Arc<Mutex<Vec<UpstreamState>>> {
-    let states: Arc<Mutex<Vec<UpstreamState>>> = Arc::default();
-    let (mut inbox, stop) = stack.subscribe(vec![Topic::Upstream]);
-    let sink = states.clone();
-    tokio::spawn(async move {
-        let _stop = stop.drop_guard();
-        while let Some(msg) = inbox.recv().await {
-            if let Ok(state) = msg.decode::<UpstreamState>() {
-                let mut all = sink.lock().unwrap_or_else(|p| p.into_inner());
-                if all.last().map(|s| s.id) != Some(state.id) {
-                    all.push(state);
-                }
-            }
-        }
-    });
-    states
 }
 
 fn latest(states: &Mutex<Vec<UpstreamState>>) -> Option<UpstreamState> {
@@ -58,7 +38,7 @@ async fn starts_solo_and_takes_the_pool_when_it_comes_up() -> anyhow::Result<()>
     let upstream = upstream_at(&format!("127.0.0.1:{pool_port}"), &jds);
     let (node, funding) = tokio::task::block_in_place(Bitcoind::start_funded)?;
     let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
-    let states = record_upstream_states(&stack);
+    let states = stack.record_upstream_states();
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
         stack.start(
             "declarator",
