@@ -62,11 +62,13 @@ pub enum Topic {
     Upstream,
     /// [`crate::messages::Declaration`] (declarator): a job declared to the pool, and its fate.
     Declaration,
+    /// [`crate::messages::Devices`] (declarator): the device channels open now.
+    Devices,
 }
 
 impl Topic {
     /// All topics.
-    pub const ALL: [Topic; 11] = [
+    pub const ALL: [Topic; 12] = [
         Topic::Tip,
         Topic::Template,
         Topic::Summary,
@@ -78,6 +80,7 @@ impl Topic {
         Topic::Event,
         Topic::Upstream,
         Topic::Declaration,
+        Topic::Devices,
     ];
 
     /// The topic frame as sent on the wire.
@@ -94,6 +97,7 @@ impl Topic {
             Topic::Event => "event",
             Topic::Upstream => "upstream",
             Topic::Declaration => "declaration",
+            Topic::Devices => "devices",
         }
     }
 
@@ -112,6 +116,7 @@ impl Topic {
             Topic::Event => "resend:event",
             Topic::Upstream => "resend:upstream",
             Topic::Declaration => "resend:declaration",
+            Topic::Devices => "resend:devices",
         }
     }
 
@@ -136,7 +141,12 @@ impl Topic {
     pub fn is_state(self) -> bool {
         matches!(
             self,
-            Topic::Tip | Topic::Template | Topic::Summary | Topic::Selection | Topic::Upstream
+            Topic::Tip
+                | Topic::Template
+                | Topic::Summary
+                | Topic::Selection
+                | Topic::Upstream
+                | Topic::Devices
         )
     }
 }

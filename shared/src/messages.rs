@@ -355,3 +355,36 @@ pub struct Declaration {
     /// From the tip's detection by the watcher to this stage, microseconds (0 if unknown).
     pub since_tip_us: u64,
 }
+
+/// The device channels open on the declarator now: SV2 standard and extended channels, and
+/// Stratum V1 connections (each behind an extended channel of the declarator's). Published at
+/// start (empty) and whenever a channel opens, closes, or changes its worker name or nominal
+/// hashrate (changes close together are published as one state); a state topic (re-sent), so
+/// a monitor started late still sees the devices already connected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Devices {
+    /// Unique id of this state (microsecond clock, strictly increasing, so also unique across
+    /// restarts of the declarator): consumers drop re-sent duplicates by it.
+    pub id: u64,
+    /// Every open channel, by channel id.
+    pub devices: Vec<Device>,
+}
+
+/// One open device channel in [`Devices`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    /// Downstream channel id (the `channel_id` of its `share` messages).
+    pub channel_id: u32,
+    /// `standard`, `extended` or `sv1` (the `channel_kind` of its shares).
+    pub kind: String,
+    /// Who the device says it is: the SV2 channel's `user_identity`, or the Stratum V1
+    /// worker name from `mining.authorize` (empty until the device authorizes).
+    pub user_identity: String,
+    /// Nominal hashrate of the channel, hashes per second: declared by an SV2 device
+    /// (`OpenMiningChannel`, `UpdateChannel`), the declarator's estimate for a V1 device.
+    pub nominal_hashrate: f64,
+    /// The device's address, `ip:port`.
+    pub peer: String,
+    /// When the channel opened (unix microseconds).
+    pub since_us: u64,
+}

@@ -283,6 +283,14 @@ pub const HASHRATE_ESTIMATE_HASHES_PER_SECOND: MetricDef = MetricDef {
     help: "Hashrate of our devices estimated from their accepted shares over the last 5 minutes",
 };
 
+/// `jdc_devices_connected`
+pub const DEVICES_CONNECTED: MetricDef = MetricDef {
+    name: "jdc_devices_connected",
+    kind: MetricKind::Gauge,
+    labels: &["kind"],
+    help: "Device channels open on the declarator, by kind (standard, extended, sv1); 0 while the declarator is down",
+};
+
 /// `jdc_work_refused`
 pub const WORK_REFUSED: MetricDef = MetricDef {
     name: "jdc_work_refused",
@@ -494,6 +502,7 @@ pub const ALL: &[&MetricDef] = &[
     &TIP_TO_DECLARED_JOB_ACCEPTED_SECONDS,
     &HASHRATE_ESTIMATE_HASHES_PER_SECOND,
     &WORK_REFUSED,
+    &DEVICES_CONNECTED,
     &MINING_MODE,
     &UPSTREAM_ACTIVE,
     &UPSTREAM_STATE,

@@ -9,12 +9,12 @@ use serde::Deserialize;
 
 use crate::bus::{BusError, HeartbeatWithStats, Received, Topic};
 use crate::messages::{
-    BlockEvent, Declaration, Dropped, Event, JobSent, ShareResult, TemplateSummary, Tip,
+    BlockEvent, Declaration, Devices, Dropped, Event, JobSent, ShareResult, TemplateSummary, Tip,
     UpstreamState,
 };
 
 /// Topics monitors subscribe to.
-pub const TOPICS: [Topic; 10] = [
+pub const TOPICS: [Topic; 11] = [
     Topic::Tip,
     Topic::Summary,
     Topic::Selection,
@@ -25,6 +25,7 @@ pub const TOPICS: [Topic; 10] = [
     Topic::Event,
     Topic::Upstream,
     Topic::Declaration,
+    Topic::Devices,
 ];
 
 /// The parts of a `selection` monitors show (the txids are only counted).
@@ -75,6 +76,8 @@ pub enum Message {
     Upstream(UpstreamState),
     /// A job declared to the pool, or its fate (declarator).
     Declaration(Declaration),
+    /// The device channels open now (declarator).
+    Devices(Devices),
     /// A topic monitors do not read (full templates).
     Ignored,
 }
@@ -94,6 +97,7 @@ impl Message {
             Topic::Event => Message::Event(msg.decode()?),
             Topic::Upstream => Message::Upstream(msg.decode()?),
             Topic::Declaration => Message::Declaration(msg.decode()?),
+            Topic::Devices => Message::Devices(msg.decode()?),
         })
     }
 }

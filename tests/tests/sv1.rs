@@ -396,3 +396,128 @@ async fn v1_and_sv2_devices_never_share_an_extranonce_prefix() -> anyhow::Result
     drop(bitcoind);
     Ok(())
 }
+
+/// The declarator's `devices` state lists what is connected: an SV2 sim-miner (standard
+/// channel) and a V1 sim-miner appear with their worker names, also for a subscriber that
+/// joins after they connected (the state is re-sent), and go when they disconnect; jdc-metrics
+/// counts them in `jdc_devices_connected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_declarator_publishes_connected_and_disconnected_devices() -> anyhow::Result<()> {
+    use jdc_shared::bus::Topic;
+    use jdc_shared::messages::Devices;
+
+    let (bitcoind, mut s) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let bitcoind = Bitcoind::start()?;
+        bitcoind.generate(1)?;
+        let mut s = stack(&bitcoind, &[])?;
+        s.start_miner(
+            "sv2-miner",
+            &[
+                "--channel",
+                "standard",
+                "--user",
+                "farm.sv2",
+                "--nominal-hashrate",
+                "1000",
+            ],
+        )?;
+        let args = [
+            "--protocol".to_string(),
+            "sv1".into(),
+            "--connect".into(),
+            format!("127.0.0.1:{}", s.ports.sv1),
+            "--user".into(),
+            "rig7".into(),
+        ];
+        let program = s.bin("jdc-sim-miner");
+        s.start_command("sv1-miner", &program, &args, "")?;
+        Ok((bitcoind, s))
+    })?;
+
+    // Subscribed only now: the devices already connected come from the re-sent state.
+    let (mut inbox, stop) = s.subscribe(vec![Topic::Devices]);
+    let _stop = stop.drop_guard();
+    let both = next_devices(&mut inbox, "listing both miners", |d: &Devices| {
+        d.devices
+            .iter()
+            .any(|c| c.kind == "standard" && c.user_identity == "farm.sv2")
+            && d.devices
+                .iter()
+                .any(|c| c.kind == "sv1" && c.user_identity == "rig7")
+    })
+    .await?;
+    assert_eq!(both.devices.len(), 2, "{both:?}");
+    let sv2 = both.devices.iter().find(|c| c.kind == "standard");
+    assert_eq!(sv2.map(|c| c.nominal_hashrate), Some(1000.0), "{both:?}");
+    assert!(both
+        .devices
+        .iter()
+        .all(|c| c.peer.starts_with("127.0.0.1:")));
+
+    let port = s.ports.metrics;
+    let gauge = |kind: &str| -> anyhow::Result<f64> {
+        let text = exposition::scrape(port)?;
+        Ok(exposition::sum(
+            &text,
+            "jdc_devices_connected",
+            &[format!("kind=\"{kind}\"").as_str()],
+        ))
+    };
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "jdc-metrics to count both devices",
+            Duration::from_secs(15),
+            || Ok((gauge("standard")? == 1.0 && gauge("sv1")? == 1.0).then_some(())),
+        )
+    })?;
+
+    // The V1 miner goes: only the SV2 one is left.
+    let mut v1 = s
+        .take("sv1-miner")
+        .ok_or_else(|| anyhow::anyhow!("no sv1-miner"))?;
+    v1.kill9();
+    let left = next_devices(&mut inbox, "without the V1 miner", |d: &Devices| {
+        d.devices.iter().all(|c| c.kind != "sv1")
+    })
+    .await?;
+    assert_eq!(left.devices.len(), 1, "{left:?}");
+    assert_eq!(left.devices[0].user_identity, "farm.sv2");
+
+    // Then the SV2 one: nothing is connected.
+    let mut sv2 = s
+        .take("sv2-miner")
+        .ok_or_else(|| anyhow::anyhow!("no sv2-miner"))?;
+    sv2.kill9();
+    next_devices(&mut inbox, "with no device", |d: &Devices| {
+        d.devices.is_empty()
+    })
+    .await?;
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "jdc-metrics to count no device",
+            Duration::from_secs(15),
+            || Ok((gauge("standard")? == 0.0 && gauge("sv1")? == 0.0).then_some(())),
+        )
+    })?;
+    drop(bitcoind);
+    Ok(())
+}
+
+/// The next `devices` state on `inbox` that `pred` accepts (30 s at most).
+async fn next_devices(
+    inbox: &mut tokio::sync::mpsc::Receiver<jdc_shared::bus::Received>,
+    what: &str,
+    pred: impl Fn(&jdc_shared::messages::Devices) -> bool,
+) -> anyhow::Result<jdc_shared::messages::Devices> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, inbox.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no devices state {what} within 30 s"))?
+            .ok_or_else(|| anyhow::anyhow!("bus subscription ended"))?;
+        let state: jdc_shared::messages::Devices = msg.decode()?;
+        if pred(&state) {
+            return Ok(state);
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use jdc_shared::bus::{BusError, BusStats, Dedup, Received, Topic};
-use jdc_shared::messages::{BlockEvent, BlockStage, UpstreamState};
+use jdc_shared::messages::{BlockEvent, BlockStage, Devices, UpstreamState};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -128,6 +128,9 @@ const MINING_MODES: [&str; 2] = ["pool", "solo"];
 
 /// Values of `jdc_blocks_total`'s `stage` label.
 const BLOCK_STAGES: [&str; 5] = ["found", "submitted", "accepted", "rejected", "failed"];
+
+/// Values of `jdc_devices_connected`'s `kind` label, always exposed (0 when none).
+const DEVICE_KINDS: [&str; 3] = ["standard", "extended", "sv1"];
 
 /// The `jdc_blocks_total` stages a block message counts under: `found` (and `submitted` when
 /// it went to `submitblock`), then `accepted`, `rejected` (bitcoind's refusal) or `failed`
@@ -265,6 +268,10 @@ pub struct Metrics {
     /// Accepted shares of the hashrate window.
     share_window: std::cell::RefCell<ShareWindow>,
     work_refused: Family<KindLabel, Counter>,
+    devices_connected: Family<KindLabel, Gauge>,
+    /// Open channels by kind in the declarator's latest `devices` state (exposed while the
+    /// declarator is up, 0 while it is down).
+    devices_by_kind: HashMap<String, i64>,
     mining_mode: Family<ModeLabel, Gauge>,
     upstream_active: Gauge,
     upstream_state: Family<UpstreamLabels, Gauge>,
@@ -341,6 +348,8 @@ impl Metrics {
             hashrate: SecondsGauge::default(),
             share_window: std::cell::RefCell::new(ShareWindow::default()),
             work_refused: Family::default(),
+            devices_connected: Family::default(),
+            devices_by_kind: HashMap::new(),
             mining_mode: Family::default(),
             upstream_active: Gauge::default(),
             upstream_state: Family::default(),
@@ -470,6 +479,11 @@ impl Metrics {
             m.hashrate.clone(),
         );
         register(&mut registry, &names::WORK_REFUSED, m.work_refused.clone());
+        register(
+            &mut registry,
+            &names::DEVICES_CONNECTED,
+            m.devices_connected.clone(),
+        );
         register(&mut registry, &names::MINING_MODE, m.mining_mode.clone());
         register(
             &mut registry,
@@ -559,6 +573,13 @@ impl Metrics {
                     outcome: outcome.to_string(),
                 })
                 .inc_by(0);
+        }
+        for kind in DEVICE_KINDS {
+            m.devices_connected
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .set(0);
         }
         for stage in BLOCK_STAGES {
             m.blocks
@@ -845,6 +866,7 @@ impl Metrics {
                 }
             }
             Message::Upstream(state) => self.apply_upstream(state),
+            Message::Devices(state) => self.apply_devices(state),
             Message::Declaration(d) => {
                 let labels = DeclarationLabels {
                     stage: self.label("declaration_stage", &d.stage),
@@ -856,6 +878,18 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Counts the open channels of the declarator's `devices` state by kind (re-sends and
+    /// repeats are harmless: the state replaces the last one).
+    fn apply_devices(&mut self, state: &Devices) {
+        let mut counts: HashMap<String, i64> =
+            DEVICE_KINDS.iter().map(|k| (k.to_string(), 0)).collect();
+        for d in &state.devices {
+            let kind = self.label("channel_kind", &d.kind);
+            *counts.entry(kind).or_insert(0) += 1;
+        }
+        self.devices_by_kind = counts;
     }
 
     /// Sets the upstream gauges from the declarator's state (re-sends are harmless) and counts
@@ -909,7 +943,11 @@ impl Metrics {
         let (_, malformed, gaps, _) = stats.snapshot();
         catch_up(&self.bus_malformed, malformed);
         catch_up(&self.bus_gaps, gaps);
+        let mut declarator_up = false;
         for p in self.health.report(now_us, down_after_ms).processes {
+            if p.process == "declarator" {
+                declarator_up = p.up;
+            }
             let label = ProcessLabel {
                 process: p.process.clone(),
             };
@@ -929,6 +967,12 @@ impl Metrics {
                 .map_or(0.0, |at| now_us.saturating_sub(at) as f64 / 1e6),
         );
         self.hashrate.set(self.estimate_hashrate(now_us));
+        // Devices of a declarator that stopped publishing are not connected to anything.
+        for (kind, n) in &self.devices_by_kind {
+            self.devices_connected
+                .get_or_create(&KindLabel { kind: kind.clone() })
+                .set(if declarator_up { *n } else { 0 });
+        }
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

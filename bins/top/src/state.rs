@@ -2,8 +2,14 @@
 //! no sockets, no terminal, no clock (the current time is passed in), so a test can replay
 //! recorded messages and read the result.
 //!
-//! Re-sent state (`tip`, `summary`, `selection`, `upstream`, re-sent every second by their
-//! publishers) is applied once: a tip by its previous-block hash, the others by their `id`.
+//! Re-sent state (`tip`, `summary`, `selection`, `upstream`, `devices`, re-sent every second
+//! by their publishers) is applied once: a tip by its previous-block hash, the others by their
+//! `id`.
+//!
+//! Devices: the declarator's `devices` state lists the channels open now, so a device shows
+//! from the moment it connects (before any share) and goes when it disconnects; share verdicts
+//! add counts and the hashrate estimate. From a declarator too old to publish `devices`, the
+//! channels are only those seen in shares.
 //! Ages count from the envelope's `sent_at_us` (a re-send is the original envelope, so a
 //! late start still shows how old the state really is), never later than arrival.
 //! Liveness counts from the arrival of heartbeats.
@@ -12,8 +18,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use jdc_shared::bus::{BusError, Dedup, Received, Topic};
 use jdc_shared::messages::{
-    BlockEvent, BlockStage, Declaration, Event, Heartbeat, JobKind, JobSent, ShareResult,
-    TemplateSummary, Tip, UpstreamState,
+    BlockEvent, BlockStage, Declaration, Device, Devices, Event, Heartbeat, JobKind, JobSent,
+    ShareResult, TemplateSummary, Tip, UpstreamState,
 };
 
 /// The processes (bus streams) watched, in display order.
@@ -25,7 +31,8 @@ pub const MAX_EVENTS: usize = 200;
 pub const MAX_DECLARATIONS: usize = 32;
 /// Recent blocks kept.
 pub const MAX_BLOCKS: usize = 16;
-/// Channels kept; past this the one whose last share is oldest is forgotten.
+/// Channels kept; past this the one whose last share is oldest is forgotten (of a `devices`
+/// state, the first this many by channel id are shown).
 pub const MAX_CHANNELS: usize = 512;
 /// Accepted shares kept per channel for the hashrate window.
 const MAX_WINDOW_SHARES: usize = 100_000;
@@ -113,11 +120,13 @@ impl Process {
     }
 }
 
-/// One downstream channel, from the declarator's share verdicts.
+/// One downstream channel: open (in the declarator's `devices` state) and its share verdicts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Channel {
-    /// `standard` or `extended`.
+    /// `standard`, `extended` or `sv1`.
     pub kind: String,
+    /// What the declarator's `devices` state says of it (`None`: known only from shares).
+    pub device: Option<Device>,
     /// Accepted shares.
     pub accepted: u64,
     /// Rejected shares.
@@ -248,8 +257,11 @@ pub struct Model {
     pub declarations: VecDeque<DeclarationRow>,
     /// Declaration messages by stage (declared, accepted, rejected).
     pub declaration_counts: StageCounts,
-    /// Downstream channels by id.
+    /// Downstream channels by id: the open ones once the declarator's `devices` state is
+    /// known, plus any whose shares arrived first.
     pub channels: BTreeMap<u32, Channel>,
+    /// Whether a `devices` state arrived (else channels are only those seen in shares).
+    pub devices_known: bool,
     /// Block events by stage (found, accepted, rejected).
     pub block_counts: StageCounts,
     /// Recent blocks, newest last.
@@ -282,6 +294,7 @@ impl Model {
             declarations: VecDeque::new(),
             declaration_counts: StageCounts::default(),
             channels: BTreeMap::new(),
+            devices_known: false,
             block_counts: StageCounts::default(),
             blocks: VecDeque::new(),
             processes: PROCESSES
@@ -372,6 +385,11 @@ impl Model {
                     });
                 }
             }
+            Message::Devices(state) => {
+                if self.dedup.is_new(Topic::Devices, state.id) {
+                    self.devices(state);
+                }
+            }
             Message::Job(job) => {
                 match job.kind {
                     JobKind::Empty => self.jobs.0 += 1,
@@ -409,6 +427,14 @@ impl Model {
     }
 
     fn share(&mut self, share: ShareResult, now_us: u64) {
+        // A share on a channel that does not exist (answered `invalid-channel-id`) is no
+        // device: counted by jdc-metrics, not listed here once the open channels are known.
+        if self.devices_known
+            && !self.channels.contains_key(&share.channel_id)
+            && share.channel_kind == "unknown"
+        {
+            return;
+        }
         if !self.channels.contains_key(&share.channel_id) && self.channels.len() >= MAX_CHANNELS {
             let oldest = self
                 .channels
@@ -434,6 +460,24 @@ impl Model {
         channel
             .window
             .forget(now_us.saturating_sub(window_us), MAX_WINDOW_SHARES);
+    }
+
+    /// The channels open now: listed ones are kept or added (with what the declarator says of
+    /// them), the others have disconnected and go, with their share counts.
+    fn devices(&mut self, state: Devices) {
+        self.devices_known = true;
+        let listed: BTreeMap<u32, Device> = state
+            .devices
+            .into_iter()
+            .take(MAX_CHANNELS)
+            .map(|d| (d.channel_id, d))
+            .collect();
+        self.channels.retain(|id, _| listed.contains_key(id));
+        for (id, device) in listed {
+            let channel = self.channels.entry(id).or_default();
+            channel.kind = device.kind.clone();
+            channel.device = Some(device);
+        }
     }
 
     fn block(&mut self, block: BlockEvent, at_us: u64) {

@@ -488,9 +488,27 @@ fn device_header() -> Line<'static> {
     )
 }
 
+/// The hashrate shown for a channel: estimated from its accepted shares, or, before it has
+/// any, the nominal hashrate the device declared (or the declarator estimates), marked `~`.
+fn channel_rate(model: &Model, c: &crate::state::Channel, now_us: u64) -> String {
+    match &c.device {
+        Some(d) if c.accepted == 0 => format!("~{}", hashrate(d.nominal_hashrate)),
+        _ => hashrate(model.channel_hashrate(c, now_us)),
+    }
+}
+
+/// What a devices box shows when no channel is listed.
+fn no_devices(model: &Model, now_us: u64) -> Vec<Line<'static>> {
+    if model.devices_known && model.liveness("declarator", now_us) == Liveness::Up {
+        vec![Line::styled("no device connected", DIM)]
+    } else {
+        no_data(model, "declarator", "device", now_us)
+    }
+}
+
 fn device_summary(model: &Model, now_us: u64, rows: usize) -> Vec<Line<'static>> {
     if model.channels.is_empty() {
-        return no_data(model, "declarator", "share", now_us);
+        return no_devices(model, now_us);
     }
     let mut lines = vec![device_header()];
     let room = rows.saturating_sub(2);
@@ -506,7 +524,7 @@ fn device_summary(model: &Model, now_us: u64, rows: usize) -> Vec<Line<'static>>
             truncate(&c.kind, 9),
             c.accepted,
             c.rejected,
-            hashrate(model.channel_hashrate(c, now_us))
+            channel_rate(model, c, now_us)
         )));
     }
     if shown < model.channels.len() {
@@ -633,23 +651,20 @@ fn devices_pane(frame: &mut Frame, area: Rect, model: &Model, now_us: u64) {
         Layout::vertical([Constraint::Min(4), Constraint::Length(blocks_height)]).areas(area);
     let rows = inner_height(devices);
     let lines = if model.channels.is_empty() {
-        no_data(model, "declarator", "share", now_us)
+        no_devices(model, now_us)
     } else {
+        // What is left of the width after the fixed columns goes to the worker and the last
+        // rejection, half each.
+        let free = usize::from(devices.width.saturating_sub(2)).saturating_sub(55);
+        let worker_width = free / 2;
+        let reason_width = free - worker_width;
         let mut lines = vec![Line::styled(
             format!(
-                "{:>5} {:<8} {:>10} {:>8} {:>8} {:>10} {:>6}  {}",
-                "chan",
-                "kind",
-                "hashrate",
-                "accepted",
-                "rejected",
-                "difficulty",
-                "idle",
-                "last reject"
+                "{:>4} {:<8} {:>10} {:>6} {:>5} {:>8} {:>5}  {:<worker_width$} {}",
+                "chan", "kind", "hashrate", "acc", "rej", "diff", "idle", "worker", "last reject"
             ),
             DIM,
         )];
-        let reason_width = usize::from(devices.width.saturating_sub(2)).saturating_sub(63);
         let room = rows.saturating_sub(2);
         let shown = if model.channels.len() > room {
             room.saturating_sub(1)
@@ -657,15 +672,22 @@ fn devices_pane(frame: &mut Frame, area: Rect, model: &Model, now_us: u64) {
             model.channels.len()
         };
         for (id, c) in model.channels.iter().take(shown) {
+            let idle = if c.last_share_us == 0 {
+                "-".to_string()
+            } else {
+                age(c.last_share_us, now_us)
+            };
+            let worker = c.device.as_ref().map_or("", |d| d.user_identity.as_str());
             lines.push(Line::raw(format!(
-                "{:>5} {:<8} {:>10} {:>8} {:>8} {:>10} {:>6}  {}",
+                "{:>4} {:<8} {:>10} {:>6} {:>5} {:>8} {:>5}  {:<worker_width$} {}",
                 id,
                 truncate(&c.kind, 8),
-                hashrate(model.channel_hashrate(c, now_us)),
+                channel_rate(model, c, now_us),
                 c.accepted,
                 c.rejected,
                 difficulty(c.difficulty),
-                age(c.last_share_us, now_us),
+                idle,
+                truncate(worker, worker_width),
                 truncate(&c.last_reject, reason_width)
             )));
         }
@@ -678,7 +700,7 @@ fn devices_pane(frame: &mut Frame, area: Rect, model: &Model, now_us: u64) {
         let (acc, rej) = model.share_totals();
         lines.push(Line::styled(
             format!(
-                "{:<14} {:>10} {:>8} {:>8}",
+                "{:<13} {:>10} {:>6} {:>5}",
                 format!("total {} ch", model.channels.len()),
                 hashrate(model.total_hashrate(now_us)),
                 acc,

@@ -278,3 +278,109 @@ fn solo_fallback_when_no_upstream_is_usable() {
         assert!(screen.contains(needle), "{needle:?} missing from\n{screen}");
     }
 }
+
+/// The declarator's `devices` states of the recording: four channels open at 20 s (channel 4,
+/// a Stratum V1 device, never submits a share), channel 3 gone at 100 s.
+fn device_states() -> (jdc_shared::messages::Devices, jdc_shared::messages::Devices) {
+    let rig1 = (1, "extended", "farm.rig1", 1.2e12);
+    let rig2 = (2, "standard", "farm.rig2", 2.0e11);
+    let rig3 = (3, "standard", "farm.rig3", 2.0e11);
+    let s9 = (4, "sv1", "alice.s9", 1.4e13);
+    (
+        common::devices(T0 + 20 * S, &[rig1, rig2, rig3, s9]),
+        common::devices(T0 + 100 * S, &[rig1, rig2, s9]),
+    )
+}
+
+#[test]
+fn devices_listed_by_the_declarator() {
+    let (four, three) = device_states();
+    let mut msgs = recording(Declarator::Up);
+    msgs.push((
+        T0 + 20 * S + 1_000,
+        received("declarator", Topic::Devices, &four, T0 + 20 * S, false),
+    ));
+    msgs.push((
+        T0 + 100 * S + 1_000,
+        received("declarator", Topic::Devices, &three, T0 + 100 * S, false),
+    ));
+    // Re-sends of the current state change nothing.
+    msgs.push((
+        T0 + 110 * S,
+        received("declarator", Topic::Devices, &three, T0 + 100 * S, true),
+    ));
+    msgs.sort_by_key(|(arrival, _)| *arrival);
+    let mut model = Model::new(Settings::default(), T0);
+    for (arrival, msg) in msgs {
+        model.handle(&msg, arrival).unwrap();
+    }
+    let screen = text(&draw(&model, Pane::Devices, 80, 24, NOW));
+    check_snapshot("devices_connected", &screen);
+    let row = |id: &str| {
+        screen
+            .lines()
+            .find(|l| l.trim_start_matches('│').trim_start().starts_with(id))
+            .map(str::to_string)
+    };
+    // Connected without a share: listed, with its nominal hashrate and worker name.
+    let s9 = row("4 sv1").unwrap_or_else(|| panic!("channel 4 missing from\n{screen}"));
+    assert!(s9.contains("~14.0 TH/s"), "{s9}");
+    assert!(s9.contains("alice.s9"), "{s9}");
+    // Connected with shares: their counts and estimate.
+    let rig1 = row("1 extended").unwrap_or_else(|| panic!("channel 1 missing from\n{screen}"));
+    assert!(rig1.contains("1.07 TH/s"), "{rig1}");
+    assert!(rig1.contains("farm.rig1"), "{rig1}");
+    // Disconnected: gone, with its shares.
+    assert!(
+        row("3 standard").is_none(),
+        "channel 3 still listed:\n{screen}"
+    );
+    assert!(screen.contains("total 3 ch"), "{screen}");
+
+    // The overview lists the same channels.
+    let screen = text(&draw(&model, Pane::Overview, 80, 24, NOW));
+    assert!(screen.contains("~14.0 TH/s"), "{screen}");
+    assert!(screen.contains("total 3 ch"), "{screen}");
+}
+
+#[test]
+fn a_late_start_sees_the_devices_already_connected() {
+    // jdc-top starts at 115 s: of the devices it hears only the re-sent state (and heartbeats).
+    let (_, three) = device_states();
+    let start = T0 + 115 * S;
+    let mut model = Model::new(Settings::default(), start);
+    model
+        .handle(
+            &received(
+                "declarator",
+                Topic::Heartbeat,
+                &common::heartbeat("ok"),
+                start,
+                false,
+            ),
+            start,
+        )
+        .unwrap();
+    model
+        .handle(
+            &received("declarator", Topic::Devices, &three, T0 + 100 * S, true),
+            start + 1_000,
+        )
+        .unwrap();
+    let screen = text(&draw(&model, Pane::Devices, 80, 24, start + S));
+    for needle in ["farm.rig1", "farm.rig2", "alice.s9", "total 3 ch"] {
+        assert!(screen.contains(needle), "{needle:?} missing from\n{screen}");
+    }
+    assert!(!screen.contains("farm.rig3"), "{screen}");
+
+    // Every device disconnects: the declarator says so.
+    let none = common::devices(start + 2 * S, &[]);
+    model
+        .handle(
+            &received("declarator", Topic::Devices, &none, start + 2 * S, false),
+            start + 2 * S,
+        )
+        .unwrap();
+    let screen = text(&draw(&model, Pane::Devices, 80, 24, start + 2 * S));
+    assert!(screen.contains("no device connected"), "{screen}");
+}

@@ -6,6 +6,7 @@
 //! the latest work.
 
 pub mod channel;
+mod devices;
 pub mod shares;
 
 use std::collections::HashMap;
@@ -33,11 +34,12 @@ use stratum_core::mining_sv2::{
 };
 use stratum_core::parsers_sv2::{AnyMessageOwned, CommonMessagesOwned, MiningOwned};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::work::WorkState;
 use channel::{Channel, FoundBlock};
+use devices::DeviceTable;
 
 /// SV2 protocol version we speak.
 const SV2_VERSION: u16 = 2;
@@ -49,6 +51,8 @@ const FLAG_REQUIRES_STANDARD_JOBS: u32 = 1;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message we accept from a device (a share is < 100 bytes).
 const MAX_DEVICE_PAYLOAD: usize = 16 * 1024;
+/// After publishing the `devices` state, changes are gathered this long before the next one.
+const DEVICES_COALESCE: Duration = Duration::from_millis(100);
 
 /// Settings of the downstream server.
 #[derive(Debug, Clone)]
@@ -79,8 +83,10 @@ pub struct Server {
     bus: Publisher,
     /// Accepted shares go here too when mining for a pool.
     upstream_shares: Option<mpsc::Sender<channel::AcceptedShare>>,
-    /// Nominal hashrate of each open channel, and their sum for the pool channel.
-    hashrates: Mutex<HashMap<u32, f32>>,
+    /// The open device channels (the `devices` state), and their summed nominal hashrate for
+    /// the pool channel.
+    devices: Mutex<DeviceTable>,
+    devices_changed: Notify,
     total_hashrate: watch::Sender<f32>,
     /// The pool's part of every extranonce, and how often it changed (connections move their
     /// channels to it before their next job).
@@ -216,7 +222,8 @@ impl Server {
             blocks,
             bus,
             upstream_shares,
-            hashrates: Mutex::new(HashMap::new()),
+            devices: Mutex::new(DeviceTable::default()),
+            devices_changed: Notify::new(),
             total_hashrate,
             upstream_prefix: Mutex::new((0, Vec::new())),
             first_jobs: FirstJobs::default(),
@@ -275,17 +282,87 @@ impl Server {
         event
     }
 
+    /// Records a device channel that just opened (`kind`: `standard`, `extended` or `sv1`),
+    /// for the `devices` state and the summed hashrate.
+    pub(crate) fn channel_opened(
+        &self,
+        channel_id: u32,
+        kind: &'static str,
+        user_identity: String,
+        hashrate: f32,
+        peer: SocketAddr,
+    ) {
+        self.update_devices(|t| {
+            t.opened(
+                channel_id,
+                kind,
+                user_identity,
+                hashrate,
+                peer,
+                now_micros(),
+            );
+            true
+        });
+    }
+
     /// Records a channel's nominal hashrate (`None`: the channel closed) and publishes the sum.
     pub(crate) fn set_hashrate(&self, channel_id: u32, hashrate: Option<f32>) {
-        let Ok(mut rates) = self.hashrates.lock() else {
-            return;
+        self.update_devices(|t| match hashrate {
+            Some(h) => t.set_hashrate(channel_id, h),
+            None => t.closed(channel_id),
+        });
+    }
+
+    /// Records the worker name a V1 device authorized with.
+    pub(crate) fn set_device_user(&self, channel_id: u32, user_identity: &str) {
+        self.update_devices(|t| t.set_user(channel_id, user_identity));
+    }
+
+    /// Applies `change` to the device table; when it changed something, updates the summed
+    /// hashrate and wakes the `devices` publisher.
+    fn update_devices(&self, change: impl FnOnce(&mut DeviceTable) -> bool) {
+        let total = {
+            let Ok(mut table) = self.devices.lock() else {
+                tracing::error!("device table lock poisoned; device change not recorded");
+                return;
+            };
+            if !change(&mut table) {
+                return;
+            }
+            table.total_hashrate()
         };
-        match hashrate {
-            Some(h) => rates.insert(channel_id, h),
-            None => rates.remove(&channel_id),
-        };
-        let total: f32 = rates.values().sum();
         self.total_hashrate.send_replace(total);
+        self.devices_changed.notify_one();
+    }
+
+    /// Publishes the `devices` state now (the bus re-sends it every interval).
+    fn publish_devices_now(&self) {
+        let state = match self.devices.lock() {
+            Ok(mut table) => table.state(now_micros()),
+            Err(_) => {
+                tracing::error!("device table lock poisoned; devices state not published");
+                return;
+            }
+        };
+        if let Err(e) = self.bus.publish(Topic::Devices, &state) {
+            tracing::warn!(error = %e, "cannot publish the devices state");
+        }
+    }
+
+    /// Publishes the `devices` state at start (empty) and after every change until
+    /// `shutdown`; changes within [`DEVICES_COALESCE`] of a publication wait for the next.
+    pub(crate) async fn publish_devices(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            self.publish_devices_now();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(DEVICES_COALESCE) => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.devices_changed.notified() => {}
+            }
+        }
     }
 
     /// A new extended channel for a device (SV2, or a Stratum V1 connection behind one):
@@ -402,6 +479,14 @@ impl Server {
 
     /// Accepts devices until `shutdown`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        tokio::join!(
+            self.clone().publish_devices(shutdown.clone()),
+            self.accept(listener, shutdown.clone())
+        );
+    }
+
+    /// Accepts devices until `shutdown`.
+    async fn accept(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let server = self.clone();
         let stop = shutdown.clone();
         jdc_shared::net::accept_loop(listener, "SV2", shutdown, move |stream, peer, _| {
@@ -638,11 +723,13 @@ impl Connection {
         match msg {
             MiningOwned::OpenStandardMiningChannel(m) => {
                 let opened = self.open_standard(&m);
-                Ok(self.open(m.request_id, opened, work))
+                let user = String::from_utf8_lossy(m.user_identity.as_bytes()).into_owned();
+                Ok(self.open(m.request_id, user, opened, work))
             }
             MiningOwned::OpenExtendedMiningChannel(m) => {
                 let opened = self.open_extended(&m);
-                Ok(self.open(m.request_id, opened, work))
+                let user = String::from_utf8_lossy(m.user_identity.as_bytes()).into_owned();
+                Ok(self.open(m.request_id, user, opened, work))
             }
             MiningOwned::SubmitSharesStandard(s) => {
                 let channel_id = s.channel_id;
@@ -677,13 +764,14 @@ impl Connection {
     fn open(
         &mut self,
         request_id: u32,
+        user: String,
         opened: Result<(Channel, AnyMessageOwned), &'static str>,
         work: &watch::Receiver<Option<WorkState>>,
     ) -> Vec<AnyMessageOwned> {
         match opened {
             Ok((channel, success)) => {
                 tracing::info!(peer = %self.peer, channel_id = channel.id(), kind = channel.kind(), "channel opened");
-                self.add_channel(channel, success, work)
+                self.add_channel(channel, success, user, work)
             }
             Err(code) => open_error(request_id, code).into_iter().collect(),
         }
@@ -767,6 +855,7 @@ impl Connection {
         &mut self,
         mut channel: Channel,
         success: AnyMessageOwned,
+        user: String,
         work: &watch::Receiver<Option<WorkState>>,
     ) -> Vec<AnyMessageOwned> {
         let mut out = vec![success];
@@ -781,8 +870,13 @@ impl Connection {
                 self.template_id = state.job.template_id;
             }
         }
-        self.server
-            .set_hashrate(channel.id(), Some(channel.nominal_hashrate()));
+        self.server.channel_opened(
+            channel.id(),
+            channel.kind(),
+            user,
+            channel.nominal_hashrate(),
+            self.peer,
+        );
         self.channels.insert(channel.id(), channel);
         out
     }

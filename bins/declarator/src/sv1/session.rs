@@ -340,9 +340,9 @@ impl Session {
         self.extranonce1 = opened.extranonce_prefix;
         self.extranonce2_size = opened.rollable;
         self.prefix_generation = self.server.upstream_prefix().0;
-        self.server
-            .set_hashrate(opened.channel.id(), Some(self.hashrate));
         let channel_id = opened.channel.id();
+        self.server
+            .channel_opened(channel_id, "sv1", String::new(), self.hashrate, self.peer);
         self.channel = Some(opened.channel);
         tracing::info!(peer = %self.peer, agent = %s.agent_signature, channel_id, extranonce2_size = self.extranonce2_size, "V1 device subscribed");
         let subscription = format!("{channel_id:08x}");
@@ -367,6 +367,9 @@ impl Session {
         }
         let first = self.worker.is_none();
         tracing::info!(peer = %self.peer, worker = %name, "V1 device authorized");
+        if let Some(ch) = &self.channel {
+            self.server.set_device_user(ch.id(), &name);
+        }
         self.worker = Some(name);
         let mut step = Step::default().reply(to_line(&Message::OkResponse(Response {
             id,

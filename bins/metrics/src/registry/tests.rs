@@ -1365,3 +1365,66 @@ fn each_processs_own_bus_losses_from_its_heartbeats() {
     // jdc-metrics's own losses are apart.
     assert_eq!(value(&text, "jdc_bus_sequence_gaps_total"), Some(0.0));
 }
+
+fn devices(id: u64, kinds: &[&str]) -> jdc_shared::messages::Devices {
+    jdc_shared::messages::Devices {
+        id,
+        devices: kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| jdc_shared::messages::Device {
+                channel_id: i as u32 + 1,
+                kind: k.to_string(),
+                user_identity: format!("rig-{i}"),
+                nominal_hashrate: 1e12,
+                peer: "127.0.0.1:5000".into(),
+                since_us: 1,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn devices_state_drives_connected_gauge_and_a_down_declarator_has_none() {
+    let mut m = Metrics::new(&PROCESSES);
+    let gauge =
+        |text: &str, kind: &str| value(text, &format!("jdc_devices_connected{{kind=\"{kind}\"}}"));
+    // Every kind is exposed from the start, at 0.
+    let text = render(&m, 1);
+    for kind in ["standard", "extended", "sv1"] {
+        assert_eq!(gauge(&text, kind), Some(0.0), "{kind}");
+    }
+    m.apply("declarator", &Message::Heartbeat(heartbeat(5)), 10_000_000);
+    let state = devices(1, &["extended", "sv1", "sv1"]);
+    m.handle(&received("declarator", Topic::Devices, &state), 10_000_000)
+        .unwrap();
+    // A re-send is the same state: nothing doubles.
+    m.handle(&received("declarator", Topic::Devices, &state), 10_000_000)
+        .unwrap();
+    let text = render(&m, 10_500_000);
+    assert_eq!(gauge(&text, "extended"), Some(1.0));
+    assert_eq!(gauge(&text, "sv1"), Some(2.0));
+    assert_eq!(gauge(&text, "standard"), Some(0.0));
+
+    // A V1 device disconnects.
+    m.handle(
+        &received(
+            "declarator",
+            Topic::Devices,
+            &devices(2, &["extended", "sv1"]),
+        ),
+        10_600_000,
+    )
+    .unwrap();
+    let text = render(&m, 10_700_000);
+    assert_eq!(gauge(&text, "sv1"), Some(1.0));
+
+    // The declarator goes silent: its devices are not connected to anything.
+    let text = render(&m, 14_000_000);
+    assert_eq!(gauge(&text, "extended"), Some(0.0));
+    assert_eq!(gauge(&text, "sv1"), Some(0.0));
+    // It comes back (same state, re-sent): the gauge follows again.
+    m.apply("declarator", &Message::Heartbeat(heartbeat(5)), 15_000_000);
+    let text = render(&m, 15_100_000);
+    assert_eq!(gauge(&text, "extended"), Some(1.0));
+}

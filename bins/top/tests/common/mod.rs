@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use jdc_shared::bus::{Envelope, Received, Topic, BUS_PROTOCOL_VERSION};
 use jdc_shared::messages::{
-    BlockEvent, BlockStage, Declaration, Dropped, Event, Heartbeat, JobKind, JobSent, Selection,
-    ShareResult, TemplateSummary, Tip, UpstreamState, UpstreamStatus,
+    BlockEvent, BlockStage, Declaration, Device, Devices, Dropped, Event, Heartbeat, JobKind,
+    JobSent, Selection, ShareResult, TemplateSummary, Tip, UpstreamState, UpstreamStatus,
 };
 use serde::Serialize;
 
@@ -148,6 +148,24 @@ pub fn declaration(template_id: u64, stage: &str, reason: &str) -> Declaration {
         reason: reason.into(),
         tx_count: 3_100,
         since_tip_us: 84_000,
+    }
+}
+
+/// The declarator's `devices` state: `(channel id, kind, user identity, nominal hashrate)`.
+pub fn devices(id: u64, channels: &[(u32, &str, &str, f64)]) -> Devices {
+    Devices {
+        id,
+        devices: channels
+            .iter()
+            .map(|&(channel_id, kind, user, hashrate)| Device {
+                channel_id,
+                kind: kind.into(),
+                user_identity: user.into(),
+                nominal_hashrate: hashrate,
+                peer: format!("192.0.2.{channel_id}:4000"),
+                since_us: T0 + 20 * S,
+            })
+            .collect(),
     }
 }
 
