@@ -62,7 +62,15 @@ pub enum Misbehave {
     /// Refuses the first declaration it gets (over all connections) with `stale-chain-tip`, as
     /// a JDS whose node has not seen our tip yet does; behaves after.
     StaleChainTipOnce,
+    /// A pool rotating its payout: every token answer carries another payout script of the
+    /// pool (still first, [`rotating_payout_script`]), and every other one a second, fixed
+    /// output too ([`ROTATING_EXTRA_SAT`] to [`rotating_extra_script`]). A declaration must pay
+    /// the outputs of its own token ([`TestJds::outputs_of`]).
+    RotateOutputs,
 }
+
+/// The second output of every other token under [`Misbehave::RotateOutputs`], in satoshis.
+pub const ROTATING_EXTRA_SAT: u64 = 10_000;
 
 /// A running test JDS.
 pub struct TestJds {
@@ -87,6 +95,8 @@ pub struct TestJds {
     pub stale_refusals: Arc<std::sync::atomic::AtomicUsize>,
     /// Every `DeclareMiningJob` received, in order, whatever became of it.
     pub received: Arc<Mutex<Vec<ReceivedDeclaration>>>,
+    /// The coinbase outputs handed out with each token (payout first, its value 0).
+    pub outputs: TokenOutputs,
     /// Open connections, to drop them all at once.
     crash: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
@@ -94,6 +104,9 @@ pub struct TestJds {
 
 /// `PushSolution` verdicts: `Ok(block hash)` or `Err(why)`.
 pub type Solutions = Arc<Mutex<Vec<Result<[u8; 32], String>>>>;
+
+/// The coinbase outputs handed out with each token, by token.
+pub type TokenOutputs = Arc<Mutex<HashMap<Vec<u8>, Vec<TxOut>>>>;
 
 /// A `DeclareMiningJob` as received. A declaration names no previous block hash (the JDS
 /// checks it against its own tip), so the tip it is for is told by the height its coinbase
@@ -157,6 +170,43 @@ pub fn pool_payout_script() -> ScriptBuf {
     ScriptBuf::from_bytes(bytes)
 }
 
+/// The pool's payout script with token number `n` under [`Misbehave::RotateOutputs`]: a
+/// P2WPKH whose key hash ends with `n`.
+pub fn rotating_payout_script(n: u64) -> ScriptBuf {
+    let mut bytes = vec![0x00, 0x14];
+    bytes.extend_from_slice(&[0x43; 12]);
+    bytes.extend_from_slice(&n.to_le_bytes());
+    ScriptBuf::from_bytes(bytes)
+}
+
+/// The second output of every other token under [`Misbehave::RotateOutputs`].
+pub fn rotating_extra_script() -> ScriptBuf {
+    let mut bytes = vec![0x00, 0x14];
+    bytes.extend_from_slice(&[0x24; 20]);
+    ScriptBuf::from_bytes(bytes)
+}
+
+/// The coinbase outputs a token of number `n` carries.
+fn token_outputs(misbehave: Misbehave, n: u64) -> Vec<TxOut> {
+    if misbehave != Misbehave::RotateOutputs {
+        return vec![TxOut {
+            value: Amount::ZERO,
+            script_pubkey: pool_payout_script(),
+        }];
+    }
+    let mut outputs = vec![TxOut {
+        value: Amount::ZERO,
+        script_pubkey: rotating_payout_script(n),
+    }];
+    if n.is_multiple_of(2) {
+        outputs.push(TxOut {
+            value: Amount::from_sat(ROTATING_EXTRA_SAT),
+            script_pubkey: rotating_extra_script(),
+        });
+    }
+    outputs
+}
+
 impl TestJds {
     /// Starts listening on 127.0.0.1 (any port).
     pub async fn start(misbehave: Misbehave) -> anyhow::Result<TestJds> {
@@ -177,7 +227,9 @@ impl TestJds {
         let solutions: Solutions = Arc::default();
         let stale_refusals: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let received: Arc<Mutex<Vec<ReceivedDeclaration>>> = Arc::default();
+        let outputs: TokenOutputs = Arc::default();
         let state = Shared {
+            outputs: outputs.clone(),
             received: received.clone(),
             stale_refusals: stale_refusals.clone(),
             solutions: solutions.clone(),
@@ -221,6 +273,7 @@ impl TestJds {
             solutions,
             stale_refusals,
             received,
+            outputs,
             crash,
             task,
         })
@@ -259,6 +312,11 @@ impl TestJds {
         self.received.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// The coinbase outputs handed out with `token` (payout first, its value 0).
+    pub fn outputs_of(&self, token: &[u8]) -> Option<Vec<TxOut>> {
+        self.outputs.lock().ok()?.get(token).cloned()
+    }
+
     /// Declarations accepted so far.
     pub fn declared(&self) -> Vec<AcceptedDeclaration> {
         self.declared.lock().map(|v| v.clone()).unwrap_or_default()
@@ -287,9 +345,20 @@ struct Shared {
     solutions: Solutions,
     stale_refusals: Arc<std::sync::atomic::AtomicUsize>,
     received: Arc<Mutex<Vec<ReceivedDeclaration>>>,
+    outputs: TokenOutputs,
 }
 
 impl Shared {
+    /// The outputs handed out with `token`.
+    fn outputs_of(&self, token: &[u8]) -> Result<Vec<TxOut>, String> {
+        self.outputs
+            .lock()
+            .map_err(|e| e.to_string())?
+            .get(token)
+            .cloned()
+            .ok_or_else(|| format!("token {token:?} was never handed out"))
+    }
+
     fn violation(&self, why: String) {
         if let Ok(mut v) = self.violations.lock() {
             v.push(why);
@@ -363,6 +432,9 @@ impl Shared {
         if let Ok(mut t) = self.tokens.lock() {
             t.push(token.clone());
         }
+        if let Ok(mut o) = self.outputs.lock() {
+            o.insert(token.clone(), token_outputs(self.misbehave, *n));
+        }
         Ok(token)
     }
 
@@ -374,11 +446,6 @@ impl Shared {
     ) -> Result<(), String> {
         let mut user = String::new();
         let mut request_ids = HashSet::new();
-        let payout = TxOut {
-            value: Amount::ZERO,
-            script_pubkey: pool_payout_script(),
-        };
-        let outputs = serialize(&vec![payout]);
         // Tokens of this connection not yet declared with.
         let mut unused: HashSet<Vec<u8>> = HashSet::new();
         let mut awaiting: HashMap<u32, Awaiting> = HashMap::new();
@@ -450,6 +517,7 @@ impl Shared {
             };
             last_token = Some(token.clone());
             answered += 1;
+            let outputs = serialize(&self.outputs_of(&token)?);
             unused.insert(token.clone());
             if coinbase_only {
                 if let Ok(mut t) = self.coinbase_only_tokens.lock() {
@@ -463,7 +531,7 @@ impl Shared {
                             request_id: req.request_id,
                             mining_job_token: B0255Owned::new(token)
                                 .map_err(|e| format!("{e:?}"))?,
-                            coinbase_outputs: B064KOwned::new(outputs.clone())
+                            coinbase_outputs: B064KOwned::new(outputs)
                                 .map_err(|e| format!("{e:?}"))?,
                         },
                     ),
@@ -526,11 +594,19 @@ impl Shared {
             Ok(tx) => tx,
             Err(why) => return Err(format!("declared coinbase: {why}")),
         };
-        if coinbase.output.first().map(|o| &o.script_pubkey) != Some(&pool_payout_script()) {
-            return Err("the first coinbase output is not the pool's payout".into());
+        // The outputs of the token declared with, in its order: the pool's payout first (with
+        // the reward), then its other outputs as given, then the template's (the commitment).
+        let required = self.outputs_of(&token)?;
+        if coinbase.output.first().map(|o| &o.script_pubkey)
+            != required.first().map(|o| &o.script_pubkey)
+        {
+            return Err("the first coinbase output is not the pool's payout of the token".into());
         }
         if coinbase.output[0].value == Amount::ZERO {
             return Err("the pool's payout output carries no reward".into());
+        }
+        if coinbase.output.get(1..required.len()) != required.get(1..) {
+            return Err("the coinbase lacks the token's other outputs".into());
         }
         let commitment = jdc_shared::chain::witness_commitment(&wtxids);
         let committed = coinbase.output.iter().any(|o| {

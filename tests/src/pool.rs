@@ -27,7 +27,7 @@ use stratum_core::mining_sv2::{
     SubmitSharesErrorOwned, SubmitSharesExtendedOwned, SubmitSharesSuccessOwned,
 };
 
-use crate::jds::{accept_setup, AcceptedDeclaration, TestJds};
+use crate::jds::{accept_setup, AcceptedDeclaration, TestJds, TokenOutputs};
 use stratum_core::parsers_sv2::{CommonMessagesOwned, MiningOwned};
 use tokio::net::TcpListener;
 
@@ -129,6 +129,7 @@ impl TestPool {
             misbehave,
             Arc::default(),
             Arc::default(),
+            Arc::default(),
             AuthorityKeys::generate(),
             [0xaa, 0xbb],
             0,
@@ -168,6 +169,7 @@ impl TestPool {
             misbehave,
             jds.declared.clone(),
             jds.coinbase_only_tokens.clone(),
+            jds.outputs.clone(),
             jds.keys.clone(),
             tag,
             port,
@@ -179,6 +181,7 @@ impl TestPool {
         misbehave: PoolMisbehave,
         declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
         allocated: Arc<Mutex<Vec<Vec<u8>>>>,
+        token_outputs: TokenOutputs,
         keys: AuthorityKeys,
         tag: [u8; 2],
         port: u16,
@@ -200,6 +203,7 @@ impl TestPool {
             shares: shares.clone(),
             declared,
             allocated,
+            token_outputs,
             tag,
             connections: Arc::default(),
             used_tokens: Arc::default(),
@@ -283,6 +287,8 @@ struct Shared {
     declared: Arc<Mutex<Vec<AcceptedDeclaration>>>,
     /// Tokens the JDS allocated on Coinbase-only connections (used directly, undeclared).
     allocated: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The outputs the JDS handed out with each token.
+    token_outputs: TokenOutputs,
     /// First bytes of every extranonce prefix this pool gives.
     tag: [u8; 2],
     /// Channels served so far.
@@ -611,12 +617,20 @@ impl Shared {
                 }
             }
             None => {
-                // Undeclared: the pool still checks that its payout comes first, with a reward.
+                // Undeclared: the pool still checks that its payout comes first (the one given
+                // with the token), with a reward.
                 let outputs: Vec<TxOut> = deserialize(m.coinbase_tx_outputs.as_bytes())
                     .map_err(|e| format!("custom job outputs do not parse: {e}"))?;
-                let pays_pool = outputs.first().is_some_and(|o| {
-                    o.script_pubkey == crate::jds::pool_payout_script() && o.value.to_sat() > 0
-                });
+                let payout = self
+                    .token_outputs
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .get(m.token.as_bytes())
+                    .and_then(|o| o.first())
+                    .map_or_else(crate::jds::pool_payout_script, |o| o.script_pubkey.clone());
+                let pays_pool = outputs
+                    .first()
+                    .is_some_and(|o| o.script_pubkey == payout && o.value.to_sat() > 0);
                 if !pays_pool {
                     self.violation("custom job does not pay the pool first".into());
                     return error("invalid-coinbase-tx-outputs");

@@ -163,6 +163,143 @@ async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A pool rotating its payout: every mining job token carries another payout script of the
+/// pool (and every other one a second output). Devices' jobs follow the token each job is
+/// declared with, so every block bitcoind accepts pays the outputs of its declaration's token,
+/// the pool accepts the shares (its custom-job outputs are checked against the declaration),
+/// every `PushSolution` forms a block of a declaration, and nothing falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_follow_a_pool_rotating_its_outputs() -> anyhow::Result<()> {
+    use jdc_shared::bitcoin::consensus::serialize;
+    let jds = TestJds::start(Misbehave::RotateOutputs).await?;
+    let pool = TestPool::start_with_jds(PoolMisbehave::No, &jds).await?;
+    let upstream = upstream_entry(&pool, &jds, "full-template");
+    let declared = jds.declared.clone();
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let (node, funding) = Bitcoind::start_funded()?;
+        for _ in 0..3 {
+            node.send_to_address(&funding, 100_000)?;
+        }
+        let start = node.rpc()?.get_block_count()?;
+        let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
+        stack.start(
+            "declarator",
+            &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
+            "SV2 mining server listening",
+        )?;
+        stack
+            .get("declarator")?
+            .wait_for_log("mining for the pool", Duration::from_secs(5))?;
+        stack.start_template_source()?;
+        stack.start_miner(
+            "miner",
+            &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],
+        )?;
+        let rpc = node.rpc()?;
+        wait_until("4 blocks mined", Duration::from_secs(60), || {
+            Ok((rpc.get_block_count()? >= start + 4).then_some(()))
+        })?;
+        wait_until(
+            "a share accepted by the pool",
+            Duration::from_secs(30),
+            || Ok(pool.shares().iter().any(Result::is_ok).then_some(())),
+        )?;
+        wait_until("a block pushed to the JDS", Duration::from_secs(30), || {
+            Ok(jds.solutions().iter().any(Result::is_ok).then_some(()))
+        })?;
+        let tip = rpc.get_block_count()?;
+        let declarations = declared.lock().map(|d| d.clone()).unwrap_or_default();
+        let mut payouts = std::collections::HashSet::new();
+        for h in start + 1..=tip {
+            let block = rpc.get_block(&rpc.get_block_hash(h)?)?;
+            let coinbase = &block.txdata[0];
+            let bytes = serialize(coinbase);
+            // The declaration this coinbase is (its prefix and suffix around an extranonce).
+            let Some(d) = declarations.iter().find(|d| {
+                bytes.len() > d.coinbase_prefix.len() + d.coinbase_suffix.len()
+                    && bytes.starts_with(&d.coinbase_prefix)
+                    && bytes.ends_with(&d.coinbase_suffix)
+            }) else {
+                bail!("block {h}: its coinbase is no declared one");
+            };
+            let required = jds
+                .outputs_of(&d.token)
+                .context("a declaration with a token never handed out")?;
+            let first = coinbase
+                .output
+                .first()
+                .context("coinbase without outputs")?;
+            let payout = required.first().context("a token without outputs")?;
+            if first.script_pubkey != payout.script_pubkey {
+                bail!("block {h}: the first output is not the payout of its token");
+            }
+            if first.value.to_sat() == 0 {
+                bail!("block {h}: the pool's payout carries no reward");
+            }
+            if coinbase.output.get(1..required.len()) != required.get(1..) {
+                bail!("block {h}: the token's other outputs are not paid as given");
+            }
+            payouts.insert(first.script_pubkey.clone());
+        }
+        if payouts.len() < 2 {
+            bail!(
+                "the blocks paid {} payout script(s): the pool's rotation was not followed",
+                payouts.len()
+            );
+        }
+        if !rpc.get_raw_mempool()?.is_empty() {
+            bail!("mempool transactions were not mined");
+        }
+        let log = stack.get("declarator")?.log_lines().join("\n");
+        if log.contains("upstream switch") {
+            bail!("the declarator left the pool");
+        }
+        // Devices kept their connection throughout.
+        let connected = stack
+            .get("miner")?
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "connected")
+            .count();
+        if connected != 1 {
+            bail!("the sim-miner connected {connected} times");
+        }
+        Ok(())
+    })?;
+    let declarations = jds.declared();
+    let scripts: std::collections::HashSet<_> = declarations
+        .iter()
+        .filter_map(|d| {
+            jds.outputs_of(&d.token)?
+                .first()
+                .map(|o| o.script_pubkey.clone())
+        })
+        .collect();
+    assert!(
+        scripts.len() >= 3,
+        "declarations used {} payout scripts: tokens did not rotate",
+        scripts.len()
+    );
+    let shares = pool.shares();
+    assert!(
+        shares.iter().any(Result::is_ok),
+        "the pool accepted no share: {shares:?}"
+    );
+    let refused: Vec<_> = shares
+        .iter()
+        .filter(|s| matches!(s, Err(code) if code != "stale-share"))
+        .collect();
+    assert!(refused.is_empty(), "the pool refused shares: {refused:?}");
+    let solutions = jds.solutions();
+    assert!(
+        !solutions.is_empty() && solutions.iter().all(Result::is_ok),
+        "every block must reach the JDS as a valid PushSolution: {solutions:?}"
+    );
+    assert!(pool.violations().is_empty(), "{:?}", pool.violations());
+    assert!(jds.violations().is_empty(), "{:?}", jds.violations());
+    Ok(())
+}
+
 /// Extra arguments of the declarator and the sim-miner in a fallback test.
 struct Load {
     declarator: &'static [&'static str],

@@ -359,20 +359,28 @@ async fn hub(hub: Hub) {
             }
             Some(to) = switch.recv() => {
                 // The upstream changed: pay the new pool, or ourselves, from the current job on.
-                match to {
+                let rebuild = match to {
                     crate::upstream::runner::HubSwitch::Solo(why) => {
                         tracing::debug!(reason = %why, "mining solo");
                         book.set_pool_outputs(None);
+                        true
                     }
                     crate::upstream::runner::HubSwitch::Pool { name, outputs } => {
                         tracing::debug!(upstream = %name, "mining for the next upstream");
                         book.set_pool_outputs(Some(outputs));
+                        true
                     }
                     crate::upstream::runner::HubSwitch::Rebuild(why) => {
                         tracing::info!(reason = %why, "new jobs for the current tip");
+                        true
                     }
-                }
-                let body = book.current().and_then(|c| {
+                    // The pool's outputs changed (the next mining job token's): the next job
+                    // pays them, or the current one again now if it cannot be declared.
+                    crate::upstream::runner::HubSwitch::Outputs { outputs, now } => {
+                        book.change_pool_outputs(outputs) && now
+                    }
+                };
+                let body = book.current().filter(|_| rebuild).and_then(|c| {
                     catalog.lock().ok().and_then(|cat| cat.get(c.job.template_id))
                 });
                 match body {

@@ -291,6 +291,22 @@ impl WorkBook {
         self.pool_outputs.is_some()
     }
 
+    /// Same pool, other outputs (those of the mining job token the next job is declared
+    /// with): jobs built from now on pay `outputs`. True when the current job pays other
+    /// outputs, so that [`WorkBook::rebuild`] moves devices to them at once.
+    pub fn change_pool_outputs(&mut self, outputs: Vec<TxOut>) -> bool {
+        self.pool_outputs = Some(outputs);
+        !self.current_is_up_to_date()
+    }
+
+    /// Whether the current job pays what a job built now would (true without a current job).
+    pub fn current_is_up_to_date(&self) -> bool {
+        self.current.as_ref().is_none_or(|c| {
+            self.outputs(c.job.template.coinbase_tx_value_remaining)
+                .is_ok_and(|o| o == c.job.outputs)
+        })
+    }
+
     /// The current job again under a new id with the current payout (after a switch between
     /// pool and solo); `body` is the current job's block body.
     pub fn rebuild(

@@ -169,6 +169,11 @@ impl JdsClient {
         self.tokens.front().map(|t| t.outputs.as_slice())
     }
 
+    /// The token [`JdsClient::take_token`] gives next, if one is in hand.
+    pub fn next_token(&self) -> Option<&Token> {
+        self.tokens.front()
+    }
+
     /// Tokens in hand.
     pub fn tokens_ready(&self) -> usize {
         self.tokens.len()

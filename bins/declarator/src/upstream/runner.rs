@@ -3,7 +3,7 @@
 //! until the pool acknowledges the job), pushes found blocks to the JDS, and hands the work back
 //! to solo mining when the upstream fails.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use stratum_core::channels_sv2::server::jobs::factory::JobFactory;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::declare::{declaration, Declaration};
+use super::declare::{declaration, pool_outputs, Declaration};
 use super::fallback::{Fallback, FallbackPolicy, RejectRate, Source, Trigger};
 use super::held_shares::{HeldCounts, HeldShare, HeldShares};
 use super::jds::{JdsClient, JdsEvent, Mode, Solution};
@@ -43,6 +43,16 @@ pub enum HubSwitch {
     /// Same pool, new extranonce prefix (already given to the device server): the current job
     /// again, so that devices move to it.
     Rebuild(String),
+    /// Same pool, other coinbase outputs: those of the mining job token the next job is
+    /// declared with (a pool rotating its payout script or changing its output set). Jobs
+    /// built from now on pay them, so that what devices mine is what is declared.
+    Outputs {
+        /// The pool's coinbase outputs, payout first.
+        outputs: Vec<jdc_shared::bitcoin::TxOut>,
+        /// The current job again with them, at once (when it pays other outputs): a job
+        /// that could not be declared as it is. Otherwise from the next job on.
+        now: bool,
+    },
 }
 
 /// What the runner needs from the rest of the declarator.
@@ -454,6 +464,12 @@ struct Jobs {
     info: HashMap<u64, (u32, u64)>,
     /// The last job declared again after `stale-chain-tip` (once per job).
     redeclared: Option<u64>,
+    /// The pool outputs the hub was last told to build jobs with (see [`HubSwitch::Outputs`]).
+    announced: Option<Vec<TxOut>>,
+    /// Jobs of the current tip never to be declared: they pay other outputs than the token
+    /// in hand, and were built again with its outputs. Their shares and blocks are not the
+    /// pool's.
+    superseded: HashSet<u64>,
 }
 
 impl Jobs {
@@ -503,6 +519,27 @@ enum Declared {
     NoToken,
     /// Cannot be declared (no block body, or the declaration cannot be built): logged.
     Skipped,
+    /// Pays other outputs than the next token: the hub builds the job again with the token's
+    /// outputs, and that job is declared when it comes.
+    Rebuilding,
+}
+
+/// Tells the hub the pool outputs of the next token when they differ from those last told:
+/// jobs built from now on (a new tip, a selection) pay them, so they are declared as they are,
+/// without a rebuild and without delaying a tip.
+fn announce_next_outputs(up: &Upstream, links: &RunnerLinks, jobs: &mut Jobs) {
+    let Some(next) = up.jds.pool_outputs() else {
+        return;
+    };
+    if jobs.announced.as_deref() == Some(next) {
+        return;
+    }
+    tracing::debug!(upstream = %up.name, outputs = next.len(), "the next mining job token pays other outputs; jobs built from now on pay them");
+    jobs.announced = Some(next.to_vec());
+    let _ = links.switch.send(HubSwitch::Outputs {
+        outputs: next.to_vec(),
+        now: false,
+    });
 }
 
 /// Declares the job of `state` (Full-Template) or sets it as a custom job (Coinbase-only).
@@ -524,9 +561,27 @@ async fn declare_job(
         tracing::warn!(upstream = %up.name, template_id, "no block body for the job; not declared");
         return Ok(Declared::Skipped);
     };
+    let Some(next) = up.jds.next_token() else {
+        return Ok(Declared::NoToken);
+    };
+    // What devices mine must be what is declared: a job paying other outputs than the token
+    // it would be declared with (the pool changed its outputs) is built again with the
+    // token's, and that job is declared instead. (Outputs that cannot take the reward fail
+    // the declaration below.)
+    let value = state.job.template.coinbase_tx_value_remaining;
+    if pool_outputs(next, value).is_ok_and(|o| o != state.job.outputs) {
+        let outputs = next.outputs.clone();
+        tracing::info!(upstream = %up.name, template_id, "the pool's outputs changed with the next mining job token: our devices' job is built again with them");
+        jobs.waiting = None;
+        jobs.superseded.insert(template_id);
+        jobs.announced = Some(outputs.clone());
+        let _ = links.switch.send(HubSwitch::Outputs { outputs, now: true });
+        return Ok(Declared::Rebuilding);
+    }
     let Some(token) = up.jds.take_token().await? else {
         return Ok(Declared::NoToken);
     };
+    announce_next_outputs(up, links, jobs);
     jobs.waiting = None;
     jobs.next_request_id = jobs.next_request_id.wrapping_add(1).max(1);
     let request_id = jobs.next_request_id;
@@ -587,7 +642,11 @@ async fn mine_for(
     let mut prober = Prober::default();
     let pool_prefix_len = up.pool.channel().extranonce_prefix.len();
     let full_extranonce = pool_prefix_len + usize::from(up.pool.channel().extranonce_size);
-    let mut jobs = Jobs::default();
+    let mut jobs = Jobs {
+        // The hub builds jobs with the outputs of the token in hand at connection.
+        announced: up.jds.pool_outputs().map(<[_]>::to_vec),
+        ..Jobs::default()
+    };
     // Our template id → the pool's job id.
     let mut job_ids: HashMap<u64, u32> = HashMap::new();
     let mut held = HeldShares::new(HELD_PER_JOB);
@@ -652,6 +711,7 @@ async fn mine_for(
                     held.on_new_tip();
                     job_ids.clear();
                     jobs.info.clear();
+                    jobs.superseded.clear();
                     prev_hash = state.tip.prev_hash;
                     nbits = state.tip.nbits;
                 }
@@ -660,7 +720,7 @@ async fn mine_for(
                         tracing::debug!(upstream = %up.name, template_id = state.job.template_id, "no mining job token in hand yet; the job is declared when one arrives");
                         jobs.waiting = Some(state);
                     }
-                    Ok(Declared::Sent | Declared::Skipped) => {}
+                    Ok(Declared::Sent | Declared::Skipped | Declared::Rebuilding) => {}
                     Err(e) => break 'run e.trigger(),
                 }
             }
@@ -670,9 +730,11 @@ async fn mine_for(
                     if let Some(state) = jobs.waiting.take() {
                         match declare_job(up, links, &state, &mut jobs, full_extranonce).await {
                             Ok(Declared::NoToken) => jobs.waiting = Some(state),
-                            Ok(Declared::Sent | Declared::Skipped) => {}
+                            Ok(Declared::Sent | Declared::Skipped | Declared::Rebuilding) => {}
                             Err(e) => break 'run e.trigger(),
                         }
+                    } else {
+                        announce_next_outputs(up, links, &mut jobs);
                     }
                 }
                 Ok(JdsEvent::MissingTransactions { request_id, positions }) => {
@@ -805,7 +867,10 @@ async fn mine_for(
                 // JDS knows no job of ours, and `PushSolution` has no meaning there); our node
                 // has it already (the block submitter), and neither the pool's share nor the
                 // JDS's solution waits on the other: both are written at once.
-                let solution = (share.is_block && up.mode == Mode::FullTemplate).then(|| Solution {
+                // A job never declared (superseded by one paying the token's outputs) is not
+                // the pool's: neither its shares nor its blocks go upstream.
+                let superseded = jobs.superseded.contains(&share.template_id);
+                let solution = (share.is_block && up.mode == Mode::FullTemplate && !superseded).then(|| Solution {
                     full_extranonce: share.full_extranonce.clone(),
                     prev_hash,
                     nonce: share.nonce,
@@ -821,7 +886,7 @@ async fn mine_for(
                     .full_extranonce
                     .get(pool_prefix_len..)
                     .map(<[u8]>::to_vec)
-                    .filter(|_| for_pool);
+                    .filter(|_| for_pool && !superseded);
                 let to_pool = match (extranonce, job_ids.get(&share.template_id)) {
                     (Some(extranonce), Some(&job_id)) => Some(UpstreamShare {
                         job_id,
@@ -955,7 +1020,7 @@ async fn redeclare(
     jobs.redeclared = Some(template_id);
     match declare_job(up, links, &state, jobs, full_extranonce).await? {
         Declared::NoToken => jobs.waiting = Some(state),
-        Declared::Sent | Declared::Skipped => {}
+        Declared::Sent | Declared::Skipped | Declared::Rebuilding => {}
     }
     Ok(())
 }

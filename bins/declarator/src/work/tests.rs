@@ -346,3 +346,44 @@ fn a_refused_selection_leaves_the_last_valid_full_job_in_place() {
     unchanged(&b);
     assert_eq!(body.txs().collect::<Vec<_>>(), vec![&[1u8][..], &[2u8][..]]);
 }
+
+/// A pool changing its outputs (another mining job token's): jobs built after the change pay
+/// them; the current job is only reported for a rebuild when it pays other outputs.
+#[test]
+fn changed_pool_outputs_apply_to_the_next_job_and_flag_the_current_one() {
+    let pool = |byte: u8| {
+        vec![TxOut {
+            value: jdc_shared::bitcoin::Amount::ZERO,
+            script_pubkey: ScriptBuf::from_bytes(
+                vec![0x00, 0x14].into_iter().chain([byte; 20]).collect(),
+            ),
+        }]
+    };
+    let mut b = book();
+    assert!(b.current_is_up_to_date(), "no job yet");
+    b.set_pool_outputs(Some(pool(1)));
+    let (first, body) = b.on_tip(&tip(1, 100)).unwrap().unwrap();
+    assert_eq!(first.job.outputs[0].script_pubkey, pool(1)[0].script_pubkey);
+    assert!(b.current_is_up_to_date());
+    // The same outputs again: nothing to rebuild.
+    assert!(!b.change_pool_outputs(pool(1)));
+    // Other outputs: the current job must be rebuilt to pay them...
+    assert!(b.change_pool_outputs(pool(2)));
+    assert!(!b.current_is_up_to_date());
+    let (rebuilt, _) = b.rebuild(&body).unwrap().unwrap();
+    assert_eq!(rebuilt.tip, first.tip, "same tip");
+    assert_eq!(
+        rebuilt.job.outputs[0].script_pubkey,
+        pool(2)[0].script_pubkey
+    );
+    assert_eq!(
+        rebuilt.job.outputs[0].value, first.job.outputs[0].value,
+        "the whole reward still"
+    );
+    assert!(b.current_is_up_to_date());
+    // ...and the next job pays them without a rebuild.
+    assert!(b.change_pool_outputs(pool(3)));
+    let (next, _) = b.on_tip(&tip(2, 101)).unwrap().unwrap();
+    assert_eq!(next.job.outputs[0].script_pubkey, pool(3)[0].script_pubkey);
+    assert!(b.current_is_up_to_date());
+}

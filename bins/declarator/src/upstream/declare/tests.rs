@@ -26,10 +26,15 @@ fn token(outputs: Vec<TxOut>) -> Token {
 
 /// A tip and a full job of three transactions on it.
 fn work() -> (WorkState, BlockBody) {
-    let mut book = WorkBook::new(
+    let (_, state, body) = work_in(WorkBook::new(
         Network::Regtest,
         Payout::new(vec![(ScriptBuf::from_bytes(vec![0x51]), 1)]).unwrap(),
-    );
+    ));
+    (state, body)
+}
+
+/// [`work`] from `book`, which is returned too.
+fn work_in(mut book: WorkBook) -> (WorkBook, WorkState, BlockBody) {
     let height = 300;
     book.on_tip(&Tip {
         height,
@@ -72,7 +77,8 @@ fn work() -> (WorkState, BlockBody) {
     };
     let sel = select_all(&t, 1, Network::Regtest);
     let txs = Arc::new(TemplateTxs::from_template(t).unwrap());
-    book.on_selection(sel, txs).unwrap().unwrap()
+    let (state, body) = book.on_selection(sel, txs).unwrap().unwrap();
+    (book, state, body)
 }
 
 #[test]
@@ -184,23 +190,115 @@ fn pool_outputs_share_the_reward_and_refuse_to_overpay() {
 /// txid for the same full extranonce).
 #[test]
 fn devices_mine_the_declared_coinbase() {
+    let (state, body) = work();
+    let factory = JobFactory::new(true, None, Some("jdc-test".into()));
+    let pool = vec![TxOut {
+        value: Amount::ZERO,
+        script_pubkey: pool_script(),
+    }];
+    let d = declaration(&factory, &state, &body, &token(pool), 1, 7, FULL_EXTRANONCE).unwrap();
+    // The devices' job pays the pool's outputs instead of our own.
+    let mut job = (*state.job).clone();
+    job.outputs = d.outputs.clone();
+    let pool_state = WorkState {
+        tip: state.tip.clone(),
+        job: std::sync::Arc::new(job),
+    };
+    assert_devices_mine(&pool_state, &d);
+}
+
+/// A pool rotating its payout script: a token whose outputs differ from those the devices'
+/// job pays is detected (the runner's check), the work book builds the job again with the
+/// token's outputs on the same tip, and devices then mine exactly the coinbase declared with
+/// that token.
+#[test]
+fn a_token_with_other_outputs_moves_devices_to_them_before_it_is_declared() {
+    let first = vec![TxOut {
+        value: Amount::ZERO,
+        script_pubkey: pool_script(),
+    }];
+    let mut book = WorkBook::new(
+        Network::Regtest,
+        Payout::new(vec![(ScriptBuf::from_bytes(vec![0x51]), 1)]).unwrap(),
+    );
+    book.set_pool_outputs(Some(first.clone()));
+    let (mut book, state, body) = work_in(book);
+    let value = state.job.template.coinbase_tx_value_remaining;
+    assert_eq!(
+        pool_outputs(&token(first.clone()), value).unwrap(),
+        state.job.outputs,
+        "the devices' job pays the first token's outputs"
+    );
+    // The next token pays another script of the pool, and a second output.
+    let mut rotated_script = pool_script().into_bytes();
+    rotated_script[2] = 0x43;
+    let rotated = vec![
+        TxOut {
+            value: Amount::ZERO,
+            script_pubkey: ScriptBuf::from_bytes(rotated_script),
+        },
+        TxOut {
+            value: Amount::from_sat(1_000),
+            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+        },
+    ];
+    let next = token(rotated.clone());
+    assert_ne!(
+        pool_outputs(&next, value).unwrap(),
+        state.job.outputs,
+        "the runner sees that the token does not pay what devices mine"
+    );
+    // Declared as it is, the devices' coinbase would not be the declared one.
+    let factory = JobFactory::new(true, None, Some("jdc-test".into()));
+    let wrong = declaration(&factory, &state, &body, &next, 1, 7, FULL_EXTRANONCE).unwrap();
+    assert_ne!(wrong.outputs, state.job.outputs);
+
+    // The hub: the current job pays other outputs, so it is built again with the token's.
+    assert!(book.change_pool_outputs(rotated.clone()));
+    let (rebuilt, rebuilt_body) = book.rebuild(&body).unwrap().unwrap();
+    assert!(book.current_is_up_to_date());
+    assert!(
+        !book.change_pool_outputs(rotated),
+        "told again, the book has nothing to rebuild"
+    );
+    assert_ne!(rebuilt.job.template_id, state.job.template_id);
+    assert_eq!(rebuilt.tip, state.tip, "same tip");
+    assert_eq!(rebuilt.job.tx_count, state.job.tx_count);
+    assert_eq!(rebuilt_body.txids, body.txids);
+    assert_eq!(rebuilt.job.outputs, pool_outputs(&next, value).unwrap());
+    assert_eq!(rebuilt.job.outputs[0].value.to_sat(), value - 1_000);
+
+    let d = declaration(
+        &factory,
+        &rebuilt,
+        &rebuilt_body,
+        &next,
+        2,
+        7,
+        FULL_EXTRANONCE,
+    )
+    .unwrap();
+    assert_eq!(d.outputs, rebuilt.job.outputs);
+    assert_devices_mine(&rebuilt, &d);
+}
+
+/// Pool prefix (4 bytes), our 2-byte channel index, the device's bytes (8).
+const FULL_EXTRANONCE: usize = 4 + 2 + 8;
+
+/// The invariant the pool mode rests on: a device on one of our extended channels, whose
+/// extranonce prefix starts with the pool's, mines exactly the coinbase declared in `d` when
+/// it mines `state` (same txid for the same full extranonce, same merkle path).
+fn assert_devices_mine(state: &WorkState, d: &Declaration) {
     use crate::downstream::channel::Channel;
     use jdc_shared::bitcoin::Target;
     use stratum_core::channels_sv2::extranonce_manager::ExtranonceAllocator;
     use stratum_core::channels_sv2::server::extended::ExtendedChannel;
     use stratum_core::parsers_sv2::{AnyMessageOwned, MiningOwned};
 
-    let (state, body) = work();
     let pool_prefix = vec![0xaa, 0xbb, 0x01, 0x02];
     let device_part = 8usize;
-    // Pool prefix, our 2-byte channel index, the device's bytes.
-    let full = pool_prefix.len() + 2 + device_part;
-    let factory = JobFactory::new(true, None, Some("jdc-test".into()));
-    let pool = vec![TxOut {
-        value: Amount::ZERO,
-        script_pubkey: pool_script(),
-    }];
-    let d = declaration(&factory, &state, &body, &token(pool), 1, 7, full).unwrap();
+    let full = FULL_EXTRANONCE;
+    assert_eq!(full, pool_prefix.len() + 2 + device_part);
 
     let mut allocator =
         ExtranonceAllocator::from_upstream_prefix(pool_prefix.clone(), vec![], full as u8, 65_536)
@@ -224,14 +322,7 @@ fn devices_mine_the_declared_coinbase() {
     )
     .unwrap();
     let mut channel = Channel::extended(sri, 1);
-    // The devices' job pays the pool's outputs instead of our own.
-    let mut job = (*state.job).clone();
-    job.outputs = d.outputs.clone();
-    let pool_state = WorkState {
-        tip: state.tip.clone(),
-        job: std::sync::Arc::new(job),
-    };
-    let msgs = channel.on_new_tip(&pool_state).unwrap();
+    let msgs = channel.on_new_tip(state).unwrap();
     let AnyMessageOwned::Mining(MiningOwned::NewExtendedMiningJob(device_job)) = &msgs[0] else {
         panic!("expected the future job first: {msgs:?}");
     };
@@ -250,6 +341,11 @@ fn devices_mine_the_declared_coinbase() {
     let declared: Transaction = deserialize(&declared).expect("the declared coinbase parses");
 
     assert_eq!(mined.compute_txid(), declared.compute_txid());
+    // The custom job for the pool carries the same outputs, byte for byte.
+    assert_eq!(
+        serialize(&mined.output),
+        d.custom.coinbase_tx_outputs.as_bytes()
+    );
     assert_eq!(
         device_job
             .merkle_path
