@@ -30,28 +30,35 @@ async fn mines_blocks_for_the_pool_in_coinbase_only_mode() -> anyhow::Result<()>
     mines_blocks_for_the_pool("coinbase-only").await
 }
 
+/// A funded regtest node with three payments in its mempool, its block count, and a stack
+/// whose declarator mines for `upstream` (announcing 1 H/s: an easy pool target, so the
+/// sim-miner's shares reach it), with the template source running.
+fn pool_stack(upstream: &str) -> anyhow::Result<(Bitcoind, u64, Stack)> {
+    let (node, funding) = Bitcoind::start_funded()?;
+    for _ in 0..3 {
+        node.send_to_address(&funding, 100_000)?;
+    }
+    let start = node.rpc()?.get_block_count()?;
+    let mut stack = Stack::new(&node, &funding.to_string(), upstream)?;
+    stack.start(
+        "declarator",
+        &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
+        "SV2 mining server listening",
+    )?;
+    stack
+        .get("declarator")?
+        .wait_for_log("mining for the pool", Duration::from_secs(5))?;
+    stack.start_template_source()?;
+    Ok((node, start, stack))
+}
+
 async fn mines_blocks_for_the_pool(mode: &str) -> anyhow::Result<()> {
     let jds = TestJds::start(Misbehave::No).await?;
     // One authority key for the pool and its JDS, as a real pool has.
     let pool = TestPool::start_with_jds(PoolMisbehave::No, &jds).await?;
     let upstream = upstream_entry(&pool, &jds, mode);
     let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        let (node, funding) = Bitcoind::start_funded()?;
-        for _ in 0..3 {
-            node.send_to_address(&funding, 100_000)?;
-        }
-        let start = node.rpc()?.get_block_count()?;
-        let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
-        // A tiny announced hashrate: an easy pool target, so the sim-miner's shares reach it.
-        stack.start(
-            "declarator",
-            &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
-            "SV2 mining server listening",
-        )?;
-        stack
-            .get("declarator")?
-            .wait_for_log("mining for the pool", Duration::from_secs(5))?;
-        stack.start_template_source()?;
+        let (node, start, mut stack) = pool_stack(&upstream)?;
         stack.start("metrics", &[], "listening")?;
         // A tiny device hashrate (announced to the pool) keeps the pool's target easy enough
         // for the sim-miner's shares.
@@ -176,21 +183,7 @@ async fn devices_follow_a_pool_rotating_its_outputs() -> anyhow::Result<()> {
     let upstream = upstream_entry(&pool, &jds, "full-template");
     let declared = jds.declared.clone();
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        let (node, funding) = Bitcoind::start_funded()?;
-        for _ in 0..3 {
-            node.send_to_address(&funding, 100_000)?;
-        }
-        let start = node.rpc()?.get_block_count()?;
-        let mut stack = Stack::new(&node, &funding.to_string(), &upstream)?;
-        stack.start(
-            "declarator",
-            &["--set", "declarator.upstream_nominal_hash_rate=1.0"],
-            "SV2 mining server listening",
-        )?;
-        stack
-            .get("declarator")?
-            .wait_for_log("mining for the pool", Duration::from_secs(5))?;
-        stack.start_template_source()?;
+        let (node, start, mut stack) = pool_stack(&upstream)?;
         stack.start_miner(
             "miner",
             &["--max-shares-per-sec", "10", "--nominal-hashrate", "2"],

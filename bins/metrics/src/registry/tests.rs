@@ -277,21 +277,23 @@ fn selections_count_fees_and_drops_once() {
     assert_eq!(fees(&text, "inscription"), Some(700.0));
 }
 
+/// A `job` message at height 10, `us` after its tip.
+fn job(kind: JobKind, new_tip: bool, us: u64, first_on_tip: bool) -> Message {
+    Message::Job(JobSent {
+        kind,
+        height: 10,
+        template_id: 1,
+        tx_count: 0,
+        channels: 1,
+        new_tip,
+        tip_to_job_us: us,
+        first_on_tip,
+    })
+}
+
 #[test]
 fn jobs_and_tip_to_job_latency() {
     let mut m = Metrics::new(&PROCESSES);
-    let job = |kind, new_tip, us, first_on_tip| {
-        Message::Job(JobSent {
-            kind,
-            height: 10,
-            template_id: 1,
-            tx_count: 0,
-            channels: 1,
-            new_tip,
-            tip_to_job_us: us,
-            first_on_tip,
-        })
-    };
     m.apply("declarator", &job(JobKind::Empty, true, 1_500, true), 1);
     m.apply("declarator", &job(JobKind::Full, false, 12_000, true), 2);
     // A job without a measured latency is counted but not observed.
@@ -335,18 +337,6 @@ fn jobs_and_tip_to_job_latency() {
 #[test]
 fn only_the_first_job_of_each_kind_on_a_tip_is_observed() {
     let mut m = Metrics::new(&PROCESSES);
-    let job = |kind, new_tip, us, first_on_tip| {
-        Message::Job(JobSent {
-            kind,
-            height: 10,
-            template_id: 1,
-            tx_count: 0,
-            channels: 1,
-            new_tip,
-            tip_to_job_us: us,
-            first_on_tip,
-        })
-    };
     // The tip's first empty and full jobs (2 ms, 40 ms), the same jobs written to a second
     // device connection, then template refreshes 30 s and 10 min after the tip.
     m.apply("declarator", &job(JobKind::Empty, true, 2_000, true), 1);
