@@ -28,6 +28,11 @@ pub async fn run(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     let tdp_port = free_port();
     let key_file = stack.enable_tdp(tdp_port)?;
     stack.start_services()?;
+    // The key file is written before the TDP server listens (the watcher's bus comes first).
+    stack.get("template-watcher")?.wait_for_log(
+        "Template Distribution server listening",
+        std::time::Duration::from_secs(30),
+    )?;
     let tdp_key = std::fs::read_to_string(key_file)?.trim().to_string();
 
     // (b) jd_client_sv2, solo, on our TDP server.
