@@ -453,17 +453,13 @@ listen = "127.0.0.1:{m}"
 
     /// Turns on the template-watcher's Template Distribution server on `port` (every refresh
     /// sent: no fee delta; mempool refreshes every 200 ms) before it starts; returns the file
-    /// of its authority public key (written when it starts).
-    pub fn enable_tdp(&self, port: u16) -> anyhow::Result<PathBuf> {
+    /// its key with [`Stack::tdp_key`] once it runs.
+    pub fn enable_tdp(&self, port: u16) -> anyhow::Result<()> {
         self.enable_tdp_with_fee_delta(port, 0)
     }
 
     /// [`Stack::enable_tdp`] with refreshes sent only when fees rose by `fee_delta_sats`.
-    pub fn enable_tdp_with_fee_delta(
-        &self,
-        port: u16,
-        fee_delta_sats: u64,
-    ) -> anyhow::Result<PathBuf> {
+    pub fn enable_tdp_with_fee_delta(&self, port: u16, fee_delta_sats: u64) -> anyhow::Result<()> {
         let keys = self.dir.join("tdp-keys");
         let config = std::fs::read_to_string(&self.config)?;
         std::fs::write(
@@ -473,7 +469,21 @@ listen = "127.0.0.1:{m}"
                 keys.display()
             ),
         )?;
-        Ok(keys.join("authority_public_key"))
+        Ok(())
+    }
+
+    /// The TDP server's authority public key, once the template-watcher (started) says its
+    /// server listens: the key file is written just before.
+    pub fn tdp_key(&self) -> anyhow::Result<String> {
+        self.get("template-watcher")?.wait_for_log(
+            "Template Distribution server listening",
+            Duration::from_secs(30),
+        )?;
+        let path = self.dir.join("tdp-keys").join("authority_public_key");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string())
     }
 
     /// The authority public key the declarator generated.

@@ -20,13 +20,13 @@ use jdc_tests::wait_until;
 fn tdp_stack(node: &Bitcoind) -> anyhow::Result<(Stack, String, String)> {
     let mut stack = Stack::new(node, "51", "")?;
     let port = free_port();
-    let key_file = stack.enable_tdp(port)?;
+    stack.enable_tdp(port)?;
     stack.start(
         "template-watcher",
         &[],
         "Template Distribution server listening",
     )?;
-    let key = std::fs::read_to_string(key_file)?.trim().to_string();
+    let key = stack.tdp_key()?;
     Ok((stack, format!("127.0.0.1:{port}"), key))
 }
 

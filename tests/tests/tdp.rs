@@ -33,19 +33,18 @@ use tokio::net::TcpStream;
 async fn a_tdp_client_gets_templates_and_tips_and_its_solution_becomes_a_block(
 ) -> anyhow::Result<()> {
     let tdp_port = free_port();
-    let (node, funding, mut stack, key_file) =
-        tokio::task::block_in_place(|| -> anyhow::Result<_> {
-            let (node, funding) = Bitcoind::start_funded()?;
-            let mut stack = Stack::new(&node, "51", "")?;
-            let key_file = stack.enable_tdp(tdp_port)?;
-            stack.start(
-                "template-watcher",
-                &[],
-                "Template Distribution server listening",
-            )?;
-            Ok((node, funding, stack, key_file))
-        })?;
-    let key = std::fs::read_to_string(&key_file)?.trim().to_string();
+    let (node, funding, mut stack) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let (node, funding) = Bitcoind::start_funded()?;
+        let mut stack = Stack::new(&node, "51", "")?;
+        stack.enable_tdp(tdp_port)?;
+        stack.start(
+            "template-watcher",
+            &[],
+            "Template Distribution server listening",
+        )?;
+        Ok((node, funding, stack))
+    })?;
+    let key = stack.tdp_key()?;
     let addr = format!("127.0.0.1:{tdp_port}");
     let rpc = node.rpc()?;
 
@@ -208,20 +207,19 @@ async fn many_clients_get_every_tip_and_refreshes_only_past_the_fee_delta() -> a
     const CLIENTS: usize = 32;
     const FEE_DELTA: u64 = 50_000;
     let tdp_port = free_port();
-    let (node, funding, mut stack, key_file) =
-        tokio::task::block_in_place(|| -> anyhow::Result<_> {
-            let (node, funding) = Bitcoind::start_funded()?;
-            let mut stack = Stack::new(&node, "51", "")?;
-            let key_file = stack.enable_tdp_with_fee_delta(tdp_port, FEE_DELTA)?;
-            stack.start(
-                "template-watcher",
-                &[],
-                "Template Distribution server listening",
-            )?;
-            stack.start("metrics", &[], "listening")?;
-            Ok((node, funding, stack, key_file))
-        })?;
-    let key = std::fs::read_to_string(&key_file)?.trim().to_string();
+    let (node, funding, mut stack) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let (node, funding) = Bitcoind::start_funded()?;
+        let mut stack = Stack::new(&node, "51", "")?;
+        stack.enable_tdp_with_fee_delta(tdp_port, FEE_DELTA)?;
+        stack.start(
+            "template-watcher",
+            &[],
+            "Template Distribution server listening",
+        )?;
+        stack.start("metrics", &[], "listening")?;
+        Ok((node, funding, stack))
+    })?;
+    let key = stack.tdp_key()?;
     let addr = format!("127.0.0.1:{tdp_port}");
     let metrics = stack.ports.metrics;
     let metric = move |name: &str, labels: &[&str]| -> anyhow::Result<f64> {

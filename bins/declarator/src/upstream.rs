@@ -393,6 +393,13 @@ pub struct Failure {
     pub trigger: fallback::Trigger,
 }
 
+/// What a search of the upstream list found: the first usable upstream with its pool outputs
+/// (none when no upstream works), and the failures met on the way, by position.
+pub type Search = (
+    Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)>,
+    Vec<Failure>,
+);
+
 /// Connects to the first upstream of the list that works (logging each failure with its
 /// cause), but `skip` (the one that just failed), and whose extranonce space under its prefix
 /// is `layout` bytes when given (devices keep their extranonce sizes across a switch). Returns
@@ -402,10 +409,7 @@ pub async fn connect_first(
     coinbase_tag: &str,
     layout: Option<u16>,
     skip: Option<usize>,
-) -> (
-    Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)>,
-    Vec<Failure>,
-) {
+) -> Search {
     let found = try_in_order(specs, coinbase_tag, layout, skip).await;
     if found.0.is_none() && !specs.is_empty() {
         tracing::warn!("no upstream is usable: mining solo to our own payout");
@@ -420,10 +424,7 @@ pub async fn try_in_order(
     coinbase_tag: &str,
     layout: Option<u16>,
     skip: Option<usize>,
-) -> (
-    Option<(runner::Upstream, Vec<jdc_shared::bitcoin::TxOut>)>,
-    Vec<Failure>,
-) {
+) -> Search {
     let mut failures = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         if skip == Some(i) {

@@ -317,13 +317,20 @@ impl TipStages {
     }
 }
 
-async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
+/// A regtest node out of initial block download (one block paying a foreign address) and a
+/// stack on it paying that address (returned too, for the blocks the bench mines).
+fn foreign_stack() -> anyhow::Result<(Bitcoind, Address, Stack)> {
     let node = Bitcoind::start()?;
     let addr: Address = FOREIGN_ADDRESS
         .parse::<Address<_>>()?
         .require_network(Network::Regtest)?;
-    node.generate_to(&addr, 1)?; // leave initial block download
-    let mut stack = Stack::new(&node, FOREIGN_ADDRESS, "")?;
+    node.generate_to(&addr, 1)?;
+    let stack = Stack::new(&node, FOREIGN_ADDRESS, "")?;
+    Ok((node, addr, stack))
+}
+
+async fn tip_latency(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
+    let (node, addr, mut stack) = foreign_stack()?;
     stack.start_services()?;
     // A miner that hashes but finds (almost) no blocks of its own: only our tips count.
     stack.start_miner("miner", &["--max-shares-per-sec", "0.2"])?;

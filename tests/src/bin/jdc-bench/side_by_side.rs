@@ -9,31 +9,19 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use bitcoincore_rpc::bitcoin::{Address, Network};
-use jdc_tests::bitcoind::{free_port, Bitcoind};
+use jdc_tests::bitcoind::free_port;
 use jdc_tests::sri_roles;
-use jdc_tests::stack::Stack;
 
-use crate::{listen_hashblock, summary, tip_at_miner, FOREIGN_ADDRESS};
+use crate::{foreign_stack, listen_hashblock, summary, tip_at_miner, FOREIGN_ADDRESS};
 
 pub async fn run(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
     let jd_client = sri_roles::jd_client()
         .context("jd_client_sv2 not installed: run scripts/install-sv2-roles")?;
-    let node = Bitcoind::start()?;
-    let addr: Address = FOREIGN_ADDRESS
-        .parse::<Address<_>>()?
-        .require_network(Network::Regtest)?;
-    node.generate_to(&addr, 1)?;
-    let mut stack = Stack::new(&node, FOREIGN_ADDRESS, "")?;
+    let (node, addr, mut stack) = foreign_stack()?;
     let tdp_port = free_port();
-    let key_file = stack.enable_tdp(tdp_port)?;
+    stack.enable_tdp(tdp_port)?;
     stack.start_services()?;
-    // The key file is written before the TDP server listens (the watcher's bus comes first).
-    stack.get("template-watcher")?.wait_for_log(
-        "Template Distribution server listening",
-        std::time::Duration::from_secs(30),
-    )?;
-    let tdp_key = std::fs::read_to_string(key_file)?.trim().to_string();
+    let tdp_key = stack.tdp_key()?;
 
     // (b) jd_client_sv2, solo, on our TDP server.
     let jdc = tokio::task::block_in_place(|| {

@@ -6,30 +6,23 @@
 
 use std::time::{Duration, Instant};
 
-use bitcoincore_rpc::bitcoin::{Address, Network};
 use jdc_shared::bitcoin::hashes::Hash;
-use jdc_tests::bitcoind::{free_port, Bitcoind};
-use jdc_tests::stack::Stack;
+use jdc_tests::bitcoind::free_port;
 use jdc_tests::tdp_client::Client;
 use stratum_core::parsers_sv2::TemplateDistributionOwned as Tdp;
 
-use crate::{listen_hashblock, summary, FOREIGN_ADDRESS};
+use crate::{foreign_stack, listen_hashblock, summary};
 
 pub async fn run(tips: usize, interval_ms: u64) -> anyhow::Result<()> {
-    let node = Bitcoind::start()?;
-    let addr: Address = FOREIGN_ADDRESS
-        .parse::<Address<_>>()?
-        .require_network(Network::Regtest)?;
-    node.generate_to(&addr, 1)?;
-    let mut stack = Stack::new(&node, FOREIGN_ADDRESS, "")?;
+    let (node, addr, mut stack) = foreign_stack()?;
     let port = free_port();
-    let key_file = stack.enable_tdp(port)?;
+    stack.enable_tdp(port)?;
     stack.start(
         "template-watcher",
         &[],
         "Template Distribution server listening",
     )?;
-    let key = std::fs::read_to_string(&key_file)?.trim().to_string();
+    let key = stack.tdp_key()?;
     let (mut client, _, _) = Client::open(&format!("127.0.0.1:{port}"), &key, 100).await?;
     let hashblock = listen_hashblock(node.zmq_hashblock()).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
