@@ -413,6 +413,68 @@ pub const HELD_SHARE_COUNTERS: &[(&str, &str)] = &[
     ("held_shares_dropped_upstream_left", "dropped_upstream_left"),
 ];
 
+/// Names of heartbeat counters (monotonic totals, except `TDP_CLIENTS`) that producers set and
+/// jdc-metrics reads; the tables below map them to label values.
+pub mod counters {
+    /// Declarator: V1 lines that are not JSON-RPC or have bad parameters.
+    pub const SV1_MALFORMED: &str = "sv1_bad_input_malformed";
+    /// Declarator: V1 lines over `sv1_max_line_bytes`.
+    pub const SV1_OVERSIZED: &str = "sv1_bad_input_oversized";
+    /// Declarator: V1 methods devices do not send.
+    pub const SV1_UNKNOWN_METHOD: &str = "sv1_bad_input_unknown_method";
+    /// Declarator: V1 submits over the device's rate.
+    pub const SV1_FLOOD: &str = "sv1_bad_input_flood";
+    /// Watcher: TDP clients connected now (a gauge, not a total).
+    pub const TDP_CLIENTS: &str = "tdp_clients";
+    /// Watcher: future (empty-block) templates sent to TDP clients.
+    pub const TDP_TEMPLATES_FUTURE: &str = "tdp_templates_future";
+    /// Watcher: full templates sent to TDP clients.
+    pub const TDP_TEMPLATES_FULL: &str = "tdp_templates_full";
+    /// Watcher: TDP solutions bitcoind accepted.
+    pub const TDP_SOLUTIONS_ACCEPTED: &str = "tdp_solutions_accepted";
+    /// Watcher: TDP solutions bitcoind rejected.
+    pub const TDP_SOLUTIONS_REJECTED: &str = "tdp_solutions_rejected";
+    /// Watcher: TDP solutions that made no block.
+    pub const TDP_SOLUTIONS_INVALID: &str = "tdp_solutions_invalid";
+    /// Watcher: TDP solutions whose submitblock did not answer.
+    pub const TDP_SOLUTIONS_FAILED: &str = "tdp_solutions_failed";
+    /// Watcher: TDP clients dropped for bad input.
+    pub const TDP_DROPPED_BAD_INPUT: &str = "tdp_dropped_bad_input";
+    /// Watcher: TDP clients dropped for not reading.
+    pub const TDP_DROPPED_SLOW: &str = "tdp_dropped_slow";
+    /// Watcher: TDP clients refused, the server being full.
+    pub const TDP_DROPPED_FULL: &str = "tdp_dropped_full";
+}
+
+/// The declarator's heartbeat counters behind `jdc_sv1_bad_input_total`: counter, `reason`.
+pub const SV1_BAD_INPUT_COUNTERS: &[(&str, &str)] = &[
+    (counters::SV1_MALFORMED, "malformed"),
+    (counters::SV1_OVERSIZED, "oversized"),
+    (counters::SV1_UNKNOWN_METHOD, "unknown_method"),
+    (counters::SV1_FLOOD, "flood"),
+];
+
+/// The watcher's heartbeat counters behind `jdc_tdp_templates_sent_total`: counter, `kind`.
+pub const TDP_TEMPLATE_COUNTERS: &[(&str, &str)] = &[
+    (counters::TDP_TEMPLATES_FUTURE, "future"),
+    (counters::TDP_TEMPLATES_FULL, "full"),
+];
+
+/// The watcher's heartbeat counters behind `jdc_tdp_solutions_total`: counter, `result`.
+pub const TDP_SOLUTION_COUNTERS: &[(&str, &str)] = &[
+    (counters::TDP_SOLUTIONS_ACCEPTED, "accepted"),
+    (counters::TDP_SOLUTIONS_REJECTED, "rejected"),
+    (counters::TDP_SOLUTIONS_INVALID, "invalid"),
+    (counters::TDP_SOLUTIONS_FAILED, "failed"),
+];
+
+/// The watcher's heartbeat counters behind `jdc_tdp_clients_dropped_total`: counter, `reason`.
+pub const TDP_DROPPED_COUNTERS: &[(&str, &str)] = &[
+    (counters::TDP_DROPPED_BAD_INPUT, "bad_input"),
+    (counters::TDP_DROPPED_SLOW, "slow"),
+    (counters::TDP_DROPPED_FULL, "full"),
+];
+
 /// `jdc_process_up`
 pub const PROCESS_UP: MetricDef = MetricDef {
     name: "jdc_process_up",

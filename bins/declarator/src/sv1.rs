@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, SinkExt, StreamExt};
 use jdc_shared::bus::Publisher;
 use jdc_shared::config::{ConfigError, DeclaratorConfig};
+use jdc_shared::metric_names::counters;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
@@ -111,22 +112,22 @@ impl BadInput {
 
     /// A line that is not JSON-RPC, or a request with bad parameters.
     pub fn malformed(&self) {
-        self.bus.add_to_counter("sv1_bad_input_malformed", 1);
+        self.bus.add_to_counter(counters::SV1_MALFORMED, 1);
     }
 
     /// A line longer than `sv1_max_line_bytes`.
     pub fn oversized(&self) {
-        self.bus.add_to_counter("sv1_bad_input_oversized", 1);
+        self.bus.add_to_counter(counters::SV1_OVERSIZED, 1);
     }
 
     /// A method V1 devices do not send.
     pub fn unknown_method(&self) {
-        self.bus.add_to_counter("sv1_bad_input_unknown_method", 1);
+        self.bus.add_to_counter(counters::SV1_UNKNOWN_METHOD, 1);
     }
 
     /// A submit over the device's rate.
     pub fn flood(&self) {
-        self.bus.add_to_counter("sv1_bad_input_flood", 1);
+        self.bus.add_to_counter(counters::SV1_FLOOD, 1);
     }
 }
 

@@ -771,12 +771,7 @@ impl Metrics {
                 }
                 let counters = &hb.heartbeat.counters;
                 let last = &mut self.zmq_last;
-                for (name, reason) in [
-                    ("sv1_bad_input_malformed", "malformed"),
-                    ("sv1_bad_input_oversized", "oversized"),
-                    ("sv1_bad_input_unknown_method", "unknown_method"),
-                    ("sv1_bad_input_flood", "flood"),
-                ] {
+                for &(name, reason) in names::SV1_BAD_INPUT_COUNTERS {
                     mirror_labelled(counters, last, name, || {
                         self.sv1_bad_input
                             .get_or_create(&ReasonLabel {
@@ -785,10 +780,7 @@ impl Metrics {
                             .clone()
                     });
                 }
-                for (name, kind) in [
-                    ("tdp_templates_future", "future"),
-                    ("tdp_templates_full", "full"),
-                ] {
+                for &(name, kind) in names::TDP_TEMPLATE_COUNTERS {
                     mirror_labelled(counters, last, name, || {
                         self.tdp_templates
                             .get_or_create(&KindLabel {
@@ -797,12 +789,7 @@ impl Metrics {
                             .clone()
                     });
                 }
-                for (name, result) in [
-                    ("tdp_solutions_accepted", "accepted"),
-                    ("tdp_solutions_rejected", "rejected"),
-                    ("tdp_solutions_invalid", "invalid"),
-                    ("tdp_solutions_failed", "failed"),
-                ] {
+                for &(name, result) in names::TDP_SOLUTION_COUNTERS {
                     mirror_labelled(counters, last, name, || {
                         self.tdp_solutions
                             .get_or_create(&ResultLabel {
@@ -811,11 +798,7 @@ impl Metrics {
                             .clone()
                     });
                 }
-                for (name, reason) in [
-                    ("tdp_dropped_bad_input", "bad_input"),
-                    ("tdp_dropped_slow", "slow"),
-                    ("tdp_dropped_full", "full"),
-                ] {
+                for &(name, reason) in names::TDP_DROPPED_COUNTERS {
                     mirror_labelled(counters, last, name, || {
                         self.tdp_dropped
                             .get_or_create(&ReasonLabel {
@@ -842,7 +825,7 @@ impl Metrics {
                             .clone()
                     });
                 }
-                if let Some(&n) = counters.get("tdp_clients") {
+                if let Some(&n) = counters.get(names::counters::TDP_CLIENTS) {
                     self.tdp_clients.set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }

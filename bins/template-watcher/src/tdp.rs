@@ -21,6 +21,7 @@ use std::time::Duration;
 use jdc_shared::bus::{self, BusStats, Publisher, Received, Topic};
 use jdc_shared::config::{Config, ConfigError};
 use jdc_shared::messages::Template;
+use jdc_shared::metric_names::counters;
 use jdc_shared::sv2::{self, AuthorityKeys, Sv2Error, Sv2Writer};
 use stratum_core::binary_sv2::Str0255Owned;
 use stratum_core::common_messages_sv2::{
@@ -102,7 +103,7 @@ pub struct TdpStats {
 impl TdpStats {
     /// Stats published through `bus`'s heartbeats, starting at zero clients.
     pub fn new(bus: Publisher) -> Self {
-        bus.set_counter("tdp_clients", 0);
+        bus.set_counter(counters::TDP_CLIENTS, 0);
         Self {
             bus,
             clients: AtomicU64::new(0),
@@ -116,7 +117,7 @@ impl TdpStats {
 
     fn client_joined(&self) {
         let n = self.clients.fetch_add(1, Ordering::Relaxed) + 1;
-        self.bus.set_counter("tdp_clients", n);
+        self.bus.set_counter(counters::TDP_CLIENTS, n);
         self.joined.notify_one();
     }
 
@@ -125,7 +126,7 @@ impl TdpStats {
             .clients
             .fetch_sub(1, Ordering::Relaxed)
             .saturating_sub(1);
-        self.bus.set_counter("tdp_clients", n);
+        self.bus.set_counter(counters::TDP_CLIENTS, n);
     }
 
     fn count(&self, name: &'static str) {
@@ -140,9 +141,9 @@ impl TdpStats {
             )) = m
             {
                 self.count(if t.future_template {
-                    "tdp_templates_future"
+                    counters::TDP_TEMPLATES_FUTURE
                 } else {
-                    "tdp_templates_full"
+                    counters::TDP_TEMPLATES_FULL
                 });
             }
         }
@@ -218,7 +219,7 @@ pub async fn serve(
         jdc_shared::net::accept_loop(listener, "TDP", shutdown, move |stream, peer, open| {
             if open >= MAX_CLIENTS {
                 tracing::warn!(%peer, max = MAX_CLIENTS, "TDP client refused: too many clients");
-                stats.count("tdp_dropped_full");
+                stats.count(counters::TDP_DROPPED_FULL);
                 return None;
             }
             let (keys, settings, node, feed, stats, shutdown) = (
@@ -243,8 +244,8 @@ pub async fn serve(
                     }
                     Err(e) => {
                         stats.count(match e {
-                            TdpClientError::WriteTimeout(_) => "tdp_dropped_slow",
-                            _ => "tdp_dropped_bad_input",
+                            TdpClientError::WriteTimeout(_) => counters::TDP_DROPPED_SLOW,
+                            _ => counters::TDP_DROPPED_BAD_INPUT,
                         });
                         tracing::warn!(%peer, error = %e, "TDP client dropped")
                     }
@@ -483,7 +484,7 @@ fn submit(
     let block = match session.solution(s) {
         Ok(b) => b,
         Err(e) => {
-            stats.count("tdp_solutions_invalid");
+            stats.count(counters::TDP_SOLUTIONS_INVALID);
             tracing::warn!(%peer, error = %e, "TDP solution refused");
             return;
         }
@@ -494,15 +495,15 @@ fn submit(
     tokio::spawn(async move {
         match node.run(move |n| n.submit_block(hex)).await {
             Ok(None) => {
-                stats.count("tdp_solutions_accepted");
+                stats.count(counters::TDP_SOLUTIONS_ACCEPTED);
                 tracing::info!(%hash, txs, "TDP block accepted by bitcoind")
             }
             Ok(Some(reason)) => {
-                stats.count("tdp_solutions_rejected");
+                stats.count(counters::TDP_SOLUTIONS_REJECTED);
                 tracing::warn!(%hash, %reason, "TDP block rejected by bitcoind")
             }
             Err(e) => {
-                stats.count("tdp_solutions_failed");
+                stats.count(counters::TDP_SOLUTIONS_FAILED);
                 tracing::error!(%hash, error = %e, "TDP block: submitblock failed")
             }
         }
